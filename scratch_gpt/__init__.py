@@ -1,0 +1,37 @@
+"""scratch_gpt: every stage of building a GPT, each one a standard Hugging Face artifact.
+
+Importing the package registers ScratchGPT with the `Auto*` classes, so
+`AutoModelForCausalLM.from_pretrained(folder)` works without `trust_remote_code`; folders saved
+by it also carry the model code, for machines where this package is not installed.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from .configuration_scratch_gpt import PRESETS, ScratchGPTConfig
+from .modeling_scratch_gpt import (
+    ScratchGPTForCausalLM,
+    ScratchGPTForSequenceClassification,
+    ScratchGPTModel,
+    ScratchGPTPreTrainedModel,
+)
+
+AutoConfig.register(ScratchGPTConfig.model_type, ScratchGPTConfig, exist_ok=True)
+AutoModel.register(ScratchGPTConfig, ScratchGPTModel, exist_ok=True)
+AutoModelForCausalLM.register(ScratchGPTConfig, ScratchGPTForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(ScratchGPTConfig, ScratchGPTForSequenceClassification, exist_ok=True)
+
+# `save_pretrained` copies the configuration and modeling files and writes `auto_map`.
+ScratchGPTConfig.register_for_auto_class()
+ScratchGPTModel.register_for_auto_class("AutoModel")
+ScratchGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+ScratchGPTForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__version__ = "0.1.0"
+__all__ = [
+    "PRESETS",
+    "ScratchGPTConfig",
+    "ScratchGPTPreTrainedModel",
+    "ScratchGPTModel",
+    "ScratchGPTForCausalLM",
+    "ScratchGPTForSequenceClassification",
+]

@@ -1,0 +1,76 @@
+"""Shared test setup: offline, tiny, deterministic."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+    from scratch_gpt import ScratchGPTConfig
+
+    return ScratchGPTConfig.from_preset("tiny")
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    torch.manual_seed(0)
+    return ScratchGPTForCausalLM(tiny_config).eval()
+
+
+TINY_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A language model predicts the next token from the tokens before it.",
+    "Attention lets every position look at the earlier positions.",
+    "def add(a, b):\n    return a + b\n",
+    "Hello, world! Tokens, embeddings, attention, blocks, logits.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 512-token byte-level BPE trained on a few sentences (ids 0/1 = end-of-text/pad)."""
+    from scratch_gpt.tokenizer import train_tokenizer
+
+    return train_tokenizer(TINY_CORPUS, vocab_size=512, show_progress=False)
+
+
+ISOLATION_PRELUDE = """
+import sys
+sys.modules["scratch_gpt"] = None  # `import scratch_gpt` now raises ImportError, as on a machine without it
+try:
+    import scratch_gpt
+except ImportError:
+    pass
+else:
+    raise SystemExit("scratch_gpt is importable; the isolation failed")
+"""
+
+
+@pytest.fixture
+def run_without_scratch_gpt(tmp_path):
+    """Run Python code in a fresh process where `scratch_gpt` cannot be imported; return its stdout."""
+    import subprocess
+    import sys
+
+    def run(code: str, env: dict | None = None) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", ISOLATION_PRELUDE + code],
+            cwd=tmp_path,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    return run
