@@ -306,3 +306,22 @@ def test_torch_compile_matches_eager_mode(tiny_model):
     input_ids = ids()
     compiled = torch.compile(tiny_model)
     torch.testing.assert_close(compiled(input_ids).logits, tiny_model(input_ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_flex_attention_matches_sdpa_with_padding(monkeypatch):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = make_model()
+    input_ids = ids()
+    mask = torch.ones_like(input_ids)
+    mask[1, :3] = 0
+    calls = []
+    flex = ALL_ATTENTION_FUNCTIONS["flex_attention"]
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "flex_attention", lambda *a, **k: calls.append(1) or flex(*a, **k))
+    with torch.no_grad():  # FlexAttention has no CPU backward
+        sdpa = model(input_ids, attention_mask=mask).logits
+        model.set_attn_implementation("flex_attention")
+        flexed = model(input_ids, attention_mask=mask).logits
+    assert calls, "flex_attention was not used"
+    assert (flexed - sdpa)[mask.bool()].abs().max() < 1e-5
