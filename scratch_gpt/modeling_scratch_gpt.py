@@ -194,6 +194,13 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As in transformers, but weights load from safetensors only unless `use_safetensors=False`
+        is passed (a `pytorch_model.bin` is then read with `weights_only=True`)."""
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(*args, **kwargs)
+
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token: 6 * matmul weights + 12 * layers * C * T.
 

@@ -170,3 +170,13 @@ def test_export_gpt2_command_rejects_a_folder_without_config(tmp_path):
     assert done.returncode == 2
     assert "No config.json" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_pickle_weights_load_only_when_asked(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(tiny_model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="model.safetensors"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=False)  # opt-in, weights_only=True
+    assert torch.equal(loaded(torch.tensor(PROBE)).logits, tiny_model(torch.tensor(PROBE)).logits)

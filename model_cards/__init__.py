@@ -1,0 +1,1 @@
+"""Model card templates (base, classifier, instruct); installed as `scratch_gpt.model_cards`."""

@@ -1,0 +1,437 @@
+"""Publishing: model cards, `scratch-gpt push`, and installing a folder into the Hub cache.
+
+- `write_model_card(folder, kind=..., metrics=..., hyperparameters=...)` renders one of the
+  templates in `model_cards/` with `huggingface_hub.ModelCard` into `folder/README.md`.
+- `push_folder(folder, repo_id)` uploads a saved model folder (weights, config, remote code,
+  tokenizer, generation config, card, plots) to the Hub in ONE commit; `scratch-gpt push` is its CLI.
+- `add_to_hub_cache(folder, repo_id)` lays a folder out as a Hub cache entry, so
+  `from_pretrained("OWNER/NAME")` finds it offline (air-gapped machines, tests).
+
+Authentication is huggingface_hub's own (`HF_TOKEN` or `hf auth login`); the token is handed to
+`HfApi` and never written, printed or logged here.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import numbers
+import os
+import shutil
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import safe_open
+
+from .io_utils import atomic_directory
+
+TEMPLATES = files("scratch_gpt.model_cards")  # the top-level model_cards/ folder, shipped in the package
+
+# kind -> (pipeline tag, Auto class a user loads it with; peft's AutoPeft... for a LoRA adapter)
+KINDS = {
+    "base": ("text-generation", "AutoModelForCausalLM"),
+    "classifier": ("text-classification", "AutoModelForSequenceClassification"),
+    "instruct": ("text-generation", "AutoModelForCausalLM"),
+}
+CONFIG_NAMES = ("config.json", "adapter_config.json")  # a model folder, or a LoRA adapter folder (peft)
+
+# The usage snippets of a card written before the repo exists name this; `push_folder` (and
+# `add_to_hub_cache`) replace it with the real repo id in the README they publish.
+REPO_ID_PLACEHOLDER = "OWNER/NAME"
+
+# Top-level files a model folder publishes: weights, configs, remote code, tokenizer, card, plots.
+# Pickles (*.bin, *.pt), checkpoints/ and other sub-folders, and hidden files are never uploaded.
+PUBLISHED_SUFFIXES = (".safetensors", ".json", ".py", ".jinja", ".txt", ".model", ".md", ".png", ".svg")
+
+# Files transformers looks up by name. A cache entry marks those the folder lacks as known to be
+# absent (huggingface_hub's `.no_exist/`, what a download records after a 404), so offline loading
+# of, e.g., a LoRA adapter's tokenizer does not stop at "couldn't connect" looking for config.json.
+LOOKED_UP_FILES = ("config.json", "adapter_config.json", "generation_config.json", "tokenizer_config.json")
+
+# Metric names (after an eval_/val_/test_ prefix) that are evaluation results: they form the card's
+# model-index. The others a run reports (train_loss, step, tokens, runtime, ...) are in the text only.
+EVAL_METRICS = ("loss", "perplexity", "bits_per_byte", "accuracy", "f1", "precision", "recall", "exact_match")
+SPLIT_PREFIXES = {"eval_": "validation", "val_": "validation", "test_": "test"}
+
+LOSS_CURVE = "loss_curve.png"
+SECRET_WORDS = ("token", "secret", "password")  # hyperparameters whose string value is never shown
+
+
+# ----------------------------------------------------------------------------------------- cards
+
+
+def write_model_card(
+    output_dir,
+    *,
+    kind: str,
+    metrics: dict,
+    hyperparameters: dict,
+    datasets=(),
+    base_model: str | None = None,
+    model_name: str | None = None,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    language: str | None = "en",
+    tags=(),
+) -> Path:
+    """Render the `kind` card ("base", "classifier" or "instruct") into `output_dir/README.md`.
+
+    `metrics` and `hyperparameters` come from the run; every metric is listed in the text, the
+    evaluation results among them (see EVAL_METRICS) also form the card's model-index. `datasets`
+    are Hub dataset ids or local paths; local paths are named by their file name only and kept out
+    of the metadata, as are secrets and machine paths in `hyperparameters`. The parameter count is read
+    from the folder's safetensors files; `loss_curve.png`, when present, is shown. `model_name`
+    defaults to the folder name (pass it when writing into a temporary folder). A LoRA adapter
+    folder (peft's `adapter_config.json`) gets a card that loads it with peft on its base model.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown model card kind {kind!r}; use one of {', '.join(KINDS)}.")
+    folder = Path(output_dir)
+    task, auto_class = KINDS[kind]
+    config = _read_config(folder)
+    adapter = "peft_type" in config
+    base_model = base_model or config.get("base_model_name_or_path")
+    model_name = model_name or folder.name
+    hub_datasets = [d for d in datasets if _is_hub_id(d)]
+    data_names = [d if d in hub_datasets else Path(str(d)).name for d in datasets]
+    hub_base_model = base_model if base_model and _is_hub_id(base_model) else None
+
+    card_data = ModelCardData(
+        license=license,
+        language=language,
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag=task,
+        tags=["scratch_gpt", "gpt", "custom_code", task, *(["lora"] if adapter else []), *tags],
+        datasets=hub_datasets or None,
+        base_model=hub_base_model,
+        model_name=model_name,
+        eval_results=_eval_results(metrics, task, hub_datasets, data_names) or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_str=(TEMPLATES / f"{kind}.md").read_text(encoding="utf-8"),
+        model_name=model_name,
+        repo_id=repo_id or REPO_ID_PLACEHOLDER,
+        auto_class=auto_class.replace("Auto", "AutoPeft", 1) if adapter else auto_class,
+        adapter=adapter,
+        base_model_name=hub_base_model or (base_model and Path(base_model).name),
+        data_names=data_names,
+        num_parameters=_human_count(count_parameters(folder)),
+        architecture=_architecture(config),
+        labels=config.get("id2label", {}),
+        hyperparameters=_table(_public_hyperparameters(hyperparameters)),
+        metrics=_table(metrics),
+        loss_curve=LOSS_CURVE if (folder / LOSS_CURVE).is_file() else None,
+    )
+    path = folder / "README.md"
+    tmp = folder / ".README.md.tmp"
+    card.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def count_parameters(folder) -> int:
+    """Number of parameters stored in the folder's safetensors files (a tied head counts once)."""
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(
+            f"No *.safetensors weights in {str(folder)!r}; save the model there before writing its card."
+        )
+    total = 0
+    for path in weights:
+        with safe_open(path, framework="pt") as f:
+            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return total
+
+
+def _read_config(folder: Path) -> dict:
+    """config.json, or adapter_config.json for a LoRA adapter folder."""
+    path = next((folder / name for name in CONFIG_NAMES if (folder / name).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"No config.json in {str(folder)!r}; save the model there before writing its card.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _is_hub_id(name) -> bool:
+    """A Hub repo id ("wikitext", "owner/name") rather than a local path or the built-in corpus."""
+    name = str(name)
+    if name == "builtin" or Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _eval_results(metrics: dict, task: str, hub_datasets: list, data_names: list) -> list[EvalResult]:
+    results = []
+    for name, value in metrics.items():
+        prefix = next((p for p in SPLIT_PREFIXES if name.startswith(p)), "")
+        metric = name.removeprefix(prefix)
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if metric in EVAL_METRICS and number:
+            results.append(
+                EvalResult(
+                    task_type=task,
+                    dataset_type=hub_datasets[0] if hub_datasets else "custom",
+                    dataset_name=", ".join(data_names) or "held-out data",
+                    dataset_split=SPLIT_PREFIXES.get(prefix, "validation"),
+                    metric_type=metric,
+                    metric_name=name,
+                    metric_value=float(value),
+                )
+            )
+    return results
+
+
+def _public_hyperparameters(hyperparameters: dict) -> dict:
+    """Hide secrets and unset (None) options; show local paths by their last component only."""
+
+    def public(value):
+        if isinstance(value, (list, tuple)):
+            return type(value)(public(item) for item in value)
+        if isinstance(value, (str, os.PathLike)) and os.path.isabs(value):
+            return Path(value).name
+        return value
+
+    return {
+        key: public(value)
+        for key, value in hyperparameters.items()
+        if value is not None and not (isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS))
+    }
+
+
+def _table(values: dict) -> list[tuple[str, str]]:
+    def show(value):
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    return [(str(key), show(value)) for key, value in values.items()]
+
+
+def _architecture(config: dict) -> list[tuple[str, str]]:
+    model = (
+        "model_type",
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "max_position_embeddings",
+        "vocab_size",
+    )
+    adapter = ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_save")
+    return [(key, str(config[key])) for key in model + adapter if config.get(key) is not None]
+
+
+def _human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit} ({n:,})"
+    return f"{n:,}"
+
+
+# ------------------------------------------------------------------------------------ publishing
+
+
+def published_files(folder) -> dict[str, bytes | Path]:
+    """What a push of `folder` publishes, by name in the repo; checks that it is a loadable model.
+
+    Raises one clear error for a missing folder, config or weights, remote code named in
+    config.json's `auto_map` but absent from the folder, or a LoRA adapter whose base model is a
+    local path (nobody else could load it).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Model folder {str(folder)!r} does not exist; pass the output folder of a training command."
+        )
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    published = {name: folder / name for name in names if name.endswith(PUBLISHED_SUFFIXES)}
+    config_name = next((name for name in CONFIG_NAMES if name in published), None)
+    if config_name is None:
+        inner = sorted(str(path.parent) for path in folder.glob("*/config.json"))
+        what_to_do = (
+            f"push the model folder inside it, {inner[0]!r}" if inner else "save the model with save_pretrained"
+        )
+        raise FileNotFoundError(f"No config.json in {str(folder)!r}; it is not a saved model folder: {what_to_do}.")
+    if not any(name.endswith(".safetensors") for name in published):
+        raise FileNotFoundError(
+            f"No *.safetensors weights in {str(folder)!r}; save the model with save_pretrained (safetensors) first."
+        )
+    config = json.loads(published[config_name].read_text(encoding="utf-8"))
+    base_model = config.get("base_model_name_or_path")
+    if "peft_type" in config and not (base_model and _is_hub_id(base_model)):
+        raise ValueError(
+            f"The LoRA adapter in {str(folder)!r} names its base model by the local path {base_model!r}; push the "
+            "base model first and put its repo id in adapter_config.json (base_model_name_or_path), or save the "
+            "fine-tuned model merged (--save-merged)."
+        )
+    auto_map = config.get("auto_map", {})
+    references = [r for value in auto_map.values() for r in (value if isinstance(value, list) else [value]) if r]
+    for reference in references:
+        module = reference.split("--")[-1].split(".")[0] + ".py"  # "[repo--]module.Class"
+        if module not in published:
+            raise FileNotFoundError(
+                f"config.json in {str(folder)!r} names remote code {module} that is not in the folder; "
+                "save the model again after `import scratch_gpt`."
+            )
+    return published
+
+
+def _with_repo_id(published: dict, repo_id: str) -> dict[str, bytes | Path]:
+    """The README with its placeholder repo id replaced by the real one."""
+    if "README.md" in published:
+        text = published["README.md"].read_text(encoding="utf-8")
+        published = {**published, "README.md": text.replace(REPO_ID_PLACEHOLDER, repo_id).encode("utf-8")}
+    return published
+
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"Invalid repo id {repo_id!r}: {error} Use the form OWNER/NAME.") from None
+    if repo_id.count("/") != 1:
+        raise ValueError(
+            f"Invalid repo id {repo_id!r}: use the form OWNER/NAME (your user or organization name first)."
+        )
+
+
+def _check_no_token_inside(published: dict, token: str) -> None:
+    """Refuse to publish a text file (config, card, notes, ...) that contains the token."""
+    for name, content in published.items():
+        if name.endswith((".safetensors", ".png")):
+            continue
+        data = content if isinstance(content, bytes) else content.read_bytes()
+        if token.encode() in data:
+            raise ValueError(f"{name} contains your Hugging Face token; remove it from the file before pushing.")
+
+
+def push_folder(
+    folder,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Upload a saved model folder to `repo_id` in one commit; returns the commit URL.
+
+    Everything is checked before anything is sent: the repo id, the folder (config, safetensors
+    weights, remote code) and the credentials (`token`, else `HF_TOKEN` or the stored login).
+    """
+    _check_repo_id(repo_id)
+    published = _with_repo_id(published_files(folder), repo_id)
+    token = token or get_token()
+    if not token:
+        raise PermissionError(
+            "No Hugging Face credentials found; run `hf auth login` or set the HF_TOKEN environment variable."
+        )
+    _check_no_token_inside(published, token)
+
+    api = HfApi(token=token, library_name="scratch_gpt")
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in published.items()]
+    commit = api.create_commit(
+        repo_id,
+        operations=operations,
+        commit_message=commit_message or f"Upload {Path(folder).name} with scratch_gpt",
+        revision=revision,
+    )
+    return commit.commit_url
+
+
+# ----------------------------------------------------------------------------------------- cache
+
+
+def add_to_hub_cache(folder, repo_id: str, *, cache_dir=None, revision: str = "main") -> Path:
+    """Install `folder` as the Hub cache entry of `repo_id`; returns the snapshot folder.
+
+    The layout is huggingface_hub's (`models--OWNER--NAME/blobs`, `snapshots/<commit>`,
+    `refs/<revision>`, `.no_exist/<commit>`), with the same files a push would publish, so
+    `from_pretrained("OWNER/NAME")` loads it with `HF_HUB_OFFLINE=1`. `cache_dir` defaults to the
+    active Hub cache (`HF_HUB_CACHE`, under `HF_HOME`).
+    """
+    _check_repo_id(repo_id)
+    published = _with_repo_id(published_files(folder), repo_id)
+    repo_dir = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    blobs = repo_dir / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    blob_names = {}
+    for name, content in published.items():
+        blob_names[name] = _sha256(content)
+        blob = blobs / blob_names[name]
+        if not blob.exists():
+            tmp = blobs / f".{blob.name}.tmp"
+            if isinstance(content, bytes):
+                tmp.write_bytes(content)
+            else:
+                shutil.copyfile(content, tmp)
+            os.replace(tmp, blob)
+    # A stable stand-in for a git commit id: the hash of the file list and contents.
+    commit = hashlib.sha1(json.dumps(blob_names, sort_keys=True).encode()).hexdigest()
+    snapshot = repo_dir / "snapshots" / commit
+    with atomic_directory(snapshot) as tmp:
+        for name, blob in blob_names.items():
+            (tmp / name).symlink_to(Path("..", "..", "blobs", blob))
+    absent = repo_dir / ".no_exist" / commit
+    absent.mkdir(parents=True, exist_ok=True)
+    for name in set(LOOKED_UP_FILES) - set(blob_names):
+        (absent / name).touch()
+    refs = repo_dir / "refs"
+    refs.mkdir(exist_ok=True)
+    (refs / f".{revision}.tmp").write_text(commit)
+    os.replace(refs / f".{revision}.tmp", refs / revision)
+    return snapshot
+
+
+def _sha256(content: bytes | Path) -> str:
+    if isinstance(content, bytes):
+        return hashlib.sha256(content).hexdigest()
+    with open(content, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt push",
+        description="Upload a model folder (weights, config, remote code, tokenizer, card, plots) to the "
+        "Hugging Face Hub in one commit. Log in first with `hf auth login` or set HF_TOKEN.",
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder written by a training command")
+    parser.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="the Hub repository to push to")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", metavar="R", help="branch to commit to (created if missing; default main)")
+    parser.add_argument("--commit-message", metavar="M", help="commit message")
+    return parser
+
+
+def push_cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        url = push_folder(
+            args.output_dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+        )
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"scratch-gpt push: error: {error}", file=sys.stderr)
+        return 2
+    except (HfHubHTTPError, ConnectionError) as error:  # the Hub refused, or no network / HF_HUB_OFFLINE=1
+        print(f"scratch-gpt push: the upload failed: {error}", file=sys.stderr)
+        return 1
+    print(f"Pushed {args.output_dir} to {constants.ENDPOINT}/{args.repo_id}\ncommit: {url}")
+    return 0

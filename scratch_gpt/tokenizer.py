@@ -1,0 +1,391 @@
+"""Stage 1: train a byte-level BPE tokenizer and ship it as a `transformers` tokenizer.
+
+    >>> tokenizer = train_tokenizer("corpus/*.txt", vocab_size=8000, model_max_length=1024)
+    >>> tokenizer.save_pretrained("my-tokenizer")      # AutoTokenizer.from_pretrained("my-tokenizer")
+
+The tokenizer is GPT-2's recipe trained on your corpus: text is split with GPT-2's regex, every
+piece is spelled in bytes (so no text is ever unknown and `decode(encode(text)) == text`), and
+byte pairs are merged by frequency until the vocabulary is full. Two special tokens come first:
+`<|endoftext|>` (id 0: bos, eos and document separator) and `<|pad|>` (id 1); the last id is
+RESPONSE_MARKER, the end of an instruction prompt. The result is an ordinary
+`PreTrainedTokenizerFast` that needs no code from this package to load, with a chat template that
+renders the instruction format (the book's Alpaca prompt) used in stage 7.2.
+
+Command line: `scratch-gpt train-tokenizer --data PATH_OR_DATASET --vocab-size N --output DIR`.
+"""
+
+import argparse
+import glob
+import itertools
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from scratch_gpt.io_utils import atomic_directory, check_writable
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN]  # ids 0 and 1, in this order
+# The end of every instruction prompt, kept whole as one added (not special) token, the last id.
+# Added tokens are split off before the GPT-2 regex runs, so the tokens of a prompt are always a
+# prefix of the tokens of prompt + answer, even when the answer starts with whitespace (which
+# the regex would otherwise glue to the prompt's final "\n").
+RESPONSE_MARKER = "\n\n### Response:\n"
+BYTE_ALPHABET_SIZE = 256
+MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS) + 1
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+
+# The book's Alpaca prompt as a chat template. Messages are [system?, user, assistant, user, ...]:
+#   system (or DEFAULT_SYSTEM_PROMPT)
+#   "\n\n### Instruction:\n" + user   ...   "\n\n### Response:\n" + assistant + eos_token
+# and `add_generation_prompt=True` ends the text with RESPONSE_MARKER, so the prompt is a prefix
+# of the training text, as characters and as tokens.
+CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system = '" + DEFAULT_SYSTEM_PROMPT + "' -%}{%- set turns = messages -%}"
+    "{%- endif -%}"
+    "{{- system -}}"
+    "{%- for message in turns -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- '\\n\\n### Instruction:\\n' + message['content'] -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '\\n\\n### Response:\\n' + message['content'] + eos_token -}}"
+    "{%- else -%}"
+    "{{- raise_exception('The instruction format knows the roles system (first message only), user and "
+    "assistant, not ' + message['role'] + '.') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '\\n\\n### Response:\\n' -}}{%- endif -%}"
+)
+
+# Local files read with `datasets` (their `text_column` is the text); every other file is plain UTF-8 text.
+TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+TEXT_CHUNK_CHARS = 1 << 12  # a text file is fed to the trainer in pieces of about this many characters,
+MAX_LINE_CHARS = 1 << 20  # cut at line ends (a longer line is cut anyway)
+BATCH_SIZE = 1000  # texts handed to the Rust trainer at a time
+
+
+def format_alpaca_messages(record: dict) -> list[dict]:
+    """An Alpaca record (`instruction`, optional `input`, `output`) as chat messages.
+
+    Rendered by `CHAT_TEMPLATE`, these reproduce the book's prompt exactly. Without an `output`
+    only the user message is returned (for a prompt to generate from).
+    """
+    content = record["instruction"]
+    if record.get("input"):
+        content += "\n\n### Input:\n" + record["input"]
+    messages = [{"role": "user", "content": content}]
+    if record.get("output") is not None:
+        messages.append({"role": "assistant", "content": record["output"]})
+    return messages
+
+
+# --- reading a corpus --------------------------------------------------------------------------
+
+
+def iter_texts(data, *, text_column: str = "text", errors: str = "strict") -> Iterator[str]:
+    """Stream the texts of `data`, one piece at a time, without loading the corpus.
+
+    `data` is a file, folder or glob (a `str` or `Path`), `"hub:NAME"` for a Hub dataset (streamed,
+    split "train"), a list of `Path`s, a `datasets` Dataset or IterableDataset (its `text_column`),
+    or any other iterable of strings (taken as the texts themselves). Text files must be UTF-8;
+    `errors="replace"` turns undecodable bytes into U+FFFD instead of failing.
+    """
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}.")
+    if _is_dataset(data):
+        return _iter_dataset(data, text_column, where="The dataset")
+    if isinstance(data, (str, os.PathLike)):
+        return _iter_sources([data], text_column, errors)
+    if isinstance(data, (list, tuple)) and data and all(isinstance(item, os.PathLike) for item in data):
+        return _iter_sources(data, text_column, errors)
+    return (text for text in data if text)
+
+
+def _is_dataset(data) -> bool:
+    datasets = sys.modules.get("datasets")  # not imported yet: `data` cannot be one of its datasets
+    return datasets is not None and isinstance(data, (datasets.Dataset, datasets.IterableDataset))
+
+
+def _iter_dataset(dataset, text_column: str, where: str) -> Iterator[str]:
+    if text_column not in (dataset.column_names or [text_column]):
+        raise ValueError(
+            f"{where} has no column {text_column!r} (it has {', '.join(dataset.column_names)}); "
+            "pass text_column= (CLI: --text-column) to name the column that holds the text."
+        )
+    for batch in dataset.select_columns([text_column]).iter(batch_size=BATCH_SIZE):
+        yield from (text for text in batch[text_column] if text)
+
+
+def _iter_sources(sources, text_column: str, errors: str) -> Iterator[str]:
+    # Resolve every path first, so a missing file fails before any training starts.
+    files = [file for source in sources for file in _resolve(source)]
+    for file in files:
+        if isinstance(file, str):  # "hub:NAME"
+            import datasets
+
+            dataset = datasets.load_dataset(file.removeprefix("hub:"), split="train", streaming=True)
+            yield from _iter_dataset(dataset, text_column, where=f"The Hub dataset {file!r}")
+        elif file.suffix.lower() in TABLE_FORMATS:
+            import datasets
+
+            dataset = datasets.load_dataset(
+                TABLE_FORMATS[file.suffix.lower()], data_files=[str(file)], split="train", streaming=True
+            )
+            yield from _iter_dataset(dataset, text_column, where=f"The file {str(file)!r}")
+        else:
+            yield from _read_text_file(file, errors)
+
+
+def _resolve(source) -> list:
+    """The files one source names (a Hub dataset stays the string "hub:NAME")."""
+    text = os.fspath(source)
+    if text.startswith("hub:"):
+        return [text]
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(
+            file
+            for file in path.rglob("*")
+            if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)
+        )
+        if not files:
+            raise ValueError(f"The folder {text!r} contains no files; put text files in it or pass another --data.")
+        return files
+    if path.is_file():
+        return [path]
+    if glob.has_magic(text):
+        files = sorted(Path(match) for match in glob.glob(text, recursive=True) if Path(match).is_file())
+        if not files:
+            raise FileNotFoundError(f"No file matches the pattern {text!r}; check the path and the pattern.")
+        return files
+    raise FileNotFoundError(
+        f"The corpus file {text!r} does not exist; check the path (for a Hub dataset write 'hub:NAME')."
+    )
+
+
+def _read_text_file(path: Path, errors: str) -> Iterator[str]:
+    """Pieces of about TEXT_CHUNK_CHARS characters, cut at line ends; line endings kept as they are."""
+    piece, size = [], 0
+    with open(path, encoding="utf-8", errors=errors, newline="") as file:
+        try:
+            for line in iter(lambda: file.readline(MAX_LINE_CHARS), ""):
+                piece.append(line)
+                size += len(line)
+                if size >= TEXT_CHUNK_CHARS:
+                    yield "".join(piece)
+                    piece, size = [], 0
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"The file {str(path)!r} is not UTF-8 text (an undecodable byte on line {_first_invalid_line(path)}); "
+                "convert it to UTF-8, or pass errors='replace' (CLI: --replace-invalid-utf8) to replace "
+                "undecodable bytes with U+FFFD."
+            ) from None
+    if piece:
+        yield "".join(piece)
+
+
+def _first_invalid_line(path: Path) -> int:
+    """The number of the first line that is not UTF-8 (the byte 0x0A never occurs inside a UTF-8 character)."""
+    with open(path, "rb") as file:
+        for number, line in enumerate(file, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
+def _batches(texts: Iterable[str], size: int = BATCH_SIZE) -> Iterator[list[str]]:
+    texts = iter(texts)
+    while batch := list(itertools.islice(texts, size)):
+        yield batch
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def new_bpe_tokenizer() -> Tokenizer:
+    """An untrained byte-level BPE: GPT-2's pre-tokenizer regex, no prefix space, no unknown token."""
+    tokenizer = Tokenizer(models.BPE())  # no unk_token: every byte is in the vocabulary
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    # Adds no special token; keeps offsets pointing at the original characters.
+    tokenizer.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False)
+    return tokenizer
+
+
+def bpe_trainer(vocab_size: int, min_frequency: int = 2, show_progress: bool = True) -> trainers.BpeTrainer:
+    return trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+
+
+def train_tokenizer(
+    data,
+    vocab_size: int = 8192,
+    *,
+    min_frequency: int = 2,
+    model_max_length: int | None = None,
+    text_column: str = "text",
+    errors: str = "strict",
+    show_progress: bool = True,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `data` (see `iter_texts` for what it may be) and wrap it.
+
+    `vocab_size` counts the 256 bytes, the two special tokens, the merges and RESPONSE_MARKER; a
+    small corpus may stop short of it. `model_max_length` is the context length of the model it will serve.
+    """
+    if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: the byte alphabet needs {BYTE_ALPHABET_SIZE} entries plus "
+            f"{MIN_VOCAB_SIZE - BYTE_ALPHABET_SIZE} reserved tokens ({EOS_TOKEN}, {PAD_TOKEN} and the response "
+            f"marker); use at least {MIN_VOCAB_SIZE} "
+            "(a few thousand is typical)."
+        )
+    texts = iter_texts(data, text_column=text_column, errors=errors)
+    first = next(texts, None)
+    if first is None:
+        raise ValueError("The corpus is empty: it holds no text to train on; check --data (file, folder, column).")
+    backend = new_bpe_tokenizer()
+    backend.train_from_iterator(
+        _batches(itertools.chain([first], texts)), bpe_trainer(vocab_size - 1, min_frequency, show_progress)
+    )
+    backend.add_tokens([AddedToken(RESPONSE_MARKER, normalized=False, special=False)])
+    return wrap_tokenizer(backend, model_max_length=model_max_length)
+
+
+def wrap_tokenizer(backend: Tokenizer, *, model_max_length: int | None = None) -> PreTrainedTokenizerFast:
+    """The `transformers` tokenizer around a trained backend: special tokens, chat template, no cleanup."""
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        clean_up_tokenization_spaces=False,  # cleanup would drop spaces before punctuation: not lossless
+        chat_template=CHAT_TEMPLATE,
+        **extra,
+    )
+
+
+def model_vocab_size(tokenizer, pad_to_multiple_of: int | None = 64) -> int:
+    """The `vocab_size` for a model config: every id the tokenizer has, rounded up for fast matmuls.
+
+    Ids from `len(tokenizer)` up are padding rows the tokenizer never produces.
+    """
+    size = len(tokenizer)
+    if not pad_to_multiple_of:
+        return size
+    return -(-size // pad_to_multiple_of) * pad_to_multiple_of
+
+
+def config_kwargs(tokenizer, pad_to_multiple_of: int | None = 64) -> dict:
+    """What a model config takes from its tokenizer: `ScratchGPTConfig(**config_kwargs(tok), ...)`."""
+    return {
+        "vocab_size": model_vocab_size(tokenizer, pad_to_multiple_of),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def bytes_per_token(texts: Iterable[str], tokenizer) -> float:
+    """UTF-8 bytes per token over `texts` (higher is better compression)."""
+    texts = list(texts)
+    n_bytes = sum(len(text.encode("utf-8")) for text in texts)
+    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    n_tokens = sum(map(len, encoded))
+    return n_bytes / max(n_tokens, 1)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _hold_out(texts: Iterable[str], held_out: list[str], every: int, max_chars: int) -> Iterator[str]:
+    """Yield the texts to train on; every `every`-th text goes to `held_out` instead (up to `max_chars`)."""
+    held_chars = 0
+    for index, text in enumerate(texts, start=1):
+        if index % every == 0 and held_chars < max_chars:
+            held_out.append(text)
+            held_chars += len(text)
+        else:
+            yield text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt train-tokenizer",
+        description="Train a byte-level BPE tokenizer and save it as a transformers tokenizer folder.",
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="text files, folders or globs (UTF-8 text, or .jsonl/.json/.parquet/.csv with a text column), "
+        "or hub:NAME for a Hugging Face Hub dataset",
+    )
+    parser.add_argument("--vocab-size", type=int, required=True, help=f"vocabulary size (at least {MIN_VOCAB_SIZE})")
+    parser.add_argument("--output", required=True, help="folder to write the tokenizer to (replaced atomically)")
+    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged")
+    parser.add_argument("--model-max-length", type=int, default=None, help="context length of the model")
+    parser.add_argument("--text-column", default="text", help="column holding the text in tables and datasets")
+    parser.add_argument(
+        "--held-out-every",
+        type=int,
+        default=20,
+        help="keep every N-th text out of training to measure compression on (default 20, i.e. 5%%; 0: none)",
+    )
+    parser.add_argument(
+        "--replace-invalid-utf8", action="store_true", help="replace undecodable bytes with U+FFFD instead of failing"
+    )
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.held_out_every < 0 or args.held_out_every == 1:
+        parser.error("--held-out-every must be 0 (hold nothing out) or at least 2.")
+    data = args.data[0] if len(args.data) == 1 else [Path(item) for item in args.data]
+    held_out: list[str] = []
+    try:
+        output = check_writable(args.output, "output folder")
+        texts = iter_texts(
+            data, text_column=args.text_column, errors="replace" if args.replace_invalid_utf8 else "strict"
+        )
+        if args.held_out_every:
+            texts = _hold_out(texts, held_out, every=args.held_out_every, max_chars=4_000_000)
+        tokenizer = train_tokenizer(
+            texts,
+            vocab_size=args.vocab_size,
+            min_frequency=args.min_frequency,
+            model_max_length=args.model_max_length,
+        )
+    except (ValueError, OSError) as error:
+        print(f"scratch-gpt train-tokenizer: {error}", file=sys.stderr)
+        return 2
+    with atomic_directory(output) as tmp:
+        tokenizer.save_pretrained(tmp)
+    print(f"vocabulary size: {len(tokenizer)} (model vocab_size padded to 64: {model_vocab_size(tokenizer)})")
+    if held_out:
+        held_bytes = sum(len(text.encode("utf-8")) for text in held_out)
+        compression = bytes_per_token(held_out, tokenizer)
+        print(f"bytes per token on the held-out slice ({held_bytes:,} bytes): {compression:.3f}")
+    else:
+        print("bytes per token: n/a (no text was held out; the corpus is small or --held-out-every is 0)")
+    print(f"saved to {output}")
+    return 0
