@@ -27,8 +27,8 @@ from scratch_gpt.tokenizer import (
     PAD_TOKEN,
     RESPONSE_MARKER,
     TEXT_CHUNK_CHARS,
-    bytes_per_token,
     config_kwargs,
+    encode_batch,
     format_alpaca_messages,
     iter_texts,
     model_vocab_size,
@@ -121,6 +121,7 @@ any_text = st.one_of(
 def test_decode_encode_is_lossless(tokenizer, text):
     ids = tokenizer(text)["input_ids"]
     assert tokenizer.decode(ids) == text
+    assert encode_batch(tokenizer, [text, "the " + text]) == tokenizer([text, "the " + text])["input_ids"]
     assert tokenizer.decode(tokenizer.encode(text)) == text
     assert all(0 <= i < len(tokenizer) for i in ids)
     assert (0 in ids) == (EOS_TOKEN in text)
@@ -206,47 +207,30 @@ def test_save_and_autotokenizer_round_trip(tokenizer, tmp_path):
     assert loaded.chat_template == CHAT_TEMPLATE
 
 
-def test_loads_where_scratch_gpt_cannot_be_imported(tokenizer, tmp_path):
+def test_loads_where_scratch_gpt_cannot_be_imported(tokenizer, tmp_path, run_without_scratch_gpt):
     tokenizer.save_pretrained(tmp_path / "tok")
-    script = textwrap.dedent(
-        """
-        import json, sys
-        class Block:  # the package is installed editable: block it explicitly
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "scratch_gpt":
-                    raise ImportError("scratch_gpt is blocked in this process")
-        sys.meta_path.insert(0, Block())
-        try:
-            import scratch_gpt
-            raise SystemExit("scratch_gpt was importable")
-        except ImportError:
-            pass
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    code = textwrap.dedent(
+        f"""
+        import json
         from transformers import AutoTokenizer, PreTrainedTokenizerFast
-        tok = AutoTokenizer.from_pretrained(sys.argv[1])
+        tok = AutoTokenizer.from_pretrained({str(tmp_path / "tok")!r})
         assert isinstance(tok, PreTrainedTokenizerFast), type(tok)
-        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
-        print(json.dumps({
-            "ids": tok(sys.argv[2])["input_ids"],
-            "decoded": tok.decode(tok(sys.argv[2])["input_ids"]),
+        ids = tok({SAMPLE!r})["input_ids"]
+        print(json.dumps({{
+            "ids": ids,
+            "decoded": tok.decode(ids),
             "special": [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id],
-            "chat": tok.apply_chat_template(messages, tokenize=False),
-            "modules": sorted(m for m in sys.modules if m.startswith("scratch_gpt")),
-        }))
+            "chat": tok.apply_chat_template({messages!r}, tokenize=False),
+            "modules": sorted(m for m in sys.modules if m.startswith("scratch_gpt") and sys.modules[m]),
+        }}))
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "tok"), SAMPLE],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(run_without_scratch_gpt(code).strip().splitlines()[-1])
     assert out["ids"] == tokenizer(SAMPLE)["input_ids"]
     assert out["decoded"] == SAMPLE
     assert out["special"] == [0, 0, 1]
-    assert out["chat"] == tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}], tokenize=False
-    )
+    assert out["chat"] == tokenizer.apply_chat_template(messages, tokenize=False)
     assert out["modules"] == []
 
 
@@ -484,9 +468,3 @@ def test_cli_help(capsys):
         scratch_gpt_main(["train-tokenizer", "--help"])
     assert exit_info.value.code == 0
     assert "--vocab-size" in capsys.readouterr().out
-
-
-def test_bytes_per_token(tokenizer):
-    texts = ["hello", "中文"]
-    n_tokens = sum(len(tokenizer.encode(t)) for t in texts)
-    assert bytes_per_token(texts, tokenizer) == pytest.approx((5 + 6) / n_tokens)
