@@ -337,7 +337,8 @@ def train_val_split(dataset, val_fraction, seed):
     """Split into (train, validation), the same way for the same dataset, fraction and seed.
 
     A Dataset is shuffled with `seed` and `round(len * val_fraction)` rows (at least one) go to
-    validation. An IterableDataset sends row i to validation when a random number seeded by
+    validation; a Dataset of one document (a single text file) is cut at `1 - val_fraction` of its
+    characters instead, the validation text being the end. An IterableDataset sends row i to validation when a random number seeded by
     (seed, i) falls below `val_fraction`. Split documents before `pack_dataset` when blocks
     overlap (stride < block_size), so no validation token also appears in a training block.
     """
@@ -351,6 +352,12 @@ def train_val_split(dataset, val_fraction, seed):
             return not in_validation(example, index)
 
         return dataset.filter(in_train, with_indices=True), dataset.filter(in_validation, with_indices=True)
+    if len(dataset) == 1:  # one document (a single text file): split its text, as the book does
+        text = dataset[0]["text"]
+        cut = int(len(text) * (1 - val_fraction))
+        if not 0 < cut < len(text):
+            raise ValueError(f"The corpus is one document of {len(text)} characters, too short to split; add data.")
+        return datasets.Dataset.from_dict({"text": [text[:cut]]}), datasets.Dataset.from_dict({"text": [text[cut:]]})
     num_val = max(1, round(len(dataset) * val_fraction))
     if num_val >= len(dataset):
         raise ValueError(

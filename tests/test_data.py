@@ -304,7 +304,16 @@ def test_bad_split_fractions():
         with pytest.raises(ValueError, match="between 0 and 1"):
             train_val_split(dataset, fraction, seed=0)
     with pytest.raises(ValueError, match="leaves one side empty"):
+        train_val_split(datasets.Dataset.from_dict({"text": ["a", "b", "c"]}), 0.9, seed=0)
+    with pytest.raises(ValueError, match="too short to split"):
         train_val_split(dataset.select([0]), 0.5, seed=0)
+
+
+def test_a_single_document_is_split_by_characters_like_the_book():
+    text = "".join(f"line {i}\n" for i in range(100))
+    train, val = train_val_split(datasets.Dataset.from_dict({"text": [text]}), 0.1, seed=0)
+    cut = int(len(text) * 0.9)
+    assert (train["text"], val["text"]) == ([text[:cut]], [text[cut:]])
 
 
 def test_bytes_per_token(word_tokenizer):

@@ -1,0 +1,342 @@
+"""Stage 6, pre-training: corpus -> tokenizer -> packed blocks -> GPT -> `save_pretrained` folder.
+
+`scratch-gpt pretrain` takes flags and/or `--config run.yaml` (keys are the flag names, with `_` or
+`-`; flags given on the command line win). `scratch-gpt quickstart` runs the same pipeline with
+small fixed sizes on the built-in corpus, in a few minutes on a laptop CPU.
+
+What lands in `--output-dir`: `model/` (model, tokenizer, generation config, model card, loss
+curve: load it with `AutoModelForCausalLM.from_pretrained` or `pipeline("text-generation")`),
+`checkpoints/`, `metrics.jsonl`, `loss_curve.png` and TensorBoard logs. The same command runs under
+`accelerate launch` (see `scripts/pretrain.py`) on many processes, GPUs or nodes.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from scratch_gpt.configuration_scratch_gpt import PRESETS, ScratchGPTConfig
+from scratch_gpt.training.loop import TrainingConfig, TrainingDiverged, check_output_dir, process_state, train
+
+BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError)
+
+
+def build_parser(prog: str = "scratch-gpt pretrain") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Pre-train a GPT on a text corpus with Accelerate.")
+    parser.add_argument("--config", help="YAML or JSON file of options (keys: the flag names); flags override it")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default="builtin", help="text/JSONL/Parquet file, folder, glob, Hub dataset or 'builtin'")
+    data.add_argument("--text-column", default="text")
+    data.add_argument("--block-size", type=int, default=128, help="context length of the training blocks")
+    data.add_argument("--stride", type=int, help="tokens between block starts (default: block size, disjoint)")
+    data.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out for validation")
+    data.add_argument("--num-proc", type=int, help="processes for tokenization")
+    tok = parser.add_argument_group("tokenizer")
+    tok.add_argument("--tokenizer", help="a saved tokenizer folder; default: train one on --data")
+    tok.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the tokenizer trained when --tokenizer is not given")
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size to start from")
+    model.add_argument("--hidden-size", type=int)
+    model.add_argument("--num-layers", type=int)
+    model.add_argument("--num-heads", type=int)
+    model.add_argument("--intermediate-size", type=int)
+    model.add_argument("--dropout", type=float, default=0.0)
+    model.add_argument("--model-vocab-size", type=int, help="embedding rows (default: the tokenizer's size, rounded up to 64)")
+    model.add_argument("--init-from", help="continue pre-training a saved causal-LM folder instead of a new model")
+    run = parser.add_argument_group("training")
+    run.add_argument("--batch-size", type=int, default=16, help="blocks per process per micro-batch")
+    run.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    run.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    run.add_argument("--weight-decay", type=float, default=0.1)
+    run.add_argument("--warmup-steps", type=int, default=100)
+    run.add_argument("--min-lr-ratio", type=float, default=0.1)
+    run.add_argument("--max-steps", type=int, help="optimizer steps (default: --epochs passes over the data)")
+    run.add_argument("--epochs", type=int, default=1)
+    run.add_argument("--max-grad-norm", type=float, default=1.0)
+    run.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--eval-every", type=int, default=200, help="steps between evaluations (0: only at the end)")
+    run.add_argument("--eval-batches", type=int, default=50, help="at most this many validation batches per evaluation")
+    run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (0: none)")
+    run.add_argument("--keep-checkpoints", type=int, default=2)
+    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    run.add_argument("--sample-prompt", action="append", default=[], help="prompt to sample at each evaluation (repeatable)")
+    run.add_argument("--sample-tokens", type=int, default=40)
+    run.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: a rough figure)")
+    run.add_argument("--report-to", default="auto", choices=["auto", "tensorboard", "none"])
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--output-dir", default="runs/pretrain", help="where the model folder, checkpoints and logs go")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Flags over the `--config` file over the defaults; an unknown key or flag is an error."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        parser.set_defaults(**read_config_file(args.config, parser))
+        args = parser.parse_args(argv)
+    return args
+
+
+def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"The config file {path!r} does not exist; check the --config path.")
+    values = yaml.safe_load(file.read_text()) if file.suffix in (".yaml", ".yml") else json.loads(file.read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"The config file {path!r} must hold a mapping of option names to values.")
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    known = {action.dest for action in parser._actions} - {"help", "config"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {', '.join(unknown)} in {path!r}; valid keys are the flag names: {', '.join(sorted(known))}."
+        )
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def load_or_train_tokenizer(args, corpus):
+    from transformers import AutoTokenizer
+
+    from scratch_gpt.tokenizer import train_tokenizer
+
+    if args.tokenizer:
+        if not Path(args.tokenizer).is_dir():
+            raise FileNotFoundError(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        tokenizer = train_tokenizer(corpus, vocab_size=args.vocab_size, show_progress=False)
+    tokenizer.model_max_length = args.block_size
+    return tokenizer
+
+
+def build_model(args, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from scratch_gpt.modeling_scratch_gpt import ScratchGPTForCausalLM
+    from scratch_gpt.tokenizer import model_vocab_size
+
+    if args.init_from:
+        model = AutoModelForCausalLM.from_pretrained(args.init_from)
+        where = f"the model in {args.init_from!r}"
+    else:
+        sizes = {
+            "hidden_size": args.hidden_size,
+            "num_hidden_layers": args.num_layers,
+            "num_attention_heads": args.num_heads,
+            "intermediate_size": args.intermediate_size,
+        }
+        config = ScratchGPTConfig.from_preset(
+            args.preset,
+            **{key: value for key, value in sizes.items() if value is not None},
+            vocab_size=args.model_vocab_size or model_vocab_size(tokenizer),
+            max_position_embeddings=args.block_size,
+            drop_rate=args.dropout,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = ScratchGPTForCausalLM(config)
+        where = "--model-vocab-size"
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but {where} has only {model.config.vocab_size} embedding rows; "
+            "use a matching tokenizer or a larger vocabulary."
+        )
+    if args.block_size > model.config.max_position_embeddings:
+        raise ValueError(
+            f"--block-size {args.block_size} exceeds the model's context length ({model.config.max_position_embeddings}); "
+            "lower --block-size."
+        )
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def prepare_data(args, tokenizer, corpus):
+    """Split documents into train/validation, then pack each into blocks (validation: disjoint)."""
+    from scratch_gpt.data import bytes_per_token, pack_dataset, train_val_split, unigram_entropy
+
+    train_docs, val_docs = train_val_split(corpus, args.val_fraction, args.seed)
+    with process_state().main_process_first():  # the first process fills the datasets cache
+        train_blocks = pack_dataset(train_docs, tokenizer, block_size=args.block_size, stride=args.stride, num_proc=args.num_proc)
+        val_blocks = pack_dataset(val_docs, tokenizer, block_size=args.block_size, num_proc=args.num_proc)
+    stats = {
+        "bytes_per_token": bytes_per_token(val_docs["text"][:500], tokenizer),
+        "unigram_entropy": unigram_entropy(train_blocks),
+        "train_blocks": len(train_blocks),
+        "val_blocks": len(val_blocks),
+    }
+    return train_blocks, val_blocks, stats
+
+
+def training_config(args) -> TrainingConfig:
+    return TrainingConfig(
+        output_dir=args.output_dir,
+        num_epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        min_lr_ratio=args.min_lr_ratio,
+        max_grad_norm=args.max_grad_norm,
+        mixed_precision=args.mixed_precision,
+        compile=args.compile,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        eval_max_batches=args.eval_batches,
+        eval_at_start=True,
+        sample_prompts=tuple(args.sample_prompt),
+        sample_max_new_tokens=args.sample_tokens,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+        report_to=args.report_to,
+        peak_flops=args.peak_flops,
+        save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
+    )
+
+
+def pretrain(args: argparse.Namespace) -> dict:
+    """Run the whole pipeline; returns the final metrics (plus data statistics)."""
+    from accelerate.utils import set_seed
+
+    from scratch_gpt.data import load_text_corpus
+    from scratch_gpt.hub import write_model_card
+
+    config = training_config(args)  # bad options and output folders fail here, before the data work
+    output_dir = check_output_dir(config)
+    state = process_state()
+    set_seed(args.seed)
+    corpus = load_text_corpus(args.data, text_column=args.text_column)
+    tokenizer = load_or_train_tokenizer(args, corpus)
+    model = build_model(args, tokenizer)
+    train_blocks, val_blocks, stats = prepare_data(args, tokenizer, corpus)
+    config.bytes_per_token = stats["bytes_per_token"]
+    state.print(
+        f"{stats['train_blocks']} training and {stats['val_blocks']} validation blocks of {args.block_size} tokens; "
+        f"tokenizer {len(tokenizer)} tokens ({stats['bytes_per_token']:.2f} bytes/token); "
+        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters."
+    )
+
+    def finish_folder(folder: Path, metrics: dict) -> None:
+        shutil.copy(output_dir / "loss_curve.png", folder / "loss_curve.png")
+        hyperparameters = {k: v for k, v in vars(args).items() if k not in ("config", "no_progress", "output_dir")}
+        write_model_card(
+            folder,
+            kind="base",
+            metrics={**{k: v for k, v in metrics.items() if k != "runtime_s"}, "unigram_entropy": stats["unigram_entropy"]},
+            hyperparameters=hyperparameters,
+            datasets=[args.data],
+            base_model=args.init_from,
+            model_name=output_dir.resolve().name,
+        )
+
+    results = train(
+        model,
+        train_blocks,
+        val_blocks,
+        config,
+        tokenizer=tokenizer,
+        final_dir=output_dir / "model",
+        on_save=finish_folder,
+    )
+    return {**results, **stats}
+
+
+def _run(parser: argparse.ArgumentParser, argv, body) -> int:
+    """Parse, run `body(args)`, and turn bad input into one line on stderr and exit status 2."""
+    try:
+        args = parse_args(parser, argv)
+        body(args)
+    except SystemExit as exit_:  # argparse: --help, or an unknown flag (already explained on stderr)
+        return exit_.code or 0
+    except TrainingDiverged as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return 1
+    except BAD_INPUT as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`scratch-gpt pretrain ...`"""
+
+    def body(args):
+        results = pretrain(args)
+        process_state().print(
+            f"Done: validation loss {results['eval_loss']:.3f} (unigram entropy {results['unigram_entropy']:.3f}); "
+            f"model in {Path(args.output_dir) / 'model'}"
+        )
+
+    return _run(build_parser(), argv, body)
+
+
+# ----------------------------------------------------------------------------------------------
+# quickstart: the README's first command.
+
+QUICKSTART = dict(
+    data="builtin",
+    vocab_size=2048,
+    block_size=128,
+    preset="tiny",
+    hidden_size=128,
+    num_layers=4,
+    num_heads=4,
+    batch_size=16,
+    lr=2e-3,
+    warmup_steps=30,
+    max_steps=400,
+    eval_every=100,
+    eval_batches=20,
+    save_every=0,
+    sample_prompt=["Return the"],
+    sample_tokens=30,
+    report_to="none",
+)
+
+
+def quickstart_cli(argv: list[str] | None = None) -> int:
+    """`scratch-gpt quickstart [--output-dir DIR] [--max-steps N]`"""
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt quickstart",
+        description="Train a tokenizer and a small GPT on the built-in corpus (a few minutes on a CPU).",
+    )
+    parser.add_argument("--output-dir", default="runs/quickstart")
+    parser.add_argument("--max-steps", type=int, default=QUICKSTART["max_steps"], help="optimizer steps")
+    parser.add_argument("--no-progress", action="store_true")
+
+    def body(args):
+        options = build_parser().parse_args([])
+        for key, value in {**QUICKSTART, **vars(args)}.items():
+            setattr(options, key, value)
+        results = pretrain(options)
+        from transformers import pipeline
+
+        generator = pipeline("text-generation", model=str(Path(args.output_dir) / "model"))
+        sample = generator("Return the", max_new_tokens=30, do_sample=True, top_k=40)[0]["generated_text"]
+        print(
+            f"\nvalidation loss before training: {results['initial_eval_loss']:.3f} nats/token\n"
+            f"validation loss after training:  {results['eval_loss']:.3f} nats/token "
+            f"({results['bits_per_byte']:.3f} bits/byte)\n"
+            f"unigram entropy of the corpus:   {results['unigram_entropy']:.3f} nats/token "
+            "(the loss of a model that ignores context)\n"
+            f"sample: {sample!r}\n"
+            f"model folder: {Path(args.output_dir) / 'model'} "
+            "(load it with AutoModelForCausalLM.from_pretrained or pipeline('text-generation'))"
+        )
+
+    return _run(parser, argv, body)

@@ -1,0 +1,142 @@
+"""`scratch-gpt pretrain` / `quickstart` end to end, and `accelerate launch` on two CPU processes."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
+
+from scratch_gpt.training.pretrain import cli, quickstart_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the a model token learns reads writes returns each every small large list value key name file".split()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """200 short documents of made-up sentences, as JSON Lines."""
+    rng = random.Random(0)
+    path = tmp_path / "corpus.jsonl"
+    with path.open("w") as file:
+        for _ in range(200):
+            text = ". ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) for _ in range(3)) + "."
+            file.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def tiny_flags(corpus, output_dir, *extra):
+    return [
+        "--data", str(corpus), "--vocab-size", "300", "--block-size", "16", "--hidden-size", "32",
+        "--num-layers", "2", "--num-heads", "2", "--batch-size", "4", "--max-steps", "12", "--warmup-steps", "2",
+        "--lr", "3e-3", "--eval-every", "6", "--eval-batches", "4", "--log-every", "1", "--save-every", "6",
+        "--report-to", "none", "--no-progress", "--output-dir", str(output_dir), *extra,
+    ]  # fmt: skip
+
+
+def test_pretrain_cli_writes_a_model_folder_that_transformers_loads(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(tiny_flags(corpus, out, "--sample-prompt", "the model")) == 0
+    printed = capsys.readouterr().out
+    assert "sample: 'the model" in printed and "Done: validation loss" in printed
+
+    folder = out / "model"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert model.config.hidden_size == 32 and model.config.max_position_embeddings == 16
+    assert len(tokenizer) <= model.config.vocab_size
+    generation = GenerationConfig.from_pretrained(folder)
+    assert generation.eos_token_id == tokenizer.eos_token_id and generation.pad_token_id == tokenizer.pad_token_id
+    text = pipeline("text-generation", model=str(folder))("the model", max_new_tokens=5, do_sample=False)
+    assert text[0]["generated_text"].startswith("the model")
+    assert "pipeline_tag: text-generation" in (folder / "README.md").read_text()  # the model card
+    assert (folder / "loss_curve.png").is_file() and (out / "loss_curve.png").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
+
+    # --resume at the end of the run: nothing left to train, the folder is rewritten the same.
+    assert cli(tiny_flags(corpus, out, "--resume")) == 0
+    resumed = AutoModelForCausalLM.from_pretrained(folder)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_config_file_sets_options_and_flags_override_it(corpus, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("max-steps: 3\nlog_every: 1\nsave_every: 0\n")
+    out = tmp_path / "run"
+    flags = tiny_flags(corpus, out)
+    flags[flags.index("--max-steps") : flags.index("--max-steps") + 2] = []
+    assert cli([*flags, "--config", str(config), "--lr", "1e-3"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 3
+    assert records[1]["lr"] <= 1e-3
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--blocks"], "unrecognized arguments: --blocks"),
+        (["--block-size", "100000"], "fewer than one block"),
+        (["--model-vocab-size", "280"], "has only 280 embedding rows"),
+        (["--tokenizer", "no/such/folder"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_error_before_training(corpus, tmp_path, capsys, change, message):
+    assert cli([*tiny_flags(corpus, tmp_path / "run"), *change]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_unknown_config_key_and_unwritable_output_are_errors(corpus, tmp_path, capsys):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"learning_rate": 1e-3}))
+    assert cli([*tiny_flags(corpus, tmp_path / "run"), "--config", str(config)]) == 2
+    assert "Unknown option(s) learning_rate" in capsys.readouterr().err
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert cli(tiny_flags(corpus, a_file)) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quickstart_prints_losses_and_a_sample_and_leaves_a_model(tmp_path, capsys):
+    assert quickstart_cli(["--output-dir", str(tmp_path / "qs"), "--max-steps", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("validation loss before training", "validation loss after training", "unigram entropy", "sample:"):
+        assert line in printed
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "qs" / "model").config.vocab_size >= 2048
+
+
+def launch(corpus, output_dir, processes, batch_size):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    flags = tiny_flags(corpus, output_dir)
+    flags[flags.index("--batch-size") + 1] = str(batch_size)
+    launcher = ["--multi_gpu", "--num_processes", "2"] if processes == 2 else ["--num_processes", "1"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(ROOT / "scripts" / "pretrain.py"), *flags]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=output_dir.parent, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path):
+    one_out = launch(corpus, tmp_path / "one", 1, batch_size=4)
+    two_out = launch(corpus, tmp_path / "two", 2, batch_size=2)
+
+    def train_losses(folder):
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [r["train_loss"] for r in records if "train_loss" in r]
+
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 12
+    assert two == pytest.approx(one, rel=1e-5)
+    # Only the main process writes and prints: the same files, one "Done" line.
+    files = lambda folder: sorted(  # noqa: E731
+        str(p.relative_to(folder)) for p in folder.rglob("*") if "random_states" not in p.name
+    )
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    assert two_out.count("Done: validation loss") == one_out.count("Done: validation loss") == 1
+    assert (tmp_path / "two" / "checkpoints" / "step-00000012" / "random_states_1.pkl").is_file()

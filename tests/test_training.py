@@ -1,0 +1,230 @@
+"""The Accelerate training loop: optimizer, schedule, evaluation, metrics, checkpoints, resume, divergence."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+from scratch_gpt.training.loop import (
+    TrainingConfig,
+    TrainingDiverged,
+    build_optimizer,
+    lr_factor,
+    read_checkpoint_state,
+    train,
+)
+
+VOCAB = 64
+BLOCK = 16
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    config = ScratchGPTConfig.from_preset(
+        "tiny", vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, max_position_embeddings=BLOCK
+    )
+    return ScratchGPTForCausalLM(config)
+
+
+def pattern_blocks(n, seed=0):
+    """Blocks of a learnable sequence: each token is (previous * 3 + 1) mod VOCAB."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for start in torch.randint(0, VOCAB, (n,), generator=generator).tolist():
+        ids = [start]
+        for _ in range(BLOCK - 1):
+            ids.append((ids[-1] * 3 + 1) % VOCAB)
+        rows.append({"input_ids": ids, "labels": ids})
+    return rows
+
+
+def quiet(tmp_path, **overrides):
+    options = dict(output_dir=str(tmp_path / "run"), batch_size=4, progress=False, report_to="none", log_every=1)
+    return TrainingConfig(**{**options, **overrides})
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    factor = lambda step: lr_factor(step, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)  # noqa: E731
+    assert [factor(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert factor(9) == pytest.approx(1.0) and factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert factor(110) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
+    values = [factor(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_optimizer_skips_frozen_params_and_does_not_decay_biases_norms_embeddings():
+    model = tiny_model()
+    frozen = next(p for n, p in model.named_parameters() if n.endswith("mlp.fc_in.weight"))
+    frozen.requires_grad_(False)
+    optimizer = build_optimizer(model, TrainingConfig(weight_decay=0.1))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert id(frozen) not in ids(decay) | ids(no_decay)
+    assert all(p.ndim >= 2 for p in decay["params"])
+    embeddings = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()]
+    assert embeddings and all(id(p) in ids(no_decay) for p in embeddings)
+    assert any(names[i].endswith("bias") for i in ids(no_decay))
+    assert any("qkv_proj.weight" in names[i] for i in ids(decay))
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert ids(decay) | ids(no_decay) == trainable and not ids(decay) & ids(no_decay)
+
+
+def test_training_lowers_the_loss_and_writes_metrics_curve_and_a_loadable_model(tmp_path):
+    data = pattern_blocks(72)
+    calls = []
+
+    def evaluate_fn(model, dataloader, accelerator):
+        calls.append(len(dataloader))
+        return {"answer": 42.0}
+
+    config = quiet(
+        tmp_path, max_steps=40, learning_rate=1e-2, warmup_steps=4, eval_every=20, eval_at_start=True, bytes_per_token=2.0
+    )
+    results = train(tiny_model(), data[:64], data[64:], config, evaluate_fn=evaluate_fn, final_dir=tmp_path / "model")
+    assert results["step"] == 40 and results["tokens"] == 40 * 4 * BLOCK
+    assert results["eval_loss"] < results["initial_eval_loss"] - 1.0
+    assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
+    assert results["bits_per_byte"] == pytest.approx(results["eval_loss"] / math.log(2) / 2.0)
+    assert results["answer"] == 42.0 and len(calls) == 3  # start, step 20, end
+
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "train_loss" in r]
+    assert [r["step"] for r in train_records] == list(range(1, 41))
+    assert {"lr", "tokens_per_s", "mfu"} <= set(train_records[0])
+    assert [r["step"] for r in records if "eval_loss" in r] == [0, 20, 40]
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    batch = torch.tensor([data[70]["input_ids"]])
+    assert reloaded(batch, labels=batch).loss.item() < results["initial_eval_loss"] - 1.0
+
+
+def test_metrics_also_go_to_tensorboard(tmp_path):
+    train(tiny_model(), pattern_blocks(8), None, quiet(tmp_path, max_steps=2, report_to="tensorboard"))
+    assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_gradient_accumulation_matches_one_large_batch(tmp_path):
+    data = pattern_blocks(32)
+    large = train(tiny_model(), data, None, quiet(tmp_path / "a", max_steps=4, batch_size=8, shuffle=False))
+    small = train(
+        tiny_model(),
+        data,
+        None,
+        quiet(tmp_path / "b", max_steps=4, batch_size=4, gradient_accumulation_steps=2, shuffle=False),
+    )
+    assert small["train_loss"] == pytest.approx(large["train_loss"], rel=1e-4)
+
+
+class NaNAfter(torch.nn.Module):
+    """A regression model whose inputs turn NaN from row `bad_from` on (the loop sees a NaN loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, x, y):
+        return SimpleNamespace(loss=torch.nn.functional.mse_loss(self.linear(x).squeeze(-1), y))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    rows = [{"x": [float(i)] * 4 if i < 24 else [math.nan] * 4, "y": 1.0} for i in range(40)]
+    config = quiet(tmp_path, max_steps=10, shuffle=False, save_every=2, log_every=5, learning_rate=1e-3)
+    with pytest.raises(TrainingDiverged, match=r"nan.*step-00000006.*learning rate"):
+        train(NaNAfter(), rows, None, config)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000004", "step-00000006"]
+    weights = load_file(tmp_path / "run" / "checkpoints" / "step-00000006" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_checkpoints_keep_the_last_k_and_a_damaged_newest_one_is_skipped_on_resume(tmp_path):
+    data = pattern_blocks(40)
+    train(tiny_model(), data, None, quiet(tmp_path, max_steps=9, save_every=3, keep_checkpoints=2))
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000006", "step-00000009"]
+    assert read_checkpoint_state(folder / "step-00000009")["step"] == 9
+
+    weights = folder / "step-00000009" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated: a damaged newest checkpoint
+    with pytest.raises(ValueError, match="incomplete"):
+        read_checkpoint_state(folder / "step-00000009")
+    with pytest.warns(UserWarning, match="Skipping checkpoint step-00000009"):
+        results = train(tiny_model(), data, None, quiet(tmp_path, max_steps=12, save_every=3, resume=True))
+    assert results["step"] == 12
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # resumed at 6: the log of the first run up to 6, then 7..12
+
+
+def test_bad_input_fails_before_training(tmp_path):
+    data = pattern_blocks(8)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        train(tiny_model(), data[:3], None, quiet(tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        quiet(tmp_path, batch_size=0)
+    train(tiny_model(), data, None, quiet(tmp_path, max_steps=2, save_every=1))
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train(tiny_model(), data, None, quiet(tmp_path, max_steps=2, save_every=1))
+
+
+# A training run in its own process (fixed thread count, so every run does the same arithmetic).
+SCRIPT = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_training import tiny_model, pattern_blocks
+from scratch_gpt.training.loop import TrainingConfig, train
+
+class Slow(list):
+    def __getitem__(self, index):  # slow enough that the test can kill the run half way
+        time.sleep(0.01)
+        return list.__getitem__(self, index)
+
+output_dir, resume = sys.argv[1], sys.argv[2] == "resume"
+config = TrainingConfig(output_dir=output_dir, max_steps=30, batch_size=4, gradient_accumulation_steps=2,
+                        learning_rate=1e-2, warmup_steps=3, save_every=5, keep_checkpoints=2, log_every=5,
+                        eval_every=10, progress=False, report_to="none", resume=resume, seed=3)
+data = Slow(pattern_blocks(36))
+train(tiny_model(), data, pattern_blocks(8, seed=1), config, final_dir=output_dir + "/model")
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_and_resumed_ends_with_bitwise_identical_weights(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    run = lambda folder, mode: [sys.executable, str(script), str(tmp_path / folder), mode]  # noqa: E731
+
+    subprocess.run(run("straight", "fresh"), check=True, capture_output=True)
+
+    killed = subprocess.Popen(run("killed", "fresh"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step-00000010"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "model").exists()  # it really died mid-training
+
+    subprocess.run(run("killed", "resume"), check=True, capture_output=True)
+    straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
