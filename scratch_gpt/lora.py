@@ -1,0 +1,98 @@
+"""LoRA for ScratchGPT (stage 7.0): PEFT defaults for this architecture.
+
+Every transformer block has four `nn.Linear` projections, `attn.qkv_proj`, `attn.out_proj`,
+`mlp.fc_in` and `mlp.fc_out`; LoRA adds a trainable low-rank update `B @ A` (rank `r`, scaled by
+`alpha / r`) next to each of them and freezes everything else. For a classifier the new head
+`score` is trained in full (`modules_to_save`), because it starts from random weights.
+
+    >>> model = get_peft_model(model, lora_config(task="causal"))
+    >>> print(describe_trainable(model))  # trainable params: ... || all params: ... || trainable%: ...
+
+After training, `model.merge_and_unload()` folds the updates into the base weights and returns a
+plain `ScratchGPTFor...` model; `model.save_pretrained(folder)` saves only the adapter.
+"""
+
+import argparse
+
+from peft import LoraConfig, TaskType
+from torch import nn
+
+DEFAULT_TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")
+TASK_TYPES = {"causal": TaskType.CAUSAL_LM, "classification": TaskType.SEQ_CLS}
+
+
+def lora_config(
+    task: str = "causal",
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
+) -> LoraConfig:
+    """A `peft.LoraConfig` for ScratchGPT; `task` is "causal" or "classification"."""
+    if task not in TASK_TYPES:
+        raise ValueError(f"Unknown LoRA task {task!r}; use one of {', '.join(TASK_TYPES)}.")
+    if r <= 0:
+        raise ValueError(f"The LoRA rank must be a positive integer, got {r}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"The LoRA dropout must be in [0, 1), got {dropout}.")
+    unknown = sorted(set(targets) - set(DEFAULT_TARGETS))
+    if unknown or not targets:
+        raise ValueError(
+            f"Unknown LoRA target modules {unknown or list(targets)}; choose among {', '.join(DEFAULT_TARGETS)}."
+        )
+    return LoraConfig(
+        task_type=TASK_TYPES[task],
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(targets),
+        modules_to_save=["score"] if task == "classification" else None,
+    )
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) number of parameters; tied weights are counted once."""
+    params = list(model.parameters())  # `parameters()` already yields shared tensors once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def describe_trainable(model: nn.Module) -> str:
+    """One line in the format of peft's `print_trainable_parameters`."""
+    trainable, total = count_parameters(model)
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `--lora` options shared by every fine-tuning command."""
+    group = parser.add_argument_group("LoRA (PEFT)")
+    group.add_argument("--lora", action="store_true", help="train LoRA adapters instead of the full weights")
+    group.add_argument("--lora-r", type=int, default=8, help="adapter rank (default: 8)")
+    group.add_argument(
+        "--lora-alpha", type=int, default=16, help="scale numerator, update = alpha/r * B@A (default: 16)"
+    )
+    group.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter input (default: 0)")
+    group.add_argument(
+        "--lora-targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated projections to adapt (default: {','.join(DEFAULT_TARGETS)})",
+    )
+    group.add_argument(
+        "--save-merged",
+        action="store_true",
+        help="with --lora: merge the adapters into the weights and save a plain model (default: save the adapter)",
+    )
+
+
+def lora_config_from_args(args: argparse.Namespace, task: str) -> LoraConfig:
+    targets = tuple(name.strip() for name in args.lora_targets.split(",") if name.strip())
+    return lora_config(task=task, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets)
+
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "lora_config",
+    "count_parameters",
+    "describe_trainable",
+    "add_lora_arguments",
+    "lora_config_from_args",
+]

@@ -1,0 +1,451 @@
+"""Fine-tune a text classifier (stage 7.1): `scratch-gpt finetune-classifier`.
+
+The pre-trained causal LM keeps its body; a new linear head (`score`) reads the hidden state of
+the last real token (see `ScratchGPTForSequenceClassification`). The steps, top to bottom:
+
+1. read text/label records from CSV, TSV, JSON(L) or a Hub dataset and check them;
+2. turn labels into ids (`id2label` / `label2id` go into the model config), balance the classes by
+   undersampling if asked, split into train / validation / test;
+3. tokenize, truncating to the context length (one warning with the count);
+4. choose what trains: everything, the last N blocks + final norm + head, or LoRA adapters + head;
+5. train with the shared loop (`scratch_gpt.training.loop.train`), evaluate accuracy, precision,
+   recall and F1 with an `evaluate` metric computed locally (no Hub download);
+6. save the classifier (or its adapter), the tokenizer, `metrics.json` and a model card in one
+   atomic step; the folder loads with `AutoModelForSequenceClassification` and `pipeline`.
+"""
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+from peft import get_peft_model
+from torch.utils.data import DataLoader
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
+
+from scratch_gpt.hub import write_model_card
+from scratch_gpt.io_utils import atomic_directory, check_writable
+from scratch_gpt.lora import add_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.training.loop import TrainingConfig, TrainingDiverged, process_state, train
+
+logger = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Reading records
+# ----------------------------------------------------------------------------------------------
+def read_records(source: str, *, split: str = "train") -> datasets.Dataset:
+    """A local CSV / TSV / JSON / JSONL file, or a Hub dataset name (`NAME` or `hub:NAME`)."""
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix in TABLE_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"The data file {source!r} does not exist; check the --data path.")
+        return _read_table(path, suffix)
+    if path.exists():
+        raise ValueError(
+            f"Cannot read {source!r}: use a .csv, .tsv, .json or .jsonl file, or the name of a Hub dataset."
+        )
+    name = source.removeprefix("hub:")
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as error:  # not found, offline, no such split: all mean "cannot load this name"
+        raise ValueError(
+            f"{source!r} is not a local file and could not be loaded as a Hub dataset (split {split!r}): {error}"
+        ) from error
+
+
+def _read_table(path: Path, suffix: str) -> datasets.Dataset:
+    import pandas as pd  # datasets depends on pandas; imported here to keep `--help` fast
+
+    try:
+        if suffix in (".csv", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False)
+        else:
+            frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ValueError(f"Cannot parse {str(path)!r} as {suffix[1:].upper()}: {error}") from error
+    return datasets.Dataset.from_pandas(frame, preserve_index=False)
+
+
+def check_columns(dataset: datasets.Dataset, required: list[str], source: str) -> None:
+    missing = [column for column in required if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{source!r} has no column {', '.join(map(repr, missing))}; the columns found are "
+            f"{', '.join(map(repr, dataset.column_names)) or 'none'} (choose them with --text-column / --label-column)."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"{source!r} holds no records; pass a dataset with at least one row per split.")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Labels, balancing and splits
+# ----------------------------------------------------------------------------------------------
+def encode_labels(
+    dataset: datasets.Dataset,
+    label_column: str,
+    *,
+    num_labels: int | None = None,
+    label_names: list[str] | None = None,
+) -> tuple[datasets.Dataset, list[str]]:
+    """Return the dataset with integer `labels` and the label names (index = label id).
+
+    String labels are mapped to ids in the order of `label_names` (default: sorted). Integer
+    labels must lie in [0, num_labels) (default: num_labels = largest label + 1). A `ClassLabel`
+    column brings its own names.
+    """
+    feature = dataset.features[label_column]
+    values = list(dataset[label_column])
+    if isinstance(feature, datasets.ClassLabel):
+        label_names = label_names or feature.names
+        ids = values
+    elif all(isinstance(value, str) for value in values):
+        label_names = label_names or sorted(set(values))
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise ValueError(
+                f"Labels {unknown[:5]} in column {label_column!r} are not among the label names {label_names}; "
+                "fix the data or pass every name with --label-names."
+            )
+        ids = [index[value] for value in values]
+    elif all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+        ids = [int(value) for value in values]
+        num_labels = num_labels or (len(label_names) if label_names else max(ids) + 1)
+        label_names = label_names or [str(i) for i in range(num_labels)]
+    else:
+        found = sorted({type(value).__name__ for value in values})
+        raise ValueError(
+            f"Column {label_column!r} must hold only integer class ids or only class names (strings), "
+            f"found values of type {', '.join(found)}; fix the data."
+        )
+    num_labels = num_labels or len(label_names)
+    if len(label_names) != num_labels:
+        raise ValueError(f"--num-labels is {num_labels} but {len(label_names)} label names were given or found.")
+    bad = [(row, label) for row, label in enumerate(ids) if not 0 <= label < num_labels]
+    if bad:
+        row, label = bad[0]
+        raise ValueError(
+            f"Label {label} in row {row} of column {label_column!r} is outside [0, {num_labels}) "
+            f"({len(bad)} rows in all); fix the data or raise --num-labels."
+        )
+    if num_labels < 2:
+        raise ValueError(f"A classifier needs at least 2 labels, found {label_names}; check --label-column.")
+    if "labels" in dataset.column_names:  # the label column itself may be called "labels"
+        dataset = dataset.remove_columns("labels")
+    return dataset.add_column("labels", ids), label_names
+
+
+def balance_by_undersampling(dataset: datasets.Dataset, seed: int) -> datasets.Dataset:
+    """Keep a random `min(class count)` rows of every class."""
+    labels = np.asarray(list(dataset["labels"]))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    keep = [rng.choice(np.flatnonzero(labels == c), counts.min(), replace=False) for c in classes]
+    return dataset.select(np.sort(np.concatenate(keep)))
+
+
+def split_dataset(
+    dataset: datasets.Dataset, *, val_fraction: float, test_fraction: float, seed: int
+) -> datasets.DatasetDict:
+    """Shuffle once, then cut train / validation / test; every part gets at least one row."""
+    for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be between 0 and 1 (exclusive), got {value}.")
+    total = len(dataset)
+    n_test, n_val = round(total * test_fraction), round(total * val_fraction)
+    if n_test < 1 or n_val < 1 or total - n_test - n_val < 1:
+        raise ValueError(
+            f"{total} records are too few for a train/validation/test split with fractions "
+            f"{1 - val_fraction - test_fraction:.2f}/{val_fraction}/{test_fraction}; add data or change the fractions."
+        )
+    shuffled = dataset.shuffle(seed=seed)
+    return datasets.DatasetDict(
+        train=shuffled.select(range(total - n_val - n_test)),
+        validation=shuffled.select(range(total - n_val - n_test, total - n_test)),
+        test=shuffled.select(range(total - n_test, total)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Tokenization
+# ----------------------------------------------------------------------------------------------
+def tokenize_texts(dataset: datasets.Dataset, tokenizer, text_column: str, max_length: int) -> datasets.Dataset:
+    """`input_ids` cut to `max_length` tokens; ONE warning says how many texts were cut."""
+    texts = list(dataset[text_column])
+    bad = next((row for row, text in enumerate(texts) if not isinstance(text, str) or not text), None)
+    if bad is not None:
+        raise ValueError(f"Row {bad} of column {text_column!r} has no text ({texts[bad]!r}); remove or fill it.")
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    truncated = sum(len(row) > max_length for row in ids)
+    if truncated:
+        logger.warning(
+            "%d of %d texts are longer than %d tokens and were truncated to their first %d tokens.",
+            truncated,
+            len(ids),
+            max_length,
+            max_length,
+        )
+    return dataset.add_column("input_ids", [row[:max_length] for row in ids])
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. What trains
+# ----------------------------------------------------------------------------------------------
+def set_trainable(model, trainable: str, last_blocks: int = 1) -> None:
+    """Choose what trains: `all` weights, or `last-blocks` (the last N blocks, the final norm and the head)."""
+    if trainable == "all":
+        model.requires_grad_(True)
+        return
+    blocks = model.model.layers
+    if not 1 <= last_blocks <= len(blocks):
+        raise ValueError(f"--last-blocks must be between 1 and {len(blocks)} (the model's blocks), got {last_blocks}.")
+    model.requires_grad_(False)
+    for module in (*blocks[-last_blocks:], model.model.norm, model.score):
+        module.requires_grad_(True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Metrics
+# ----------------------------------------------------------------------------------------------
+class ClassificationMetrics(evaluate.Metric):
+    """Accuracy and macro-averaged precision, recall and F1 (over the classes seen in either input).
+
+    An `evaluate.Metric` defined here rather than `evaluate.load("accuracy")`, which fetches its
+    script from the Hub; `add_batch` / `compute` work as for any other metric, offline.
+    """
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Accuracy and macro precision / recall / F1 of class predictions.",
+            citation="",
+            inputs_description="predictions and references: lists of integer class ids.",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references) -> dict:
+        predictions, references = np.asarray(predictions), np.asarray(references)
+        precisions, recalls, f1s = [], [], []
+        for label in np.union1d(predictions, references):
+            true_positive = np.sum((predictions == label) & (references == label))
+            precision = true_positive / max(np.sum(predictions == label), 1)
+            recall = true_positive / max(np.sum(references == label), 1)
+            precisions.append(precision)
+            recalls.append(recall)
+            f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        return {
+            "accuracy": float(np.mean(predictions == references)),
+            "precision": float(np.mean(precisions)),
+            "recall": float(np.mean(recalls)),
+            "f1": float(np.mean(f1s)),
+        }
+
+
+@torch.no_grad()
+def classification_metrics(model, dataloader, accelerator=None) -> dict:
+    """Metrics of `model` over `dataloader`; the loop's `evaluate_fn` (predictions gathered over processes)."""
+    metric = ClassificationMetrics(keep_in_memory=True)  # no cache file shared between processes
+    device = next(model.parameters()).device
+    for batch in dataloader:
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
+        predictions, references = logits.argmax(-1), batch["labels"].to(device)
+        if accelerator is not None:
+            predictions, references = accelerator.gather_for_metrics((predictions, references))
+        metric.add_batch(predictions=predictions.cpu(), references=references.cpu())
+    return metric.compute()
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Saving, and the options every fine-tuning command shares
+# ----------------------------------------------------------------------------------------------
+def save_finetuned(model, tokenizer, output: Path, *, merge: bool, metrics: dict, card: dict, extra=None) -> None:
+    """Write the model (or only its LoRA adapter), tokenizer, logs, metrics and card in one atomic step.
+
+    `merge`: fold LoRA adapters into the weights and save a plain model. The loop's
+    `metrics.jsonl` and `loss_curve.png` (written into `output` while training) are carried over;
+    its checkpoints are not. `extra(folder)` may add files of its own.
+    """
+    if not process_state().is_main_process:
+        return
+    with atomic_directory(output) as tmp:
+        (model.merge_and_unload() if merge else model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in ("metrics.jsonl", "loss_curve.png"):
+            if (output / name).is_file():
+                shutil.copy2(output / name, tmp / name)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if extra is not None:
+            extra(tmp)
+        write_model_card(tmp, metrics=metrics, model_name=output.name, **card)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, learning_rate: float, batch_size: int):
+    group = parser.add_argument_group("training (the shared loop)")
+    group.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split (default: {epochs})")
+    group.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
+    group.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default: {batch_size})")
+    group.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    group.add_argument("--lr", type=float, default=learning_rate, help=f"peak learning rate (default: {learning_rate})")
+    group.add_argument("--weight-decay", type=float, default=0.1)
+    group.add_argument("--warmup-steps", type=int, default=0)
+    group.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: 0, at the end only)")
+    group.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    group.add_argument("--seed", type=int, default=0, help="seed for the split, the balancing and training")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def training_config(args: argparse.Namespace, output: Path) -> TrainingConfig:
+    return TrainingConfig(
+        output_dir=str(output),
+        num_epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        eval_every=args.eval_every,
+        eval_at_start=True,  # the metrics before fine-tuning, for comparison
+        mixed_precision=args.mixed_precision,
+        seed=args.seed,
+        progress=not args.no_progress,
+        log_every=1,
+        report_to="none",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt finetune-classifier",
+        description="Fine-tune a pre-trained ScratchGPT folder into a text classifier.",
+    )
+    parser.add_argument("--model", required=True, help="pre-trained causal LM folder (with its tokenizer) or Hub id")
+    parser.add_argument("--data", required=True, help="a .csv, .tsv, .json or .jsonl file, or a Hub dataset name")
+    parser.add_argument("--output", required=True, help="folder for the classifier (replaced atomically at the end)")
+    parser.add_argument("--text-column", default="text", help="column with the text (default: text)")
+    parser.add_argument("--label-column", default="label", help="column with the class (default: label)")
+    parser.add_argument("--label-names", default=None, help="comma-separated class names, in label-id order")
+    parser.add_argument("--num-labels", type=int, default=None, help="number of classes (default: from the data)")
+    parser.add_argument("--split", default="train", help="split of a Hub dataset to read (default: train)")
+    parser.add_argument("--balance", action="store_true", help="undersample every class to the size of the smallest")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of records for validation (default: 0.1)"
+    )
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of records for testing (default: 0.2)")
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="truncate texts to this many tokens (default: context)"
+    )
+    parser.add_argument(
+        "--trainable",
+        choices=("all", "last-blocks"),
+        default=None,
+        help="without --lora: train every weight, or the last --last-blocks blocks + final norm + head (default)",
+    )
+    parser.add_argument(
+        "--last-blocks", type=int, default=1, help="blocks trained with --trainable last-blocks (default: 1)"
+    )
+    add_lora_arguments(parser)
+    add_training_arguments(parser, epochs=3, learning_rate=5e-5, batch_size=8)
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return finetune_classifier(args)
+    except (ValueError, OSError) as error:
+        print(f"scratch-gpt finetune-classifier: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"scratch-gpt finetune-classifier: {error}", file=sys.stderr)
+        return 1
+
+
+def finetune_classifier(args: argparse.Namespace) -> int:
+    if args.lora and args.trainable:
+        raise ValueError("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
+    if args.save_merged and not args.lora:
+        raise ValueError("--save-merged only applies with --lora (without it the whole model is saved anyway).")
+    state = process_state()  # this process among those `accelerate launch` started (one by default)
+    output = check_writable(args.output)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    # 1-3. records -> checked labels -> balanced -> tokens -> train / validation / test
+    records = read_records(args.data, split=args.split)
+    check_columns(records, [args.text_column, args.label_column], args.data)
+    records, label_names = encode_labels(
+        records,
+        args.label_column,
+        num_labels=args.num_labels,
+        label_names=args.label_names.split(",") if args.label_names else None,
+    )
+    if args.balance:
+        records = balance_by_undersampling(records, args.seed)
+    set_seed(args.seed)  # the new head (and LoRA) start the same way every run
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    context = model.config.max_position_embeddings
+    max_length = min(args.max_length or context, context)
+    records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])
+    splits = split_dataset(records, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    state.print(
+        f"{len(records)} records, labels {label_names}: "
+        + ", ".join(f"{name} {len(part)}" for name, part in splits.items())
+    )
+
+    # 4. what trains
+    if args.lora:
+        model = get_peft_model(model, lora_config_from_args(args, task="classification"))
+    else:
+        set_trainable(model, args.trainable or "last-blocks", args.last_blocks)
+    state.print(describe_trainable(model))
+
+    # 5. the shared loop, then the test split
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    metrics = train(
+        model,
+        splits["train"],
+        splits["validation"],
+        training_config(args, output),
+        collate_fn=collate,
+        evaluate_fn=classification_metrics,
+    )
+    for name in ("perplexity", "initial_perplexity"):  # exp(cross-entropy over classes) means little here
+        metrics.pop(name, None)
+    model.eval()
+    test_loader = DataLoader(splits["test"], batch_size=args.batch_size, collate_fn=collate)
+    metrics.update({f"test_{name}": value for name, value in classification_metrics(model, test_loader).items()})
+    state.print("test: " + ", ".join(f"{name[5:]} {metrics[name]:.4f}" for name in metrics if name.startswith("test_")))
+
+    # 6. one atomic save
+    save_finetuned(
+        model,
+        tokenizer,
+        output,
+        merge=args.save_merged,
+        metrics=metrics,
+        card=dict(kind="classifier", hyperparameters=vars(args), datasets=[args.data], base_model=args.model),
+    )
+    state.print(f"saved to {output}")
+    return 0

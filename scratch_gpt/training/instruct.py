@@ -1,0 +1,456 @@
+"""Instruction fine-tuning (stage 7.2): `scratch-gpt finetune-instruct` and `scratch-gpt chat`.
+
+The prompt format lives in ONE place, the tokenizer's chat template (see `scratch_gpt.tokenizer`):
+training renders each conversation with `apply_chat_template`, and so do `scratch-gpt chat` and
+`pipeline("text-generation")` called with messages, so the model sees at inference exactly the
+text it was trained on. The steps of `finetune-instruct`, top to bottom:
+
+1. read records, Alpaca-shaped (`instruction`, optional `input`, `output`) or chat-shaped
+   (`messages`: a list of `{"role", "content"}`), and check each one;
+2. render and tokenize every conversation, marking which tokens belong to assistant answers;
+3. train with the shared loop; `InstructionCollator` pads each batch and builds the labels
+   (padding -> -100, optionally the prompt -> -100 so only the answers are learned);
+4. report the held-out loss, write the model's answers to the held-out instructions to
+   `answers.jsonl`, and save model (or LoRA adapter), tokenizer, generation config and card.
+"""
+
+import argparse
+import copy
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from peft import AutoPeftModelForCausalLM, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
+
+from scratch_gpt.io_utils import check_writable
+from scratch_gpt.lora import add_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.tokenizer import format_alpaca_messages
+from scratch_gpt.training.classify import add_training_arguments, save_finetuned, training_config
+from scratch_gpt.training.loop import TrainingDiverged, process_state, train
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+IGNORE_INDEX = -100  # label value the loss skips
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Records -> conversations
+# ----------------------------------------------------------------------------------------------
+def read_instruction_records(source: str, *, split: str = "train") -> list[dict]:
+    """Records from a .json (a list of objects) or .jsonl file, or a Hub dataset (`NAME` or `hub:NAME`)."""
+    path = Path(source)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        if not path.is_file():
+            raise FileNotFoundError(f"The data file {source!r} does not exist; check the --data path.")
+        return _read_json_records(path)
+    if path.exists():
+        raise ValueError(f"Cannot read {source!r}: use a .json or .jsonl file of records, or a Hub dataset name.")
+    try:
+        return datasets.load_dataset(source.removeprefix("hub:"), split=split).to_list()
+    except Exception as error:  # not found, offline, no such split: all mean "cannot load this name"
+        raise ValueError(
+            f"{source!r} is not a local file and could not be loaded as a Hub dataset (split {split!r}): {error}"
+        ) from error
+
+
+def _read_json_records(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); fix the file.") from error
+    if not isinstance(records, list):
+        raise ValueError(f"{str(path)!r} must hold a list of records (JSON array) or one record per line (JSONL).")
+    return records
+
+
+def to_messages(record, index: int, source: str) -> list[dict]:
+    """One record as chat messages ending with the assistant's answer; ValueError naming the record."""
+    where = f"Record {index} of {source!r}"
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is a {type(record).__name__}, not an object with instruction/output or messages.")
+    if "messages" in record:
+        messages = record["messages"]
+        valid = isinstance(messages, list) and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
+        )
+        if not valid:
+            raise ValueError(
+                f"{where}: 'messages' must be a list of {{'role': one of {ROLES}, 'content': text}} objects."
+            )
+        if not messages or messages[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in messages):
+            raise ValueError(f"{where}: the messages need a user turn and must end with an assistant answer.")
+        return messages
+    if isinstance(record.get("instruction"), str) and isinstance(record.get("output"), str):
+        if not isinstance(record.get("input") or "", str):
+            raise ValueError(f"{where}: 'input' must be text.")
+        return format_alpaca_messages(record)
+    raise ValueError(
+        f"{where} has keys {sorted(record)}; expected Alpaca keys 'instruction' and 'output' (and an optional "
+        "'input') as text, or a 'messages' list."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Conversations -> tokens
+# ----------------------------------------------------------------------------------------------
+def tokenize_conversation(tokenizer, messages: list[dict]) -> dict:
+    """`input_ids` of the rendered conversation and `assistant_mask` (1 = token of an answer).
+
+    An answer spans from the end of the prompt rendered up to it (with the generation prompt) to
+    the end of the conversation rendered through it, so it includes the end-of-text token the
+    template puts after every answer. Tokens are matched to spans by their character offsets.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = [
+        (
+            len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)),
+            len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)),
+        )
+        for i, message in enumerate(messages)
+        if message["role"] == "assistant"
+    ]
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    assistant_mask = [
+        int(any(end > span_start and start < span_end for span_start, span_end in spans))
+        for start, end in encoding["offset_mapping"]
+    ]
+    input_ids = encoding["input_ids"]
+    if input_ids[-1] != tokenizer.eos_token_id:  # a template that does not close answers: close the last one
+        input_ids, assistant_mask = input_ids + [tokenizer.eos_token_id], assistant_mask + [1]
+    return {"input_ids": input_ids, "assistant_mask": assistant_mask}
+
+
+def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_length: int) -> datasets.Dataset:
+    """Tokenize all; cut to `max_length` with ONE warning; drop those left without any answer token.
+
+    Each row keeps `record`, the index of its conversation in `conversations`.
+    """
+    rows = [tokenize_conversation(tokenizer, messages) for messages in conversations]
+    truncated = sum(len(row["input_ids"]) > max_length for row in rows)
+    rows = [
+        {"record": index, **{key: values[:max_length] for key, values in row.items()}} for index, row in enumerate(rows)
+    ]
+    kept = [row for row in rows if any(row["assistant_mask"])]
+    if truncated:
+        logger.warning(
+            "%d of %d conversations are longer than %d tokens and were truncated; %d of them lost their whole "
+            "answer and were dropped.",
+            truncated,
+            len(rows),
+            max_length,
+            len(rows) - len(kept),
+        )
+    if not kept:
+        raise ValueError(
+            f"No conversation has an answer within {max_length} tokens; raise --max-length or shorten the data."
+        )
+    return datasets.Dataset.from_list(kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The collator
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class InstructionCollator:
+    """Pads a list of tokenized conversations into a batch for a causal LM.
+
+    `labels` are the input ids (the model shifts them by one) with -100 on padding, so each
+    sequence keeps exactly its own end-of-text token as a target even when the pad token is the
+    end-of-text token; with `mask_prompt` the prompt tokens are -100 too and only answers are learned.
+    """
+
+    pad_token_id: int
+    mask_prompt: bool = False
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+            if self.mask_prompt:
+                ids = ids.masked_fill(~torch.as_tensor(row["assistant_mask"], dtype=torch.bool), IGNORE_INDEX)
+            labels[i, : len(ids)] = ids
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Answers to held-out instructions
+# ----------------------------------------------------------------------------------------------
+def fit_to_context(generation_config: GenerationConfig, room: int) -> GenerationConfig:
+    """A copy that generates at most `room` new tokens (what is left of the context)."""
+    config = copy.deepcopy(generation_config)
+    config.max_new_tokens = min(config.max_new_tokens or room, room)
+    return config
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, conversations: list[list[dict]], generation_config, batch_size: int = 8):
+    """Greedy answers to each conversation's prompt (everything before its last answer)."""
+    model.eval()
+    device = next(model.parameters()).device
+    prompts = [
+        tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        for messages in conversations
+    ]
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        inputs = tokenizer(
+            prompts[start : start + batch_size],
+            add_special_tokens=False,
+            padding=True,
+            padding_side="left",  # new tokens follow every prompt directly
+            return_tensors="pt",
+        ).to(device)
+        room = model.config.max_position_embeddings - inputs["input_ids"].shape[1]
+        if room < 1:
+            answers += [""] * len(inputs["input_ids"])  # the prompt alone fills the context
+            continue
+        output = model.generate(**inputs, generation_config=fit_to_context(generation_config, room))
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return answers
+
+
+def write_answers(path: Path, conversations: list[list[dict]], answers: list[str]) -> None:
+    """One JSON object per held-out conversation: the prompt messages, the reference and the model's answer."""
+    with path.open("w", encoding="utf-8") as file:
+        for messages, answer in zip(conversations, answers):
+            record = {"messages": messages[:-1], "reference": messages[-1]["content"], "answer": answer}
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# finetune-instruct
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt finetune-instruct",
+        description="Instruction-tune a pre-trained ScratchGPT folder on Alpaca-style or chat records.",
+    )
+    parser.add_argument("--model", required=True, help="pre-trained causal LM folder (with its tokenizer) or Hub id")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="a .json / .jsonl file of records {instruction, input?, output} or {messages}, or a Hub dataset name",
+    )
+    parser.add_argument("--output", required=True, help="folder for the tuned model (replaced atomically at the end)")
+    parser.add_argument("--split", default="train", help="split of a Hub dataset to read (default: train)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of records (default: 0.1)")
+    parser.add_argument("--mask-prompt", action="store_true", help="learn only the answers (prompt labels = -100)")
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="truncate conversations to this many tokens (default: context)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="answer length in the saved generation config (default: 256)"
+    )
+    parser.add_argument(
+        "--max-answers", type=int, default=100, help="held-out instructions to answer in answers.jsonl (default: 100)"
+    )
+    add_lora_arguments(parser)
+    add_training_arguments(parser, epochs=2, learning_rate=5e-5, batch_size=8)
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return finetune_instruct(args)
+    except (ValueError, OSError) as error:
+        print(f"scratch-gpt finetune-instruct: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"scratch-gpt finetune-instruct: {error}", file=sys.stderr)
+        return 1
+
+
+def finetune_instruct(args: argparse.Namespace) -> int:
+    if args.save_merged and not args.lora:
+        raise ValueError("--save-merged only applies with --lora (without it the whole model is saved anyway).")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
+    state = process_state()  # this process among those `accelerate launch` started (one by default)
+    output = check_writable(args.output)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"The tokenizer of {args.model!r} has no chat template; train it with scratch-gpt train-tokenizer."
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
+    records = read_instruction_records(args.data, split=args.split)
+    if not records:
+        raise ValueError(f"{args.data!r} holds no records; pass at least two instruction records.")
+    conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
+    context = AutoConfig.from_pretrained(args.model).max_position_embeddings
+    rows = tokenize_conversations(tokenizer, conversations, min(args.max_length or context, context))
+
+    # 2. a seeded held-out split
+    n_val = round(len(rows) * args.val_fraction)
+    if n_val < 1 or n_val == len(rows):
+        raise ValueError(
+            f"{len(rows)} conversations are too few to hold out {args.val_fraction:.0%}; "
+            "add data or change --val-fraction."
+        )
+    rows = rows.shuffle(seed=args.seed)
+    train_set, val_set = rows.select(range(n_val, len(rows))), rows.select(range(n_val))
+    held_out = [conversations[index] for index in val_set["record"]]
+    state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
+
+    set_seed(args.seed)  # LoRA adapters start the same way every run
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model.generation_config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if args.lora:
+        model = get_peft_model(model, lora_config_from_args(args, task="causal"))
+    state.print(describe_trainable(model))
+
+    # 3. the shared loop; its evaluations (before and after) are the held-out loss
+    metrics = train(
+        model,
+        train_set,
+        val_set,
+        training_config(args, output),
+        collate_fn=InstructionCollator(tokenizer.pad_token_id, mask_prompt=args.mask_prompt),
+    )
+    state.print(
+        f"held-out loss {metrics['initial_eval_loss']:.4f} before, {metrics['eval_loss']:.4f} after fine-tuning"
+    )
+
+    # 4. answers to the held-out instructions, then one atomic save (both by the main process only)
+    answered = held_out[: args.max_answers]
+    if state.is_main_process:
+        answers = generate_answers(model, tokenizer, answered, model.generation_config, batch_size=args.batch_size)
+
+    def write_extras(folder: Path) -> None:
+        write_answers(folder / "answers.jsonl", answered, answers)
+        model.generation_config.save_pretrained(folder)
+
+    save_finetuned(
+        model,
+        tokenizer,
+        output,
+        merge=args.save_merged,
+        metrics=metrics,
+        card=dict(kind="instruct", hyperparameters=vars(args), datasets=[args.data], base_model=args.model),
+        extra=write_extras,
+    )
+    state.print(f"saved to {output} (answers to {len(answered)} held-out instructions in {output / 'answers.jsonl'})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# chat
+# ----------------------------------------------------------------------------------------------
+def load_for_chat(model_dir: str):
+    """Model (a full model or a LoRA adapter folder), tokenizer and generation config of `model_dir`."""
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(
+            f"The model folder {model_dir!r} does not exist; pass the --output of finetune-instruct."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"The tokenizer in {model_dir!r} has no chat template; is this an instruction-tuned folder?")
+    is_adapter = (Path(model_dir) / "adapter_config.json").is_file()
+    model = (AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM).from_pretrained(model_dir).eval()
+    saved = (Path(model_dir) / "generation_config.json").is_file()
+    generation_config = GenerationConfig.from_pretrained(model_dir) if saved else copy.deepcopy(model.generation_config)
+    if generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, generation_config
+
+
+@torch.no_grad()
+def stream_reply(model, tokenizer, messages: list[dict], generation_config) -> str:
+    """Print the answer to `messages` token by token as it is generated; return it."""
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    prompt_length = inputs["input_ids"].shape[1]
+    room = model.config.max_position_embeddings - prompt_length
+    if room < 1:
+        raise ValueError(f"The conversation ({prompt_length} tokens) fills the model's context; start a new one.")
+    output = model.generate(
+        **inputs.to(model.device),
+        generation_config=fit_to_context(generation_config, room),
+        streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
+    )
+    return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
+
+
+def build_chat_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt chat",
+        description="Chat with an instruction-tuned model; answers stream token by token. "
+        "Interactive unless --prompt is given; an empty line or Ctrl-D ends, /reset forgets the conversation.",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="output folder of finetune-instruct (model or adapter)")
+    parser.add_argument("--prompt", default=None, help="answer this one instruction and exit")
+    parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="longest answer (default: the generation config's)"
+    )
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
+    parser.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens (with --temperature)")
+    return parser
+
+
+def chat_cli(argv: list[str] | None = None) -> int:
+    args = build_chat_parser().parse_args(argv)
+    try:
+        model, tokenizer, generation_config = load_for_chat(args.model_dir)
+    except (ValueError, OSError) as error:
+        print(f"scratch-gpt chat: {error}", file=sys.stderr)
+        return 2
+    if args.max_new_tokens:
+        generation_config.max_new_tokens = args.max_new_tokens
+    if args.temperature > 0:
+        generation_config.update(do_sample=True, temperature=args.temperature, top_k=args.top_k)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+
+    if args.prompt is not None:
+        try:
+            stream_reply(model, tokenizer, [*system, {"role": "user", "content": args.prompt}], generation_config)
+        except ValueError as error:
+            print(f"scratch-gpt chat: {error}", file=sys.stderr)
+            return 2
+        return 0
+
+    history: list[dict] = []
+    while True:
+        try:
+            line = input("\n>>> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        if line == "/reset":
+            history = []
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            answer = stream_reply(model, tokenizer, [*system, *history], generation_config)
+        except ValueError as error:
+            print(f"{error}", file=sys.stderr)
+            history = []
+            continue
+        history.append({"role": "assistant", "content": answer})
+    return 0
