@@ -259,13 +259,13 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
 
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds` to ScratchGPT.")
-        if input_ids is not None:
-            self._check_input_ids(input_ids)
-            inputs_embeds = self.embed_tokens(input_ids)  # (B, T, C)
         if use_cache and cache is None:
             cache = DynamicCache(config=config)
-
         past_length = cache.get_seq_length() if cache is not None else 0
+        if input_ids is not None:
+            # Decoding steps feed back tokens the model itself chose, so only a prompt's ids need the range check.
+            self._check_input_ids(input_ids, check_range=past_length == 0)
+            inputs_embeds = self.embed_tokens(input_ids)  # (B, T, C)
         length = inputs_embeds.shape[1]
         if past_length + length > config.max_position_embeddings:
             raise ValueError(
@@ -315,15 +315,15 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             return positions.clamp(min=0)[:, -length:]
         return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)
 
-    def _check_input_ids(self, input_ids: torch.Tensor) -> None:
+    def _check_input_ids(self, input_ids: torch.Tensor, check_range: bool) -> None:
         if input_ids.is_floating_point() or input_ids.is_complex():
             raise ValueError(
                 f"ScratchGPT input_ids must be integer token ids, got dtype {input_ids.dtype}; "
                 "pass the tokenizer's output (torch.long)."
             )
-        if torch.compiler.is_compiling() or input_ids.numel() == 0:
-            return  # the check below reads values back to the host, which a compiled graph avoids
-        low, high = int(input_ids.min()), int(input_ids.max())
+        if not check_range or torch.compiler.is_compiling() or input_ids.numel() == 0:
+            return  # the range check reads values back to the host, which a compiled graph avoids
+        low, high = (int(x) for x in torch.aminmax(input_ids))
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(
                 f"ScratchGPT input_ids must be in [0, {self.config.vocab_size}), got values in [{low}, {high}]; "

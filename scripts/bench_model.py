@@ -16,8 +16,6 @@ import threading
 import time
 
 import torch
-from transformers import GPT2LMHeadModel
-
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from scratch_gpt.convert import to_gpt2
 

@@ -39,44 +39,10 @@ def parse_args():
     return args
 
 
-def build(kind: str, args):
-    if kind == "scratch_gpt":
-        from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+def scratch_config(args):
+    from scratch_gpt import ScratchGPTConfig
 
-        config = ScratchGPTConfig(
-            vocab_size=args.vocab_size,
-            hidden_size=args.hidden_size,
-            num_hidden_layers=args.num_layers,
-            num_attention_heads=args.num_heads,
-            max_position_embeddings=args.context,
-            hidden_act="gelu_new",
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        return ScratchGPTForCausalLM(config)
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=args.vocab_size,
-        n_embd=args.hidden_size,
-        n_layer=args.num_layers,
-        n_head=args.num_heads,
-        n_positions=args.context,
-        activation_function="gelu_new",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(config)
-
-
-def flops_per_token(args) -> float:
-    """The same count for both models: ScratchGPT's own formula (forward + backward)."""
-    from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-
-    config = ScratchGPTConfig(
+    return ScratchGPTConfig(
         vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
         num_hidden_layers=args.num_layers,
@@ -85,8 +51,24 @@ def flops_per_token(args) -> float:
         bos_token_id=0,
         eos_token_id=0,
     )
+
+
+def build(kind: str, args):
+    """ScratchGPT, or transformers' GPT2LMHeadModel with the same dimensions and weights."""
+    from scratch_gpt import ScratchGPTForCausalLM
+    from scratch_gpt.convert import to_gpt2
+
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(scratch_config(args))
+    return model if kind == "scratch_gpt" else to_gpt2(model).train()
+
+
+def flops_per_token(args) -> float:
+    """The same count for both models: ScratchGPT's own formula (forward + backward)."""
+    from scratch_gpt import ScratchGPTForCausalLM
+
     with torch.device("meta"):
-        return float(ScratchGPTForCausalLM(config).flops_per_token(args.context))
+        return float(ScratchGPTForCausalLM(scratch_config(args)).flops_per_token(args.context))
 
 
 def measured_matmul_peak(device: str, dtype: torch.dtype) -> float:

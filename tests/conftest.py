@@ -74,3 +74,25 @@ def run_without_scratch_gpt(tmp_path):
         return result.stdout
 
     return run
+
+
+@pytest.fixture
+def make_base_dir(tmp_path, tiny_tokenizer):
+    """Factory: a tiny causal-LM folder (random weights) with the project's tokenizer."""
+    from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+    from scratch_gpt.tokenizer import config_kwargs
+
+    def make(max_position_embeddings: int = 64, hidden_size: int = 32):
+        config = ScratchGPTConfig.from_preset(
+            "tiny",
+            hidden_size=hidden_size,
+            max_position_embeddings=max_position_embeddings,
+            **config_kwargs(tiny_tokenizer),
+        )
+        torch.manual_seed(0)
+        path = tmp_path / "base"
+        ScratchGPTForCausalLM(config).save_pretrained(path)
+        tiny_tokenizer.save_pretrained(path)
+        return path
+
+    return make

@@ -6,12 +6,10 @@ import random
 
 import datasets
 import pytest
-import torch
 from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
-from scratch_gpt.tokenizer import model_vocab_size
+from scratch_gpt import ScratchGPTForSequenceClassification
 from scratch_gpt.training import classify
 from scratch_gpt.training.classify import (
     ClassificationMetrics,
@@ -28,22 +26,9 @@ WORDS = "the quick brown fox jumps over the lazy dog hello world tokens attentio
 
 
 @pytest.fixture
-def base_dir(tmp_path, tiny_tokenizer):
+def base_dir(make_base_dir):
     """A tiny pre-trained-looking causal LM folder with its tokenizer."""
-    config = ScratchGPTConfig.from_preset(
-        "tiny",
-        vocab_size=model_vocab_size(tiny_tokenizer),
-        hidden_size=32,
-        max_position_embeddings=64,
-        bos_token_id=tiny_tokenizer.bos_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path / "base"
-    ScratchGPTForCausalLM(config).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return make_base_dir(max_position_embeddings=64)
 
 
 def toy_rows(n: int, seed: int = 0) -> list[dict]:

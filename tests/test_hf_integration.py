@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
-from scratch_gpt.convert import export_gpt2, to_gpt2
+from scratch_gpt.convert import to_gpt2
 
 PROBE = [[5, 17, 42, 99, 3, 250, 7, 8]]
 

@@ -6,11 +6,9 @@ import random
 
 import datasets
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
-from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-from scratch_gpt.tokenizer import format_alpaca_messages, model_vocab_size
+from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training import instruct
 from scratch_gpt.training.instruct import (
     InstructionCollator,
@@ -28,22 +26,9 @@ ALPACA = {"instruction": "Rewrite the word in capitals.", "input": "fox", "outpu
 
 
 @pytest.fixture
-def base_dir(tmp_path, tiny_tokenizer):
+def base_dir(make_base_dir):
     """A tiny causal LM folder with the project's tokenizer (chat template included)."""
-    config = ScratchGPTConfig.from_preset(
-        "tiny",
-        vocab_size=model_vocab_size(tiny_tokenizer),
-        hidden_size=32,
-        max_position_embeddings=256,
-        bos_token_id=tiny_tokenizer.bos_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path / "base"
-    ScratchGPTForCausalLM(config).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return make_base_dir(max_position_embeddings=256)
 
 
 def toy_records(n: int, seed: int = 0) -> list[dict]:
