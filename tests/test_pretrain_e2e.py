@@ -140,3 +140,17 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(corpus, 
     assert files(tmp_path / "two") == files(tmp_path / "one")
     assert two_out.count("Done: validation loss") == one_out.count("Done: validation loss") == 1
     assert (tmp_path / "two" / "checkpoints" / "step-00000012" / "random_states_1.pkl").is_file()
+
+
+def test_streaming_pretrain_reads_the_corpus_lazily_and_needs_max_steps(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli([*tiny_flags(corpus, out), "--streaming"]) == 0
+    assert "training and" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 12 and model.config.max_position_embeddings == 16
+
+    flags = tiny_flags(corpus, tmp_path / "other", "--streaming")
+    flags[flags.index("--max-steps") : flags.index("--max-steps") + 2] = []
+    assert cli(flags) == 2
+    assert "--streaming needs --max-steps" in capsys.readouterr().err

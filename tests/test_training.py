@@ -228,3 +228,35 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_with_bitwise_identical_weigh
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
+
+
+class StopAt:
+    """A collate function that raises once it has seen `limit` batches (an interrupted run)."""
+
+    def __init__(self, limit):
+        self.limit, self.seen = limit, 0
+
+    def __call__(self, rows):
+        self.seen += 1
+        if self.seen > self.limit:
+            raise KeyboardInterrupt("interrupted")
+        return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+
+
+def test_a_streamed_training_set_trains_and_resumes_to_the_same_weights(tmp_path):
+    import datasets
+
+    stream = datasets.Dataset.from_list(pattern_blocks(40)).to_iterable_dataset()
+    config = dict(max_steps=8, save_every=3, shuffle=False)
+    whole = tiny_model()
+    results = train(whole, stream, None, quiet(tmp_path / "a", **config))
+    assert results["step"] == 8
+
+    with pytest.raises(KeyboardInterrupt):  # stops during step 5, after the step-3 checkpoint
+        train(tiny_model(), stream, None, quiet(tmp_path / "b", **config), collate_fn=StopAt(4))
+    resumed = tiny_model(seed=1)  # other initial weights: everything must come from the checkpoint
+    train(resumed, stream, None, quiet(tmp_path / "b", resume=True, **config))
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+    with pytest.raises(ValueError, match="max_steps"):
+        train(tiny_model(), stream, None, quiet(tmp_path / "c"))

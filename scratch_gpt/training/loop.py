@@ -49,7 +49,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from scratch_gpt.io_utils import atomic_directory, check_writable
@@ -436,14 +436,17 @@ def train(
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
     set_seed(config.seed)
+    streaming = isinstance(train_dataset, IterableDataset)  # read in order, once per epoch; no length
+    if streaming and not config.max_steps:
+        raise ValueError("A streamed training set has no length; set max_steps (--max-steps).")
     global_batch = config.batch_size * accelerator.num_processes
-    if len(train_dataset) < global_batch:
+    if not streaming and len(train_dataset) < global_batch:
         raise ValueError(
             f"The training set has {len(train_dataset)} examples, fewer than one global batch ({global_batch}); "
             "lower batch_size or add data."
         )
 
-    sampler = EpochShuffleSampler(len(train_dataset), config.seed, config.shuffle)
+    sampler = None if streaming else EpochShuffleSampler(len(train_dataset), config.seed, config.shuffle)
     train_loader = _make_loader(train_dataset, config.batch_size, collate_fn, sampler, True, config.seed)
     eval_loader = None
     if eval_dataset is not None and len(eval_dataset) > 0:
@@ -455,7 +458,7 @@ def train(
     model.train()
     optimizer = build_optimizer(model, config)
     train_loader = accelerator.prepare(train_loader)  # sharded first: its length fixes the schedule
-    micro_batches_per_epoch = len(train_loader)  # per process
+    micro_batches_per_epoch = None if streaming else len(train_loader)  # per process
     total_steps = config.max_steps or config.num_epochs * math.ceil(
         micro_batches_per_epoch / config.gradient_accumulation_steps
     )
@@ -476,7 +479,7 @@ def train(
         accelerator.init_trackers("tensorboard", config=hyperparameters)
 
     unwrapped = accelerator.unwrap_model(model)
-    first_batch = train_dataset[0]
+    first_batch = next(iter(train_dataset)) if streaming else train_dataset[0]
     seq_len = len(first_batch["input_ids"]) if "input_ids" in first_batch else 1
     flops_per_token = estimate_flops_per_token(unwrapped, seq_len)
     peak_flops = config.peak_flops or default_peak_flops(accelerator.device, config.mixed_precision)
@@ -523,7 +526,8 @@ def train(
             )
 
     while step < total_steps:
-        sampler.epoch = epoch
+        if sampler is not None:
+            sampler.epoch = epoch
         train_loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(train_loader, batches_in_epoch) if batches_in_epoch else train_loader
         for batch in batches:

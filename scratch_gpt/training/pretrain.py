@@ -11,6 +11,7 @@ curve: load it with `AutoModelForCausalLM.from_pretrained` or `pipeline("text-ge
 """
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -34,6 +35,9 @@ def build_parser(prog: str = "scratch-gpt pretrain") -> argparse.ArgumentParser:
     data.add_argument("--stride", type=int, help="tokens between block starts (default: block size, disjoint)")
     data.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out for validation")
     data.add_argument("--num-proc", type=int, help="processes for tokenization")
+    data.add_argument(
+        "--streaming", action="store_true", help="read and pack the corpus lazily (larger than memory); needs --max-steps"
+    )
     tok = parser.add_argument_group("tokenizer")
     tok.add_argument("--tokenizer", help="a saved tokenizer folder; default: train one on --data")
     tok.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the tokenizer trained when --tokenizer is not given")
@@ -163,17 +167,27 @@ def build_model(args, tokenizer):
 
 
 def prepare_data(args, tokenizer, corpus):
-    """Split documents into train/validation, then pack each into blocks (validation: disjoint)."""
+    """Split documents into train/validation, then pack each into blocks (validation: disjoint).
+
+    With `--streaming` the training blocks stay a lazy stream; validation keeps its first
+    `eval_batches * batch_size` blocks in memory, so every evaluation sees the same blocks.
+    """
+    import datasets
+
     from scratch_gpt.data import bytes_per_token, pack_dataset, train_val_split, unigram_entropy
 
     train_docs, val_docs = train_val_split(corpus, args.val_fraction, args.seed)
     with process_state().main_process_first():  # the first process fills the datasets cache
         train_blocks = pack_dataset(train_docs, tokenizer, block_size=args.block_size, stride=args.stride, num_proc=args.num_proc)
         val_blocks = pack_dataset(val_docs, tokenizer, block_size=args.block_size, num_proc=args.num_proc)
+    if args.streaming:
+        val_blocks = datasets.Dataset.from_list(list(itertools.islice(val_blocks, args.eval_batches * args.batch_size)))
+    val_texts = [row["text"] for row in itertools.islice(val_docs, 500)]
     stats = {
-        "bytes_per_token": bytes_per_token(val_docs["text"][:500], tokenizer),
-        "unigram_entropy": unigram_entropy(train_blocks),
-        "train_blocks": len(train_blocks),
+        "bytes_per_token": bytes_per_token(val_texts, tokenizer),
+        # a stream is read once, by training: its token statistics come from the validation blocks
+        "unigram_entropy": unigram_entropy(val_blocks if args.streaming else train_blocks),
+        "train_blocks": "streamed" if args.streaming else len(train_blocks),
         "val_blocks": len(val_blocks),
     }
     return train_blocks, val_blocks, stats
@@ -218,9 +232,11 @@ def pretrain(args: argparse.Namespace) -> dict:
 
     config = training_config(args)  # bad options and output folders fail here, before the data work
     output_dir = check_output_dir(config)
+    if args.streaming and not args.max_steps:
+        raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by.")
     state = process_state()
     set_seed(args.seed)
-    corpus = load_text_corpus(args.data, text_column=args.text_column)
+    corpus = load_text_corpus(args.data, text_column=args.text_column, streaming=args.streaming)
     tokenizer = load_or_train_tokenizer(args, corpus)
     model = build_model(args, tokenizer)
     train_blocks, val_blocks, stats = prepare_data(args, tokenizer, corpus)
