@@ -2,7 +2,8 @@
 
 Rows: training step (forward + backward + AdamW) tokens/s and peak memory, and generation
 tokens/s with the KV cache at batch 1 and batch 8. Both models are built in this process with
-the same weights, run on the same batches, alternately, best of `--repeats`; the ratio column
+the same weights, run on the same batches, alternately (each goes first in every other
+repeat), best of `--repeats`; the ratio column
 is ScratchGPT / GPT-2 (above 1.0 means ScratchGPT is faster, or for memory, uses more).
 
     python scripts/bench_model.py                      # CPU, small dimensions
@@ -140,8 +141,9 @@ def main():
     prompt8 = batch[:8, :32]
 
     results = {name: {} for name in models}
-    for _ in range(args.repeats):
-        for name, model in models.items():
+    for repeat in range(args.repeats):
+        order = list(models.items())[:: -1 if repeat % 2 else 1]  # alternate who goes first
+        for name, model in order:
             # train on a copy so both models start every repeat from the same weights
             state = {k: v.clone() for k, v in model.state_dict().items()}
             rate, memory = train_step_rate(model, batch, args.steps, device, args.compile)
