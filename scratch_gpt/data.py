@@ -37,6 +37,8 @@ import numpy as np
 import pyarrow.compute
 import torch
 
+from scratch_gpt.tokenizer import encode_batch
+
 # File suffix -> the `datasets` builder that reads it. A .txt file is ONE document (the whole file);
 # JSON Lines, JSON and Parquet files hold one document per row.
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -286,7 +288,7 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
 
 def _tokenize_batch(batch, tokenizer):
     """One `datasets.map` step: token ids of each document, followed by EOS."""
-    ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+    ids = encode_batch(tokenizer, batch["text"])  # ids only: a third faster than tokenizer(...) on short texts
     return {"input_ids": [doc + [tokenizer.eos_token_id] for doc in ids]}
 
 
