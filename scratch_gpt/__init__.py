@@ -7,6 +7,7 @@ by it also carry the model code, for machines where this package is not installe
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from . import lora  # noqa: F401  (tells PEFT which modules LoRA adapts in a "scratch_gpt" model)
 from .configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from .modeling_scratch_gpt import (
     ScratchGPTForCausalLM,

@@ -15,10 +15,14 @@ plain `ScratchGPTFor...` model; `model.save_pretrained(folder)` saves only the a
 import argparse
 
 from peft import LoraConfig, TaskType
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 DEFAULT_TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")
 TASK_TYPES = {"causal": TaskType.CAUSAL_LM, "classification": TaskType.SEQ_CLS}
+
+# PEFT's own defaults, so a plain `LoraConfig(task_type=...)` without target_modules works too.
+TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault("scratch_gpt", list(DEFAULT_TARGETS))
 
 
 def lora_config(

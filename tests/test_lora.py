@@ -132,3 +132,11 @@ def test_adapters_save_and_load_with_peft_and_auto_peft(base_dir, tmp_path):
     # The trained head is saved with the adapter; the base folder is the causal LM.
     auto = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path / "classifier-adapter", num_labels=2)
     torch.testing.assert_close(auto(**inputs).logits, expected, atol=1e-6, rtol=0)
+
+
+def test_plain_peft_lora_config_finds_the_default_targets():
+    from peft import LoraConfig
+
+    model = get_peft_model(ScratchGPTForCausalLM(tiny_config()), LoraConfig(task_type="CAUSAL_LM", r=4))
+    adapted = {name.split(".base_layer")[0].rsplit(".", 1)[-1] for name, _ in model.named_modules() if name.endswith("base_layer")}
+    assert adapted == set(DEFAULT_TARGETS)
