@@ -393,6 +393,9 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
     @classmethod
     def from_gpt2(cls, gpt2: "str | os.PathLike | PreTrainedModel", **from_pretrained_kwargs) -> "ScratchGPTForCausalLM":
         """Build a ScratchGPT from a transformers GPT-2 checkpoint (a Hub id such as
@@ -410,9 +413,6 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         model.load_state_dict(state)
         model.generation_config = gpt2.generation_config
         return model.eval()
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -441,6 +441,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,  # attention-kernel arguments reach the blocks; the loss takes e.g. num_items_in_batch
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:
