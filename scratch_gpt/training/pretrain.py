@@ -234,6 +234,12 @@ def pretrain(args: argparse.Namespace) -> dict:
     output_dir = check_output_dir(config)
     if args.streaming and not args.max_steps:
         raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by.")
+    if args.no_progress:  # also the bars of datasets (tokenizing) and transformers (saving)
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     state = process_state()
     set_seed(args.seed)
     corpus = load_text_corpus(args.data, text_column=args.text_column, streaming=args.streaming)
