@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import datasets
@@ -32,7 +31,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from scratch_gpt.hub import write_model_card
 from scratch_gpt.io_utils import atomic_directory, check_writable
 from scratch_gpt.lora import add_lora_arguments, describe_trainable, lora_config_from_args
-from scratch_gpt.training.loop import TrainingConfig, TrainingDiverged, process_state, train
+from scratch_gpt.training.loop import TrainingConfig, process_state, run_command, train
 
 logger = logging.getLogger(__name__)
 
@@ -364,15 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return finetune_classifier(args)
-    except (ValueError, OSError) as error:
-        print(f"scratch-gpt finetune-classifier: {error}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as error:
-        print(f"scratch-gpt finetune-classifier: {error}", file=sys.stderr)
-        return 1
+    return run_command(build_parser(), argv, finetune_classifier)
 
 
 def finetune_classifier(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from scratch_gpt.io_utils import check_writable
 from scratch_gpt.lora import add_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training.classify import add_training_arguments, save_finetuned, training_config
-from scratch_gpt.training.loop import TrainingDiverged, process_state, train
+from scratch_gpt.training.loop import process_state, run_command, train
 
 logger = logging.getLogger(__name__)
 
@@ -266,15 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return finetune_instruct(args)
-    except (ValueError, OSError) as error:
-        print(f"scratch-gpt finetune-instruct: {error}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as error:
-        print(f"scratch-gpt finetune-instruct: {error}", file=sys.stderr)
-        return 1
+    return run_command(build_parser(), argv, finetune_instruct)
 
 
 def finetune_instruct(args: argparse.Namespace) -> int:

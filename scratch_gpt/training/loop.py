@@ -38,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -599,6 +600,23 @@ def train(
     return results
 
 
+def run_command(parser, argv, body, parse=None) -> int:
+    """Parse `argv` and run `body(args)` for a training command: bad input (and a bad file or
+    folder) becomes one line on stderr and exit status 2, a diverged run exit status 1."""
+    try:
+        args = (parse or parser.parse_args)(argv)
+        body(args)
+    except SystemExit as exit_:  # argparse: --help, or an unknown flag (already explained on stderr)
+        return exit_.code or 0
+    except TrainingDiverged as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def save_model(accelerator, model, final_dir, *, tokenizer=None, on_save=None, metrics=None) -> None:
     """`save_pretrained` the (possibly wrapped or sharded) model into `final_dir`, atomically."""
     state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every process calls it
@@ -613,4 +631,4 @@ def save_model(accelerator, model, final_dir, *, tokenizer=None, on_save=None, m
     accelerator.wait_for_everyone()
 
 
-__all__ = ["TrainingConfig", "TrainingDiverged", "train", "save_model", "build_optimizer", "lr_factor", "process_state"]
+__all__ = ["TrainingConfig", "TrainingDiverged", "train", "run_command", "save_model", "build_optimizer", "lr_factor", "process_state"]

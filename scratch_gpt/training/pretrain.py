@@ -14,16 +14,12 @@ import argparse
 import itertools
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import yaml
 
 from scratch_gpt.configuration_scratch_gpt import PRESETS, ScratchGPTConfig
-from scratch_gpt.training.loop import TrainingConfig, TrainingDiverged, check_output_dir, process_state, train
-
-BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError)
-
+from scratch_gpt.training.loop import TrainingConfig, check_output_dir, process_state, run_command, train
 
 def build_parser(prog: str = "scratch-gpt pretrain") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Pre-train a GPT on a text corpus with Accelerate.")
@@ -278,22 +274,6 @@ def pretrain(args: argparse.Namespace) -> dict:
     return {**results, **stats}
 
 
-def _run(parser: argparse.ArgumentParser, argv, body) -> int:
-    """Parse, run `body(args)`, and turn bad input into one line on stderr and exit status 2."""
-    try:
-        args = parse_args(parser, argv)
-        body(args)
-    except SystemExit as exit_:  # argparse: --help, or an unknown flag (already explained on stderr)
-        return exit_.code or 0
-    except TrainingDiverged as error:
-        print(f"{parser.prog}: {error}", file=sys.stderr)
-        return 1
-    except BAD_INPUT as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def cli(argv: list[str] | None = None) -> int:
     """`scratch-gpt pretrain ...`"""
 
@@ -304,7 +284,8 @@ def cli(argv: list[str] | None = None) -> int:
             f"model in {Path(args.output_dir) / 'model'}"
         )
 
-    return _run(build_parser(), argv, body)
+    parser = build_parser()
+    return run_command(parser, argv, body, parse=lambda argv: parse_args(parser, argv))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,4 +342,4 @@ def quickstart_cli(argv: list[str] | None = None) -> int:
             "(load it with AutoModelForCausalLM.from_pretrained or pipeline('text-generation'))"
         )
 
-    return _run(parser, argv, body)
+    return run_command(parser, argv, body)
