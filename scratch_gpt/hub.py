@@ -4,6 +4,8 @@
   templates in `model_cards/` with `huggingface_hub.ModelCard` into `folder/README.md`.
 - `push_folder(folder, repo_id)` uploads a saved model folder (weights, config, remote code,
   tokenizer, generation config, card, plots) to the Hub in ONE commit; `scratch-gpt push` is its CLI.
+- `push_model(model, repo_id, tokenizer=...)` is `model.push_to_hub(...)` for ScratchGPT models:
+  the same one commit, from the model in memory.
 - `add_to_hub_cache(folder, repo_id)` lays a folder out as a Hub cache entry, so
   `from_pretrained("OWNER/NAME")` finds it offline (air-gapped machines, tests).
 
@@ -19,6 +21,7 @@ import numbers
 import os
 import shutil
 import sys
+import tempfile
 from importlib.resources import files
 from pathlib import Path
 
@@ -249,8 +252,7 @@ def published_files(folder) -> dict[str, bytes | Path]:
         raise FileNotFoundError(
             f"Model folder {str(folder)!r} does not exist; pass the output folder of a training command."
         )
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    published = {name: folder / name for name in names if name.endswith(PUBLISHED_SUFFIXES)}
+    published = _publishable(folder)
     config_name = next((name for name in CONFIG_NAMES if name in published), None)
     if config_name is None:
         inner = sorted(str(path.parent) for path in folder.glob("*/config.json"))
@@ -282,6 +284,11 @@ def published_files(folder) -> dict[str, bytes | Path]:
     return published
 
 
+def _publishable(folder: Path) -> dict[str, Path]:
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return {name: folder / name for name in names if name.endswith(PUBLISHED_SUFFIXES)}
+
+
 def _with_repo_id(published: dict, repo_id: str) -> dict[str, bytes | Path]:
     """The README with its placeholder repo id replaced by the real one."""
     if "README.md" in published:
@@ -311,41 +318,95 @@ def _check_no_token_inside(published: dict, token: str) -> None:
             raise ValueError(f"{name} contains your Hugging Face token; remove it from the file before pushing.")
 
 
-def push_folder(
-    folder,
-    repo_id: str,
-    *,
-    private: bool = False,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    token: str | None = None,
-) -> str:
-    """Upload a saved model folder to `repo_id` in one commit; returns the commit URL.
-
-    Everything is checked before anything is sent: the repo id, the folder (config, safetensors
-    weights, remote code) and the credentials (`token`, else `HF_TOKEN` or the stored login).
-    """
-    _check_repo_id(repo_id)
-    published = _with_repo_id(published_files(folder), repo_id)
+def _credentials(token: str | None) -> str:
     token = token or get_token()
     if not token:
         raise PermissionError(
             "No Hugging Face credentials found; run `hf auth login` or set the HF_TOKEN environment variable."
         )
+    return token
+
+
+def push_folder(
+    folder,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+):
+    """Upload a saved model folder to `repo_id` in one commit; returns huggingface_hub's `CommitInfo`
+    (a string: the commit URL).
+
+    Everything is checked before anything is sent: the repo id, the folder (config, safetensors
+    weights, remote code) and the credentials (`token`, else `HF_TOKEN` or the stored login).
+    `revision` is a branch, created if missing; `create_pr=True` opens a pull request instead.
+    """
+    _check_repo_id(repo_id)
+    published = _with_repo_id(published_files(folder), repo_id)
+    token = _credentials(token)
     _check_no_token_inside(published, token)
 
     api = HfApi(token=token, library_name="scratch_gpt")
     api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision:
+    if revision and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in published.items()]
-    commit = api.create_commit(
+    return api.create_commit(
         repo_id,
         operations=operations,
         commit_message=commit_message or f"Upload {Path(folder).name} with scratch_gpt",
+        commit_description=commit_description,
         revision=revision,
+        create_pr=create_pr,
     )
-    return commit.commit_url
+
+
+def push_model(model, repo_id: str, *, tokenizer=None, max_shard_size="50GB", tags=None, **push_kwargs):
+    """`model.push_to_hub(repo_id, tokenizer=..., ...)`: the model in memory, published in one commit.
+
+    The model is saved afresh into a temporary folder (weights, config, remote code, generation
+    config), `tokenizer` beside it. When the model was loaded from a local folder saved with the same
+    architecture (a training command's output), that folder's other files come too: its tokenizer,
+    card and plots. A model with no card gets one written from its config (no metrics: a training
+    command writes the full card). `tags` are added to the card; `push_kwargs` are `push_folder`'s.
+    """
+    _check_repo_id(repo_id)  # fail before a possibly long save, as push_folder would after it
+    push_kwargs["token"] = _credentials(push_kwargs.get("token"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / repo_id.split("/")[-1]  # the card's model name
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        for name, path in _companion_files(model).items():
+            if not (folder / name).exists():
+                shutil.copyfile(path, folder / name)
+        card = folder / "README.md"
+        if not card.exists():
+            kind = "classifier" if type(model).__name__.endswith("ForSequenceClassification") else "base"
+            write_model_card(folder, kind=kind, metrics={}, hyperparameters={})
+        tags = [*(getattr(model, "model_tags", None) or []), *([tags] if isinstance(tags, str) else tags or [])]
+        if tags:
+            model_card = ModelCard.load(card)
+            model_card.data.tags = list(dict.fromkeys([*(model_card.data.tags or []), *tags]))
+            model_card.save(card)
+        return push_folder(folder, repo_id, **push_kwargs)
+
+
+def _companion_files(model) -> dict[str, Path]:
+    """The files of the folder `model` was loaded from that a fresh save does not write (tokenizer,
+    card, plots), when that folder holds the same architecture; else none."""
+    source = Path(model.name_or_path or ".")
+    if not model.name_or_path or not (source / "config.json").is_file():
+        return {}
+    saved = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    if saved.get("architectures") != model.config.architectures:
+        return {}  # e.g. a classifier built from a base model folder: that card describes another model
+    weights = (".safetensors", ".safetensors.index.json")  # a fresh save may shard them under other names
+    return {name: path for name, path in _publishable(source).items() if not name.endswith(weights)}
 
 
 # ----------------------------------------------------------------------------------------- cache
@@ -420,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 def push_cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        url = push_folder(
+        commit = push_folder(
             args.output_dir,
             args.repo_id,
             private=args.private,
@@ -433,5 +494,5 @@ def push_cli(argv: list[str] | None = None) -> int:
     except (HfHubHTTPError, ConnectionError) as error:  # the Hub refused, or no network / HF_HUB_OFFLINE=1
         print(f"scratch-gpt push: the upload failed: {error}", file=sys.stderr)
         return 1
-    print(f"Pushed {args.output_dir} to {constants.ENDPOINT}/{args.repo_id}\ncommit: {url}")
+    print(f"Pushed {args.output_dir} to {constants.ENDPOINT}/{args.repo_id}\ncommit: {commit.commit_url}")
     return 0

@@ -201,6 +201,24 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         kwargs.setdefault("use_safetensors", True)
         return super().from_pretrained(*args, **kwargs)
 
+    def push_to_hub(self, repo_id: str, *, tokenizer=None, **kwargs):
+        """Upload the model with its tokenizer, model card and plots to the Hub in one commit.
+
+        With `scratch_gpt` installed this is `scratch_gpt.hub.push_model` (see there): the weights,
+        config, remote code and generation config, plus `tokenizer` and the card and plots of the
+        folder the model was loaded from. Loaded as remote code without the package, it is
+        transformers' own push (no tokenizer, a generic card), and `tokenizer` follows in a second commit.
+        """
+        try:
+            from scratch_gpt.hub import push_model
+        except ImportError:
+            commit = super().push_to_hub(repo_id, **kwargs)
+            if tokenizer is not None:
+                names = ("commit_message", "private", "token", "revision", "create_pr")
+                tokenizer.push_to_hub(repo_id, **{name: kwargs[name] for name in names if name in kwargs})
+            return commit
+        return push_model(self, repo_id, tokenizer=tokenizer, **kwargs)
+
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token: 6 * matmul weights + 12 * layers * C * T.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+import safetensors.torch
 import torch
 from huggingface_hub import HfApi, ModelCard, RepoUrl, constants, metadata_load
 from peft import get_peft_model
@@ -73,7 +74,12 @@ def fake_hub(monkeypatch):
         calls.append(("create_branch", repo_id, kwargs))
 
     def create_commit(self, repo_id, operations, **kwargs):
-        calls.append(("create_commit", repo_id, {"operations": list(operations), **kwargs}))
+        operations = list(operations)
+        files = {}
+        for op in operations:  # read now: a push from memory deletes its temporary folder afterwards
+            with op.as_file() as f:
+                files[op.path_in_repo] = f.read()
+        calls.append(("create_commit", repo_id, {"operations": operations, "files": files, **kwargs}))
         return huggingface_hub.CommitInfo(
             commit_url=f"{constants.ENDPOINT}/{repo_id}/commit/{'0' * 40}",
             commit_message=kwargs.get("commit_message") or "",
@@ -328,24 +334,109 @@ def test_push_help_works(capsys):
     assert "--repo-id" in capsys.readouterr().out
 
 
-def test_model_push_to_hub_is_one_commit_with_weights_config_and_remote_code(tiny_model, fake_hub, monkeypatch):
-    """transformers' own `push_to_hub` (it writes its own minimal card: use `push_folder` for ours)."""
+def test_model_push_to_hub_publishes_the_model_with_its_run_folder_in_one_commit(lm_dir, fake_hub):
+    write_card(lm_dir)
+    (lm_dir / "loss_curve.png").write_bytes(PNG)
+    model = AutoModelForCausalLM.from_pretrained(lm_dir)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)  # changed in memory after loading: the push must send these weights
 
-    def no_card_yet(*args, **kwargs):
-        raise huggingface_hub.errors.EntryNotFoundError("no README.md")
+    model.push_to_hub("owner/tiny-lm", token=FAKE_TOKEN, commit_message="first", tags=["demo"])
 
-    monkeypatch.setattr(ModelCard, "load", no_card_yet)
-    tiny_model.push_to_hub("owner/tiny-lm", token=FAKE_TOKEN)
-    commits = [call for call in fake_hub if call[0] == "create_commit"]
-    assert len(commits) == 1
-    uploaded = {op.path_in_repo for op in commits[0][2]["operations"]}
+    assert [name for name, _, _ in fake_hub] == ["create_repo", "create_commit"]
+    files = fake_hub[1][2]["files"]
     assert {
         "config.json",
         "generation_config.json",
         "model.safetensors",
         "modeling_scratch_gpt.py",
         "configuration_scratch_gpt.py",
-    } <= uploaded
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "loss_curve.png",
+    } <= set(files)
+    assert fake_hub[1][2]["commit_message"] == "first"
+    weights = safetensors.torch.load(files["model.safetensors"])
+    torch.testing.assert_close(weights["model.embed_tokens.weight"], model.lm_head.weight, rtol=0, atol=0)
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.model_name == "tiny-lm" and "| perplexity | 12.18 |" in card.text  # the run's own card
+    assert {"scratch_gpt", "demo"} <= set(card.data.tags)
+    assert 'model_id = "owner/tiny-lm"' in card.text
+    assert all(FAKE_TOKEN.encode() not in content for content in files.values())
+
+
+def test_model_push_to_hub_of_a_new_model_takes_the_tokenizer_and_writes_a_card(tiny_model, tiny_tokenizer, fake_hub):
+    tiny_model.push_to_hub("owner/tiny-lm", tokenizer=tiny_tokenizer, token=FAKE_TOKEN)
+    commits = [call for call in fake_hub if call[0] == "create_commit"]
+    assert len(commits) == 1
+    files = commits[0][2]["files"]
+    assert {"model.safetensors", "modeling_scratch_gpt.py", "tokenizer.json", "README.md"} <= set(files)
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert "Not recorded" in card.text and "loss_curve.png" not in card.text
+
+
+def test_classifier_push_to_hub_does_not_take_the_card_of_the_base_model_it_was_built_from(
+    lm_dir, tiny_tokenizer, fake_hub
+):
+    write_card(lm_dir)
+    (lm_dir / "loss_curve.png").write_bytes(PNG)
+    model = ScratchGPTForSequenceClassification.from_pretrained(lm_dir, num_labels=2)
+    model.push_to_hub("owner/tiny-classifier", tokenizer=tiny_tokenizer, token=FAKE_TOKEN)
+    files = fake_hub[-1][2]["files"]
+    assert "loss_curve.png" not in files and "tokenizer.json" in files
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.pipeline_tag == "text-classification" and "AutoModelForSequenceClassification" in card.text
+
+
+@pytest.mark.parametrize("case", ["invalid repo id", "no credentials"])
+def test_model_push_to_hub_bad_input_fails_before_saving_or_uploading(
+    tiny_model, hub_must_not_be_called, no_stored_login, monkeypatch, case
+):
+    def no_save(*args, **kwargs):
+        raise AssertionError("the model was saved despite bad input")
+
+    monkeypatch.setattr(type(tiny_model), "save_pretrained", no_save)
+    if case == "invalid repo id":
+        with pytest.raises(ValueError, match="Invalid repo id 'not a repo id'"):
+            tiny_model.push_to_hub("not a repo id", token=FAKE_TOKEN)
+    else:
+        with pytest.raises(PermissionError, match="No Hugging Face credentials found"):
+            tiny_model.push_to_hub("owner/tiny-lm")
+
+
+@pytest.mark.slow
+def test_remote_code_push_to_hub_without_scratch_gpt_is_transformers_own(lm_dir, run_without_scratch_gpt):
+    """Loaded with trust_remote_code where scratch_gpt is absent: transformers' push, tokenizer after it."""
+    output = run_without_scratch_gpt(
+        f"""
+import huggingface_hub
+from huggingface_hub import HfApi, ModelCard, RepoUrl
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+def create_repo(self, repo_id, **kwargs):
+    return RepoUrl("https://huggingface.co/" + repo_id)
+
+def create_commit(self, repo_id, operations, **kwargs):
+    print("commit", sorted(op.path_in_repo for op in operations))
+    url = "https://huggingface.co/" + repo_id + "/commit/" + "0" * 40
+    return huggingface_hub.CommitInfo(commit_url=url, commit_message="", commit_description="", oid="0" * 40)
+
+def no_card_yet(*args, **kwargs):
+    raise huggingface_hub.errors.EntryNotFoundError("no README.md")
+
+HfApi.create_repo, HfApi.create_commit, ModelCard.load = create_repo, create_commit, no_card_yet
+model = AutoModelForCausalLM.from_pretrained({str(lm_dir)!r}, trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained({str(lm_dir)!r}, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+model.push_to_hub("owner/tiny-lm", tokenizer=tokenizer, token={FAKE_TOKEN!r})
+"""
+    )
+    commits = [line for line in output.splitlines() if line.startswith("commit")]
+    assert len(commits) == 2
+    assert "'model.safetensors'" in commits[0] and "'modeling_scratch_gpt.py'" in commits[0]
+    assert "'tokenizer.json'" in commits[1]
 
 
 # ------------------------------------------------------------------------------ download by repo id
@@ -488,7 +579,6 @@ def test_pickle_weights_are_never_unpickled_unsafely(lm_dir, tmp_path):
 LIVE_ROUND_TRIP = """
 import sys, torch, uuid
 from huggingface_hub import HfApi
-from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.hub import push_folder
@@ -501,6 +591,15 @@ try:
     remote = AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True, cache_dir=cache).eval()
     local = ScratchGPTForCausalLM.from_pretrained(folder).eval()
     ids = torch.tensor([[0, 5, 9, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(remote(ids).logits, local(ids).logits)
+        local.lm_head.weight.mul_(0.5)  # push from memory to a branch, then read that revision back
+    local.push_to_hub(repo_id, revision="from-memory")
+    files = set(api.list_repo_files(repo_id, revision="from-memory"))
+    assert {"model.safetensors", "modeling_scratch_gpt.py", "tokenizer.json", "README.md"} <= files, files
+    remote = AutoModelForCausalLM.from_pretrained(
+        repo_id, revision="from-memory", trust_remote_code=True, cache_dir=cache
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(remote(ids).logits, local(ids).logits)
 finally:
