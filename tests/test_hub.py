@@ -28,6 +28,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_" + "x" * 34
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16  # the card only needs the file to exist
 TEXT = "The quick brown fox jumps over the lazy dog."
+# What a push of a training command's model folder publishes (among other files).
+PUBLISHED_RUN_FOLDER = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "modeling_scratch_gpt.py",
+    "configuration_scratch_gpt.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "README.md",
+    "loss_curve.png",
+}
 
 
 @pytest.fixture
@@ -232,18 +244,7 @@ def test_push_uploads_the_whole_folder_in_one_commit(lm_dir, fake_hub):
     commit = fake_hub[2][2]
     assert commit["revision"] == "v1" and commit["commit_message"] == "first"
     uploaded = {op.path_in_repo: op for op in commit["operations"]}
-    expected = {
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "modeling_scratch_gpt.py",
-        "configuration_scratch_gpt.py",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "README.md",
-        "loss_curve.png",
-    }
-    assert expected <= set(uploaded)
+    assert PUBLISHED_RUN_FOLDER <= set(uploaded)
     assert not {"optimizer.pt", "checkpoints/model.safetensors"} & set(uploaded)
     with uploaded["README.md"].as_file() as f:
         readme = f.read().decode()
@@ -345,17 +346,7 @@ def test_model_push_to_hub_publishes_the_model_with_its_run_folder_in_one_commit
 
     assert [name for name, _, _ in fake_hub] == ["create_repo", "create_commit"]
     files = fake_hub[1][2]["files"]
-    assert {
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "modeling_scratch_gpt.py",
-        "configuration_scratch_gpt.py",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "README.md",
-        "loss_curve.png",
-    } <= set(files)
+    assert PUBLISHED_RUN_FOLDER <= set(files)
     assert fake_hub[1][2]["commit_message"] == "first"
     weights = safetensors.torch.load(files["model.safetensors"])
     torch.testing.assert_close(weights["model.embed_tokens.weight"], model.lm_head.weight, rtol=0, atol=0)
