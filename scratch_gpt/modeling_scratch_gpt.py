@@ -10,9 +10,9 @@ Read it top to bottom:
 Shapes in comments: B batch, T new tokens, S tokens attended to (past + new), H heads,
 D head size, C hidden size (= H * D), V vocabulary.
 
-This file imports only torch, transformers and its configuration module, so it is copied next
-to the weights by `save_pretrained` and loads with `trust_remote_code=True` where the
-`scratch_gpt` package is not installed.
+This file imports only torch, transformers and its configuration module (and `scratch_gpt.hub`
+inside `push_to_hub`, when it can), so it is copied next to the weights by `save_pretrained` and
+loads with `trust_remote_code=True` where the `scratch_gpt` package is not installed.
 """
 
 import os
