@@ -310,7 +310,14 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     text, about 15% more time on short texts (scripts/bench_tokenizer.py); this asks the Rust
     backend for the ids alone (no special tokens are added, as with any tokenizer made here).
     """
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    backend = tokenizer.backend_tokenizer
+    # A call like tokenizer(texts, padding=True, truncation=True) leaves padding and truncation
+    # switched on in the backend; tokenizer(texts) switches them off again, and so does this.
+    if backend.padding is not None:
+        backend.no_padding()
+    if backend.truncation is not None:
+        backend.no_truncation()
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
     return [encoding.ids for encoding in encodings]
 
 

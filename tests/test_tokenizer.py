@@ -127,6 +127,13 @@ def test_decode_encode_is_lossless(tokenizer, text):
     assert (0 in ids) == (EOS_TOKEN in text)
 
 
+def test_bulk_encoding_ignores_padding_and_truncation_left_by_an_earlier_call(tokenizer):
+    texts = ["short", "a much longer text than the first one, with many words in it"]
+    expected = tokenizer(texts)["input_ids"]
+    tokenizer(texts, padding=True, truncation=True, max_length=3)  # leaves both on in the Rust backend
+    assert encode_batch(tokenizer, texts) == expected
+
+
 # --- chat template -----------------------------------------------------------------------------
 
 
