@@ -6,6 +6,7 @@ import random
 
 import datasets
 import pytest
+import torch
 from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -161,6 +162,19 @@ def test_metrics_match_hand_computed_values():
     assert result["precision"] == pytest.approx((1 + 2 / 3) / 2)
     assert result["recall"] == pytest.approx((0.5 + 1) / 2)
     assert result["f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+
+
+def test_metrics_pass_measures_the_models_own_loss(base_dir, tiny_tokenizer):
+    model = ScratchGPTForSequenceClassification.from_pretrained(base_dir, num_labels=2).eval()
+    rows = toy_rows(10)
+    batch = tiny_tokenizer([r["text"] for r in rows], padding=True, return_tensors="pt")
+    batch["labels"] = torch.tensor([int(r["label"] == "spam") for r in rows])
+    loader = [{k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()}]  # batches of 6 and 4
+    metrics = classify.classification_metrics(model, loader)
+    with torch.no_grad():
+        expected = model(**batch).loss.item()
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and {"precision", "recall", "f1"} <= set(metrics)
 
 
 def test_last_blocks_mode_trains_only_the_last_blocks_norm_and_head(base_dir):

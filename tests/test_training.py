@@ -114,6 +114,22 @@ def test_training_lowers_the_loss_and_writes_metrics_curve_and_a_loadable_model(
     assert reloaded(batch, labels=batch).loss.item() < results["initial_eval_loss"] - 1.0
 
 
+def test_an_evaluate_fn_that_returns_the_loss_replaces_the_loops_own_pass(tmp_path):
+    """Classification measures loss and accuracy in one pass: the loop then runs no second one."""
+    data = pattern_blocks(72)
+    model = tiny_model()
+    forwards = []
+    model.register_forward_hook(lambda module, args, output: forwards.append(module.training))
+
+    def evaluate_fn(model, dataloader, accelerator):
+        return {"loss": 1.5, "answer": 42.0}
+
+    results = train(model, data[:64], data[64:], quiet(tmp_path, max_steps=2), evaluate_fn=evaluate_fn)
+    assert results["eval_loss"] == 1.5 and results["perplexity"] == pytest.approx(math.exp(1.5))
+    assert results["answer"] == 42.0 and "loss" not in results
+    assert forwards == [True, True]  # the two training steps; no evaluation forward
+
+
 def test_metrics_also_go_to_tensorboard(tmp_path):
     train(tiny_model(), pattern_blocks(8), None, quiet(tmp_path, max_steps=2, report_to="tensorboard"))
     assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))

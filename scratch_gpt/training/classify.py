@@ -24,6 +24,7 @@ import datasets
 import evaluate
 import numpy as np
 import torch
+import torch.nn.functional as F
 from peft import get_peft_model
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
@@ -251,18 +252,23 @@ class ClassificationMetrics(evaluate.Metric):
 
 @torch.no_grad()
 def classification_metrics(model, dataloader, accelerator=None) -> dict:
-    """Metrics of `model` over `dataloader`; the loop's `evaluate_fn` (predictions gathered over processes)."""
+    """Loss and metrics of `model` over `dataloader`, in one pass; the loop's `evaluate_fn`
+    (per-example losses and predictions gathered over processes)."""
     metric = ClassificationMetrics(keep_in_memory=True)  # no cache file shared between processes
     device = next(model.parameters()).device
+    losses = []
     for batch in dataloader:
         logits = model(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
         ).logits
-        predictions, references = logits.argmax(-1), batch["labels"].to(device)
+        references = batch["labels"].to(device)
+        loss = F.cross_entropy(logits.float(), references, reduction="none")  # single-label: the training loss
+        predictions = logits.argmax(-1)
         if accelerator is not None:
-            predictions, references = accelerator.gather_for_metrics((predictions, references))
+            loss, predictions, references = accelerator.gather_for_metrics((loss, predictions, references))
+        losses.append(loss.cpu())
         metric.add_batch(predictions=predictions.cpu(), references=references.cpu())
-    return metric.compute()
+    return {"loss": torch.cat(losses).mean().item(), **metric.compute()}
 
 
 # ----------------------------------------------------------------------------------------------

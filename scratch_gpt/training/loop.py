@@ -14,7 +14,7 @@ API
   `eval_dataset` may be None (no evaluation).
 - `evaluate_fn(model, eval_dataloader, accelerator) -> dict[str, float]` adds metrics (accuracy...)
   to each evaluation; the loss (plus perplexity and, with `config.bytes_per_token`, bits per byte)
-  is always measured.
+  is always measured, by the loop, or by `evaluate_fn` in the same pass when it returns `loss`.
 - `tokenizer` + `config.sample_prompts`: sample generations are printed at each evaluation.
 - `final_dir`: when given, the trained model (and `tokenizer`) is written there with
   `save_pretrained`, atomically; `on_save(folder, metrics)` runs on the main process inside the
@@ -346,16 +346,19 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int 
 
 
 def _evaluate(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn) -> dict[str, float]:
-    loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches)
-    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    if config.bytes_per_token:
-        metrics["bits_per_byte"] = loss / math.log(2) / config.bytes_per_token
+    extra = {}
     if evaluate_fn is not None:
         model.eval()
         with torch.no_grad():
-            metrics.update(evaluate_fn(model, dataloader, accelerator))
+            extra = dict(evaluate_fn(model, dataloader, accelerator))
         model.train()
-    return metrics
+    loss = extra.pop("loss", None)
+    if loss is None:
+        loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches)
+    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    if config.bytes_per_token:
+        metrics["bits_per_byte"] = loss / math.log(2) / config.bytes_per_token
+    return {**metrics, **extra}
 
 
 @torch.no_grad()
