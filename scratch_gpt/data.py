@@ -340,9 +340,10 @@ def train_val_split(dataset, val_fraction, seed):
 
     A Dataset is shuffled with `seed` and `round(len * val_fraction)` rows (at least one) go to
     validation; a Dataset of one document (a single text file) is cut at `1 - val_fraction` of its
-    characters instead, the validation text being the end. An IterableDataset sends row i to validation when a random number seeded by
-    (seed, i) falls below `val_fraction`. Split documents before `pack_dataset` when blocks
-    overlap (stride < block_size), so no validation token also appears in a training block.
+    characters instead, the validation text being the end. An IterableDataset sends row i to
+    validation when a random number seeded by (seed, i) falls below `val_fraction`. Split documents
+    before `pack_dataset` when blocks overlap (stride < block_size), so no validation token also
+    appears in a training block.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
@@ -380,7 +381,7 @@ def bytes_per_token(texts, tokenizer):
     if not texts:
         raise ValueError("bytes_per_token got no text to tokenize; pass a non-empty list of strings.")
     num_bytes = sum(len(text.encode("utf-8")) for text in texts)
-    num_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])
+    num_tokens = sum(len(ids) for ids in encode_batch(tokenizer, texts))
     return num_bytes / num_tokens
 
 

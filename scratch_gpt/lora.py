@@ -87,6 +87,12 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_lora_arguments(args: argparse.Namespace) -> None:
+    """Refuse option combinations `add_lora_arguments` allows but that mean nothing."""
+    if args.save_merged and not args.lora:
+        raise ValueError("--save-merged only applies with --lora (without it the whole model is saved anyway).")
+
+
 def lora_config_from_args(args: argparse.Namespace, task: str) -> LoraConfig:
     targets = tuple(name.strip() for name in args.lora_targets.split(",") if name.strip())
     return lora_config(task=task, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets)
@@ -98,5 +104,6 @@ __all__ = [
     "count_parameters",
     "describe_trainable",
     "add_lora_arguments",
+    "check_lora_arguments",
     "lora_config_from_args",
 ]

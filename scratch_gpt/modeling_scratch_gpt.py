@@ -281,8 +281,11 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             cache = DynamicCache(config=config)
         past_length = cache.get_seq_length() if cache is not None else 0
         if input_ids is not None:
-            # Decoding steps feed back tokens the model itself chose, so only a prompt's ids need the range check.
-            self._check_input_ids(input_ids, check_range=past_length == 0)
+            # The range check reads the ids back to the host. Decoding steps feed back tokens the model
+            # itself chose, so only a prompt needs it; and a training step on an accelerator would wait
+            # for it every step, so there the training commands check the tokenizer against vocab_size once.
+            on_host = input_ids.device.type == "cpu"
+            self._check_input_ids(input_ids, check_range=past_length == 0 and (on_host or not self.training))
             inputs_embeds = self.embed_tokens(input_ids)  # (B, T, C)
         length = inputs_embeds.shape[1]
         if past_length + length > config.max_position_embeddings:

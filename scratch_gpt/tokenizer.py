@@ -293,6 +293,15 @@ def model_vocab_size(tokenizer, pad_to_multiple_of: int | None = 64) -> int:
     return -(-size // pad_to_multiple_of) * pad_to_multiple_of
 
 
+def check_fits(tokenizer, config, where: str) -> None:
+    """One clear error, before training, if the tokenizer makes ids the model has no embedding for."""
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but {where} has only {config.vocab_size} embedding rows; "
+            "use a matching tokenizer or a larger vocabulary."
+        )
+
+
 def config_kwargs(tokenizer, pad_to_multiple_of: int | None = 64) -> dict:
     """What a model config takes from its tokenizer: `ScratchGPTConfig(**config_kwargs(tok), ...)`."""
     return {

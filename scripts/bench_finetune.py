@@ -44,7 +44,7 @@ from transformers import (
 
 from scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
 from scratch_gpt.convert import to_gpt2
-from scratch_gpt.training import classify, instruct
+from scratch_gpt.training import classify, finetune, instruct
 from scratch_gpt.training.loop import train
 
 NAMES = ["Sam", "Alex", "mum", "Jo", "Priya", "Tom", "Lena", "dad", "Chris", "Kim"]
@@ -186,7 +186,7 @@ def run_peer(argv: list[str]) -> dict:
         peer,
         splits["train"],
         splits["validation"],
-        classify.training_config(args, Path(args.output)),
+        finetune.training_config(args, Path(args.output)),
         collate_fn=collate,
         evaluate_fn=classify.classification_metrics,
     )
@@ -252,7 +252,7 @@ def run_peer_instruct(argv: list[str], held_out_answers: int) -> dict:
         peer,
         train_set,
         val_set,
-        classify.training_config(args, Path(args.output)),
+        finetune.training_config(args, Path(args.output)),
         collate_fn=instruct.InstructionCollator(tokenizer.pad_token_id, mask_prompt=args.mask_prompt),
     )
     held_out = [conversations[i] for i in val_set["record"]][:held_out_answers]

@@ -10,7 +10,7 @@ import torch
 from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from scratch_gpt import ScratchGPTForSequenceClassification
+from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
 from scratch_gpt.training import classify
 from scratch_gpt.training.classify import (
     ClassificationMetrics,
@@ -206,6 +206,17 @@ def test_cli_bad_input_fails_before_training(base_dir, tmp_path, capsys):
         ["--model", base_dir, "--data", data, "--output", tmp_path / "o", "--lora", "--trainable", "all"], capsys
     )
     assert code == 2 and "exclude each other" in out.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_tokenizer_larger_than_the_models_vocabulary(base_dir, tiny_tokenizer, tmp_path, capsys):
+    config = ScratchGPTConfig.from_pretrained(base_dir)
+    config.vocab_size = len(tiny_tokenizer) - 1
+    ScratchGPTForCausalLM(config).save_pretrained(base_dir)
+    data = write_csv(tmp_path / "d.csv", toy_rows(20))
+    code, out = run_cli(["--model", base_dir, "--data", data, "--output", tmp_path / "o"], capsys)
+    assert code == 2 and "Traceback" not in out.err
+    assert f"The tokenizer has {len(tiny_tokenizer)} tokens but the model in" in out.err
     assert not (tmp_path / "o").exists()
 
 

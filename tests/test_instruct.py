@@ -191,6 +191,15 @@ def test_bad_instruction_file_fails_before_training(base_dir, tmp_path, capsys):
     assert code == 2 and "holds no records" in out.err
 
 
+def test_a_tokenizer_larger_than_the_models_vocabulary_fails_before_training(base_dir, tiny_tokenizer, tmp_path, capsys):
+    config = json.loads((base_dir / "config.json").read_text())
+    (base_dir / "config.json").write_text(json.dumps({**config, "vocab_size": len(tiny_tokenizer) - 1}))
+    (tmp_path / "d.json").write_text(json.dumps(toy_records(10)))
+    code, out = run(instruct.cli, ["--model", base_dir, "--data", tmp_path / "d.json", "--output", tmp_path / "o"], capsys)
+    assert code == 2 and f"The tokenizer has {len(tiny_tokenizer)} tokens but the model in" in out.err
+    assert "Traceback" not in out.err and not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_finetune_instruct_lowers_masked_loss_and_chat_streams_the_answer(base_dir, tmp_path, capsys):
     (tmp_path / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in toy_records(40)))

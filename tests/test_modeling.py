@@ -189,7 +189,9 @@ def test_too_long_input_names_the_limit(tiny_model):
         tiny_model(torch.zeros(1, 129, dtype=torch.long))
 
 
-def test_out_of_vocabulary_ids_are_rejected(tiny_model):
+@pytest.mark.parametrize("training", [False, True])
+def test_out_of_vocabulary_ids_are_rejected(tiny_model, training):
+    tiny_model.train(training)  # on the CPU the check costs no device sync, so training checks too
     with pytest.raises(ValueError, match=r"\[0, 512\)"):
         tiny_model(torch.tensor([[1, 512]]))
     with pytest.raises(ValueError, match=r"\[0, 512\)"):

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from scratch_gpt.training.loop import (
+    MetricsLog,
     TrainingConfig,
     TrainingDiverged,
     build_optimizer,
@@ -276,3 +277,23 @@ def test_a_streamed_training_set_trains_and_resumes_to_the_same_weights(tmp_path
 
     with pytest.raises(ValueError, match="max_steps"):
         train(tiny_model(), stream, None, quiet(tmp_path / "c"))
+
+
+def test_a_plot_that_fails_half_way_keeps_the_previous_loss_curve(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    log = MetricsLog(SimpleNamespace(is_main_process=True, log=lambda *args, **kwargs: None), tmp_path, None)
+    log.log(1, {"train_loss": 2.0})
+    curve = tmp_path / "loss_curve.png"
+    log.plot(curve)
+    good = curve.read_bytes()
+
+    def fail_half_way(self, path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fail_half_way)
+    log.log(2, {"train_loss": 1.0})
+    with pytest.raises(OSError, match="disk full"):
+        log.plot(curve)
+    assert curve.read_bytes() == good

@@ -15,9 +15,7 @@ the last real token (see `ScratchGPTForSequenceClassification`). The steps, top 
 """
 
 import argparse
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import datasets
@@ -29,10 +27,16 @@ from peft import get_peft_model
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
-from scratch_gpt.hub import write_model_card
-from scratch_gpt.io_utils import atomic_directory, check_writable
-from scratch_gpt.lora import add_lora_arguments, describe_trainable, lora_config_from_args
-from scratch_gpt.training.loop import TrainingConfig, process_state, run_command, train
+from scratch_gpt.io_utils import check_writable
+from scratch_gpt.lora import add_lora_arguments, check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.tokenizer import check_fits
+from scratch_gpt.training.finetune import (
+    add_training_arguments,
+    load_hub_dataset,
+    save_finetuned,
+    training_config,
+)
+from scratch_gpt.training.loop import process_state, run_command, train
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +58,7 @@ def read_records(source: str, *, split: str = "train") -> datasets.Dataset:
         raise ValueError(
             f"Cannot read {source!r}: use a .csv, .tsv, .json or .jsonl file, or the name of a Hub dataset."
         )
-    name = source.removeprefix("hub:")
-    try:
-        return datasets.load_dataset(name, split=split)
-    except Exception as error:  # not found, offline, no such split: all mean "cannot load this name"
-        raise ValueError(
-            f"{source!r} is not a local file and could not be loaded as a Hub dataset (split {split!r}): {error}"
-        ) from error
+    return load_hub_dataset(source, split)
 
 
 def _read_table(path: Path, suffix: str) -> datasets.Dataset:
@@ -272,65 +270,6 @@ def classification_metrics(model, dataloader, accelerator=None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Saving, and the options every fine-tuning command shares
-# ----------------------------------------------------------------------------------------------
-def save_finetuned(model, tokenizer, output: Path, *, merge: bool, metrics: dict, card: dict, extra=None) -> None:
-    """Write the model (or only its LoRA adapter), tokenizer, logs, metrics and card in one atomic step.
-
-    `merge`: fold LoRA adapters into the weights and save a plain model. The loop's
-    `metrics.jsonl` and `loss_curve.png` (written into `output` while training) are carried over;
-    its checkpoints are not. `extra(folder)` may add files of its own.
-    """
-    if not process_state().is_main_process:
-        return
-    with atomic_directory(output) as tmp:
-        (model.merge_and_unload() if merge else model).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for name in ("metrics.jsonl", "loss_curve.png"):
-            if (output / name).is_file():
-                shutil.copy2(output / name, tmp / name)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if extra is not None:
-            extra(tmp)
-        write_model_card(tmp, metrics=metrics, model_name=output.name, **card)
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, learning_rate: float, batch_size: int):
-    group = parser.add_argument_group("training (the shared loop)")
-    group.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split (default: {epochs})")
-    group.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
-    group.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default: {batch_size})")
-    group.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    group.add_argument("--lr", type=float, default=learning_rate, help=f"peak learning rate (default: {learning_rate})")
-    group.add_argument("--weight-decay", type=float, default=0.1)
-    group.add_argument("--warmup-steps", type=int, default=0)
-    group.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: 0, at the end only)")
-    group.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    group.add_argument("--seed", type=int, default=0, help="seed for the split, the balancing and training")
-    group.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def training_config(args: argparse.Namespace, output: Path) -> TrainingConfig:
-    return TrainingConfig(
-        output_dir=str(output),
-        num_epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        eval_every=args.eval_every,
-        eval_at_start=True,  # the metrics before fine-tuning, for comparison
-        mixed_precision=args.mixed_precision,
-        seed=args.seed,
-        progress=not args.no_progress,
-        log_every=1,
-        report_to="none",
-    )
-
-
-# ----------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -375,8 +314,7 @@ def cli(argv: list[str] | None = None) -> int:
 def finetune_classifier(args: argparse.Namespace) -> int:
     if args.lora and args.trainable:
         raise ValueError("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
-    if args.save_merged and not args.lora:
-        raise ValueError("--save-merged only applies with --lora (without it the whole model is saved anyway).")
+    check_lora_arguments(args)
     state = process_state()  # this process among those `accelerate launch` started (one by default)
     output = check_writable(args.output)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -402,6 +340,7 @@ def finetune_classifier(args: argparse.Namespace) -> int:
         label2id={name: i for i, name in enumerate(label_names)},
         pad_token_id=tokenizer.pad_token_id,
     )
+    check_fits(tokenizer, model.config, f"the model in {args.model!r}")
     context = model.config.max_position_embeddings
     max_length = min(args.max_length or context, context)
     records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])

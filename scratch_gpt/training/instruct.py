@@ -28,9 +28,14 @@ from peft import AutoPeftModelForCausalLM, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
 from scratch_gpt.io_utils import check_writable
-from scratch_gpt.lora import add_lora_arguments, describe_trainable, lora_config_from_args
-from scratch_gpt.tokenizer import format_alpaca_messages
-from scratch_gpt.training.classify import add_training_arguments, save_finetuned, training_config
+from scratch_gpt.lora import add_lora_arguments, check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
+from scratch_gpt.training.finetune import (
+    add_training_arguments,
+    load_hub_dataset,
+    save_finetuned,
+    training_config,
+)
 from scratch_gpt.training.loop import process_state, run_command, train
 
 logger = logging.getLogger(__name__)
@@ -51,12 +56,7 @@ def read_instruction_records(source: str, *, split: str = "train") -> list[dict]
         return _read_json_records(path)
     if path.exists():
         raise ValueError(f"Cannot read {source!r}: use a .json or .jsonl file of records, or a Hub dataset name.")
-    try:
-        return datasets.load_dataset(source.removeprefix("hub:"), split=split).to_list()
-    except Exception as error:  # not found, offline, no such split: all mean "cannot load this name"
-        raise ValueError(
-            f"{source!r} is not a local file and could not be loaded as a Hub dataset (split {split!r}): {error}"
-        ) from error
+    return load_hub_dataset(source, split).to_list()
 
 
 def _read_json_records(path: Path) -> list[dict]:
@@ -270,8 +270,7 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def finetune_instruct(args: argparse.Namespace) -> int:
-    if args.save_merged and not args.lora:
-        raise ValueError("--save-merged only applies with --lora (without it the whole model is saved anyway).")
+    check_lora_arguments(args)
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
     state = process_state()  # this process among those `accelerate launch` started (one by default)
@@ -289,7 +288,9 @@ def finetune_instruct(args: argparse.Namespace) -> int:
     if not records:
         raise ValueError(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
-    context = AutoConfig.from_pretrained(args.model).max_position_embeddings
+    config = AutoConfig.from_pretrained(args.model)
+    check_fits(tokenizer, config, f"the model in {args.model!r}")
+    context = config.max_position_embeddings
     rows = tokenize_conversations(tokenizer, conversations, min(args.max_length or context, context))
 
     # 2. a seeded held-out split

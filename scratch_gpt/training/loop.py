@@ -283,7 +283,9 @@ class MetricsLog:
             kept = []
             if resume_step is not None and self.path.exists():  # drop what the interrupted run logged after its checkpoint
                 kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill here keeps the old log whole
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.accelerator.log(metrics, step=step)
@@ -308,8 +310,10 @@ class MetricsLog:
         axis.legend()
         axis.grid(alpha=0.3)
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # a kill while drawing keeps the old image whole
+        figure.savefig(tmp, dpi=120)
         plt.close(figure)
+        os.replace(tmp, path)
 
 
 def _use_tensorboard(report_to: str) -> bool:

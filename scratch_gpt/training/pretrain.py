@@ -122,7 +122,7 @@ def build_model(args, tokenizer):
     from transformers import AutoModelForCausalLM
 
     from scratch_gpt.modeling_scratch_gpt import ScratchGPTForCausalLM
-    from scratch_gpt.tokenizer import model_vocab_size
+    from scratch_gpt.tokenizer import check_fits, model_vocab_size
 
     if args.init_from:
         model = AutoModelForCausalLM.from_pretrained(args.init_from)
@@ -146,11 +146,7 @@ def build_model(args, tokenizer):
         )
         model = ScratchGPTForCausalLM(config)
         where = "--model-vocab-size"
-    if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(
-            f"The tokenizer has {len(tokenizer)} tokens but {where} has only {model.config.vocab_size} embedding rows; "
-            "use a matching tokenizer or a larger vocabulary."
-        )
+    check_fits(tokenizer, model.config, where)
     if args.block_size > model.config.max_position_embeddings:
         raise ValueError(
             f"--block-size {args.block_size} exceeds the model's context length ({model.config.max_position_embeddings}); "
