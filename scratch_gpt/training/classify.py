@@ -24,19 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import get_peft_model
-from torch.utils.data import DataLoader
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
-from scratch_gpt.io_utils import check_writable
-from scratch_gpt.lora import add_lora_arguments, check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.tokenizer import check_fits
-from scratch_gpt.training.finetune import (
-    add_training_arguments,
-    load_hub_dataset,
-    save_finetuned,
-    training_config,
-)
-from scratch_gpt.training.loop import process_state, run_command, train
+from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer, load_hub_dataset
+from scratch_gpt.training.loop import process_state, train
+from scratch_gpt.training.options import from_args, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -273,37 +267,28 @@ def classification_metrics(model, dataloader, accelerator=None) -> dict:
 # The command
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt finetune-classifier",
-        description="Fine-tune a pre-trained ScratchGPT folder into a text classifier.",
+    parser = build_finetune_parser(
+        "scratch-gpt finetune-classifier",
+        "Fine-tune a pre-trained ScratchGPT folder into a text classifier.",
+        data_help="a .csv, .tsv, .json, .jsonl or .parquet file, or a Hub dataset name",
+        num_epochs=3,
+        learning_rate=5e-5,
+        batch_size=8,
     )
-    parser.add_argument("--model", required=True, help="pre-trained causal LM folder (with its tokenizer) or Hub id")
-    parser.add_argument("--data", required=True, help="a .csv, .tsv, .json or .jsonl file, or a Hub dataset name")
-    parser.add_argument("--output", required=True, help="folder for the classifier (replaced atomically at the end)")
-    parser.add_argument("--text-column", default="text", help="column with the text (default: text)")
-    parser.add_argument("--label-column", default="label", help="column with the class (default: label)")
-    parser.add_argument("--label-names", default=None, help="comma-separated class names, in label-id order")
-    parser.add_argument("--num-labels", type=int, default=None, help="number of classes (default: from the data)")
-    parser.add_argument("--split", default="train", help="split of a Hub dataset to read (default: train)")
-    parser.add_argument("--balance", action="store_true", help="undersample every class to the size of the smallest")
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.1, help="share of records for validation (default: 0.1)"
-    )
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of records for testing (default: 0.2)")
-    parser.add_argument(
-        "--max-length", type=int, default=None, help="truncate texts to this many tokens (default: context)"
-    )
-    parser.add_argument(
+    head = parser.add_argument_group("classification")
+    head.add_argument("--text-column", default="text", help="column with the text (default: text)")
+    head.add_argument("--label-column", default="label", help="column with the class (default: label)")
+    head.add_argument("--label-names", default=None, help="comma-separated class names, in label-id order")
+    head.add_argument("--num-labels", type=int, default=None, help="number of classes (default: from the data)")
+    head.add_argument("--balance", action="store_true", help="undersample every class to the size of the smallest")
+    head.add_argument("--test-fraction", type=float, default=0.2, help="share of records for testing (default: 0.2)")
+    head.add_argument(
         "--trainable",
         choices=("all", "last-blocks"),
         default=None,
         help="without --lora: train every weight, or the last --last-blocks blocks + final norm + head (default)",
     )
-    parser.add_argument(
-        "--last-blocks", type=int, default=1, help="blocks trained with --trainable last-blocks (default: 1)"
-    )
-    add_lora_arguments(parser)
-    add_training_arguments(parser, epochs=3, learning_rate=5e-5, batch_size=8)
+    head.add_argument("--last-blocks", type=int, default=1, help="blocks trained with --trainable last-blocks (default: 1)")
     return parser
 
 
@@ -311,15 +296,23 @@ def cli(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), argv, finetune_classifier)
 
 
-def finetune_classifier(args: argparse.Namespace) -> int:
+def make_trainable(model, args: argparse.Namespace):
+    """Step 4 of the command: LoRA adapters + head, or the chosen weights of the model itself."""
+    if args.lora:
+        return get_peft_model(model, lora_config_from_args(args, task="classification"))
+    set_trainable(model, args.trainable or "last-blocks", args.last_blocks)
+    return model
+
+
+def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
+    """The whole command; returns its metrics. `make_trainable(model, args)` chooses what trains
+    (the benchmark passes one that swaps in transformers' GPT-2 with the same weights)."""
     if args.lora and args.trainable:
         raise ValueError("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
     check_lora_arguments(args)
+    config = from_args(args)
     state = process_state()  # this process among those `accelerate launch` started (one by default)
-    output = check_writable(args.output)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_base_tokenizer(args.model)
 
     # 1-3. records -> checked labels -> balanced -> tokens -> train / validation / test
     records = read_records(args.data, split=args.split)
@@ -351,37 +344,25 @@ def finetune_classifier(args: argparse.Namespace) -> int:
     )
 
     # 4. what trains
-    if args.lora:
-        model = get_peft_model(model, lora_config_from_args(args, task="classification"))
-    else:
-        set_trainable(model, args.trainable or "last-blocks", args.last_blocks)
+    model = make_trainable(model, args)
     state.print(describe_trainable(model))
 
-    # 5. the shared loop, then the test split
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    # 5-6. the shared loop: validation during training, the test split at the end, then one save
     metrics = train(
         model,
         splits["train"],
         splits["validation"],
-        training_config(args, output),
-        collate_fn=collate,
+        config,
+        test_dataset=splits["test"],
+        collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
         evaluate_fn=classification_metrics,
+        tokenizer=tokenizer,
+        final_dir=config.output_dir,
+        on_save=card_writer(args, "classifier"),
+        merge_adapters=args.save_merged,
     )
-    for name in ("perplexity", "initial_perplexity"):  # exp(cross-entropy over classes) means little here
+    for name in ("perplexity", "initial_perplexity", "test_perplexity"):  # exp(cross-entropy over classes) means little
         metrics.pop(name, None)
-    model.eval()
-    test_loader = DataLoader(splits["test"], batch_size=args.batch_size, collate_fn=collate)
-    metrics.update({f"test_{name}": value for name, value in classification_metrics(model, test_loader).items()})
     state.print("test: " + ", ".join(f"{name[5:]} {metrics[name]:.4f}" for name in metrics if name.startswith("test_")))
-
-    # 6. one atomic save
-    save_finetuned(
-        model,
-        tokenizer,
-        output,
-        merge=args.save_merged,
-        metrics=metrics,
-        card=dict(kind="classifier", hyperparameters=vars(args), datasets=[args.data], base_model=args.model),
-    )
-    state.print(f"saved to {output}")
-    return 0
+    state.print(f"saved to {config.output_dir}")
+    return metrics

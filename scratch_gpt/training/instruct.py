@@ -27,16 +27,11 @@ import torch
 from peft import AutoPeftModelForCausalLM, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
-from scratch_gpt.io_utils import check_writable
-from scratch_gpt.lora import add_lora_arguments, check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
-from scratch_gpt.training.finetune import (
-    add_training_arguments,
-    load_hub_dataset,
-    save_finetuned,
-    training_config,
-)
-from scratch_gpt.training.loop import process_state, run_command, train
+from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer, load_hub_dataset
+from scratch_gpt.training.loop import process_state, train
+from scratch_gpt.training.options import from_args, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -237,31 +232,22 @@ def write_answers(path: Path, conversations: list[list[dict]], answers: list[str
 # finetune-instruct
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt finetune-instruct",
-        description="Instruction-tune a pre-trained ScratchGPT folder on Alpaca-style or chat records.",
+    parser = build_finetune_parser(
+        "scratch-gpt finetune-instruct",
+        "Instruction-tune a pre-trained ScratchGPT folder on Alpaca-style or chat records.",
+        data_help="a .json / .jsonl file of records {instruction, input?, output} or {messages}, or a Hub dataset name",
+        num_epochs=2,
+        learning_rate=5e-5,
+        batch_size=8,
     )
-    parser.add_argument("--model", required=True, help="pre-trained causal LM folder (with its tokenizer) or Hub id")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="a .json / .jsonl file of records {instruction, input?, output} or {messages}, or a Hub dataset name",
-    )
-    parser.add_argument("--output", required=True, help="folder for the tuned model (replaced atomically at the end)")
-    parser.add_argument("--split", default="train", help="split of a Hub dataset to read (default: train)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of records (default: 0.1)")
-    parser.add_argument("--mask-prompt", action="store_true", help="learn only the answers (prompt labels = -100)")
-    parser.add_argument(
-        "--max-length", type=int, default=None, help="truncate conversations to this many tokens (default: context)"
-    )
-    parser.add_argument(
+    head = parser.add_argument_group("instructions")
+    head.add_argument("--mask-prompt", action="store_true", help="learn only the answers (prompt labels = -100)")
+    head.add_argument(
         "--max-new-tokens", type=int, default=256, help="answer length in the saved generation config (default: 256)"
     )
-    parser.add_argument(
+    head.add_argument(
         "--max-answers", type=int, default=100, help="held-out instructions to answer in answers.jsonl (default: 100)"
     )
-    add_lora_arguments(parser)
-    add_training_arguments(parser, epochs=2, learning_rate=5e-5, batch_size=8)
     return parser
 
 
@@ -269,28 +255,33 @@ def cli(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), argv, finetune_instruct)
 
 
-def finetune_instruct(args: argparse.Namespace) -> int:
+def make_trainable(model, args: argparse.Namespace):
+    """LoRA adapters with `--lora`, else every weight trains."""
+    return get_peft_model(model, lora_config_from_args(args, task="causal")) if args.lora else model
+
+
+def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
+    """The whole command; returns its metrics. `make_trainable(model, args)` may swap the model
+    (the benchmark passes transformers' GPT-2 with the same weights)."""
     check_lora_arguments(args)
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
+    config = from_args(args)
     state = process_state()  # this process among those `accelerate launch` started (one by default)
-    output = check_writable(args.output)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_base_tokenizer(args.model)
     if tokenizer.chat_template is None:
         raise ValueError(
             f"The tokenizer of {args.model!r} has no chat template; train it with scratch-gpt train-tokenizer."
         )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
     # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
     records = read_instruction_records(args.data, split=args.split)
     if not records:
         raise ValueError(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
-    config = AutoConfig.from_pretrained(args.model)
-    check_fits(tokenizer, config, f"the model in {args.model!r}")
-    context = config.max_position_embeddings
+    model_config = AutoConfig.from_pretrained(args.model)
+    check_fits(tokenizer, model_config, f"the model in {args.model!r}")
+    context = model_config.max_position_embeddings
     rows = tokenize_conversations(tokenizer, conversations, min(args.max_length or context, context))
 
     # 2. a seeded held-out split
@@ -302,7 +293,7 @@ def finetune_instruct(args: argparse.Namespace) -> int:
         )
     rows = rows.shuffle(seed=args.seed)
     train_set, val_set = rows.select(range(n_val, len(rows))), rows.select(range(n_val))
-    held_out = [conversations[index] for index in val_set["record"]]
+    answered = [conversations[index] for index in val_set["record"]][: args.max_answers]
     state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
 
     set_seed(args.seed)  # LoRA adapters start the same way every run
@@ -314,42 +305,33 @@ def finetune_instruct(args: argparse.Namespace) -> int:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    if args.lora:
-        model = get_peft_model(model, lora_config_from_args(args, task="causal"))
+    model = make_trainable(model, args)
     state.print(describe_trainable(model))
 
-    # 3. the shared loop; its evaluations (before and after) are the held-out loss
+    # 3-4. the shared loop (its evaluations, before and after, are the held-out loss), then one
+    # save that also holds the answers to the held-out instructions
+    def write_answers_and_generation_config(folder: Path) -> None:
+        answers = generate_answers(model, tokenizer, answered, model.generation_config, batch_size=args.batch_size)
+        write_answers(folder / "answers.jsonl", answered, answers)
+        model.generation_config.save_pretrained(folder)
+
     metrics = train(
         model,
         train_set,
         val_set,
-        training_config(args, output),
+        config,
         collate_fn=InstructionCollator(tokenizer.pad_token_id, mask_prompt=args.mask_prompt),
+        tokenizer=tokenizer,
+        final_dir=config.output_dir,
+        on_save=card_writer(args, "instruct", extra=write_answers_and_generation_config),
+        merge_adapters=args.save_merged,
     )
     state.print(
         f"held-out loss {metrics['initial_eval_loss']:.4f} before, {metrics['eval_loss']:.4f} after fine-tuning"
     )
-
-    # 4. answers to the held-out instructions, then one atomic save (both by the main process only)
-    answered = held_out[: args.max_answers]
-    if state.is_main_process:
-        answers = generate_answers(model, tokenizer, answered, model.generation_config, batch_size=args.batch_size)
-
-    def write_extras(folder: Path) -> None:
-        write_answers(folder / "answers.jsonl", answered, answers)
-        model.generation_config.save_pretrained(folder)
-
-    save_finetuned(
-        model,
-        tokenizer,
-        output,
-        merge=args.save_merged,
-        metrics=metrics,
-        card=dict(kind="instruct", hyperparameters=vars(args), datasets=[args.data], base_model=args.model),
-        extra=write_extras,
-    )
+    output = Path(config.output_dir)
     state.print(f"saved to {output} (answers to {len(answered)} held-out instructions in {output / 'answers.jsonl'})")
-    return 0
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,63 +1,65 @@
-"""One training loop, on `accelerate`, for pre-training, classification and instruction tuning.
+"""One training loop, on `accelerate`, for every head: pre-training, classification, instructions.
 
-API
----
     from scratch_gpt.training.loop import TrainingConfig, train
 
     metrics = train(model, train_dataset, eval_dataset, TrainingConfig(output_dir="runs/x", max_steps=500),
-                    collate_fn=None, evaluate_fn=None, tokenizer=None, final_dir=None, on_save=None)
+                    test_dataset=None, collate_fn=None, evaluate_fn=None, tokenizer=None,
+                    final_dir=None, on_save=None, merge_adapters=False)
 
 - `model` is any `nn.Module` whose `model(**batch)` returns an object with `.loss` (every HF model
   given `labels`). Only parameters with `requires_grad` are optimized (LoRA just works).
-- `train_dataset` / `eval_dataset` are map-style datasets (a `datasets.Dataset`, a list, a torch
-  `Dataset`); `collate_fn` turns a list of rows into a dict of tensors (default: stack each column).
-  `eval_dataset` may be None (no evaluation).
+- `train_dataset` / `eval_dataset` / `test_dataset` are map-style datasets (a `datasets.Dataset`,
+  a list, a torch `Dataset`; the training set may also be an `IterableDataset`, read in order);
+  `collate_fn` turns a list of rows into a dict of tensors (default: stack each column). The
+  evaluation and test sets may be None.
 - `evaluate_fn(model, eval_dataloader, accelerator) -> dict[str, float]` adds metrics (accuracy...)
   to each evaluation; the loss (plus perplexity and, with `config.bytes_per_token`, bits per byte)
   is always measured, by the loop, or by `evaluate_fn` in the same pass when it returns `loss`.
+  The test set, when given, is evaluated once at the end, its metrics prefixed `test_`.
 - `tokenizer` + `config.sample_prompts`: sample generations are printed at each evaluation.
-- `final_dir`: when given, the trained model (and `tokenizer`) is written there with
-  `save_pretrained`, atomically; `on_save(folder, metrics)` runs on the main process inside the
-  temporary folder before it is renamed (write a model card there, for example).
+- `final_dir`: the trained model is saved there by `save_model`, the one save path of every
+  command (see there); `on_save(folder, metrics)` adds files (a model card) before it appears.
 - Returns a dict of final metrics: `step`, `tokens`, `train_loss`, `eval_loss`, `perplexity`,
-  `bits_per_byte` (when known), the `evaluate_fn` metrics, `runtime_s`, and `initial_eval_loss` (and the
-  other metrics of the evaluation before the first step, prefixed `initial_`) when `eval_at_start`.
+  `bits_per_byte` (when known), the `evaluate_fn` metrics, `runtime_s`, and the metrics of the
+  evaluation before the first step, prefixed `initial_` (with `eval_at_start`).
 - Raises `TrainingDiverged` when the loss becomes NaN or infinite; the last good checkpoint stays.
 
-What it writes in `config.output_dir` (main process only): `metrics.jsonl` (one JSON object per
-log/eval step), `loss_curve.png`, TensorBoard logs in `tensorboard/` when installed, and
-`checkpoints/step-XXXXXXXX/` (accelerate `save_state` + `trainer_state.json`) every `save_every`
-steps, keeping the newest `keep_checkpoints`. `resume=True` continues from the newest complete
-checkpoint: model, optimizer, scheduler, RNG states and the position in the data, so an interrupted
-run ends with the same weights as an uninterrupted one.
-
-The same code runs on one CPU and under `accelerate launch` on many GPUs or nodes.
+`train` reads as its steps: `build` (accelerator, loaders, optimizer, schedule), `restore` (from
+a checkpoint), `run_epoch` (micro-batches; after each optimizer step `log_progress`, `evaluate`,
+`checkpoint`), then the final evaluation and `save_model`. What it writes in `config.output_dir`
+(main process only): `metrics.jsonl`, `loss_curve.png`, TensorBoard logs in `tensorboard/` when
+installed, and `checkpoints/step-XXXXXXXX/` every `save_every` steps (see `checkpoints.py`);
+`resume=True` continues from the newest complete one, so an interrupted run ends with the same
+weights as an uninterrupted one. The same code runs on one CPU and under `accelerate launch` on
+many GPUs or nodes.
 """
 
+import copy
 import json
 import math
 import os
 import shutil
-import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from scratch_gpt.io_utils import atomic_directory, check_writable
-
-
-CHECKPOINT_PREFIX = "step-"
-STATE_FILE = "trainer_state.json"
+from scratch_gpt.training.checkpoints import (
+    checkpoint_dirs,
+    checkpoint_name,
+    load_newest_checkpoint,
+    read_checkpoint_state,
+    save_checkpoint,
+)
+from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,15 +82,16 @@ class TrainingConfig:
     adam_eps: float = 1e-8
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = 1.0  # None or 0: no clipping
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
     compile: bool = False  # torch.compile the model (inductor)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     seed: int = 0
     shuffle: bool = True
     # Evaluation: every `eval_every` steps (0: only at the end), on at most `eval_max_batches` batches.
     eval_every: int = 0
     eval_max_batches: int | None = None
-    eval_at_start: bool = False
+    eval_at_start: bool = True  # the metrics before training, for comparison
     bytes_per_token: float | None = None  # enables bits per byte
     sample_prompts: tuple[str, ...] = ()
     sample_max_new_tokens: int = 40
@@ -96,7 +99,7 @@ class TrainingConfig:
     log_every: int = 10
     progress: bool = True
     report_to: str = "auto"  # "auto" (TensorBoard when installed), "tensorboard" or "none"
-    peak_flops: float | None = None  # per process, for MFU; default: a rough figure for the device
+    peak_flops: float | None = None  # per process, for MFU; default: looked up or measured (metrics.py)
     # Checkpoints.
     save_every: int = 0  # 0: no checkpoints
     keep_checkpoints: int = 2
@@ -107,11 +110,12 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainingConfig.{name} must be at least 1, got {getattr(self, name)!r}.")
+        for name in ("max_steps", "eval_batch_size", "eval_max_batches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"TrainingConfig.{name} must be at least 1 (or unset), got {getattr(self, name)!r}.")
         for name in ("eval_every", "save_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainingConfig.{name} must be 0 or more, got {getattr(self, name)!r}.")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"TrainingConfig.max_steps must be at least 1, got {self.max_steps!r}.")
         if self.learning_rate <= 0:
             raise ValueError(f"TrainingConfig.learning_rate must be positive, got {self.learning_rate!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -137,7 +141,7 @@ def process_state() -> PartialState:
 
 
 # ----------------------------------------------------------------------------------------------
-# Building blocks: optimizer, schedule, data order, throughput.
+# Building blocks: optimizer, schedule, data order.
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
@@ -191,141 +195,16 @@ def default_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
     return {key: torch.as_tensor([row[key] for row in rows]) for key in rows[0]}
 
 
-def estimate_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs (forward + backward) per token: the model's own count, else 6 x parameters."""
-    if hasattr(model, "flops_per_token"):
-        return float(model.flops_per_token(seq_len))
-    return 6.0 * sum(p.numel() for p in model.parameters())
-
-
-def default_peak_flops(device: torch.device, mixed_precision: str) -> float:
-    """A rough dense peak (FLOP/s) for MFU. Pass `peak_flops` for a measured figure."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        half = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
-        peak = next((value for key, value in half.items() if key in name), 100e12)
-        return peak if mixed_precision != "no" else peak / 2  # TF32 is about half the bf16 rate
-    # CPU: about 32 fp32 FLOP per cycle per core (AVX2 FMA) at ~2.5 GHz.
-    return torch.get_num_threads() * 32 * 2.5e9
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: accelerate's save_state into a temporary folder, plus trainer_state.json, renamed.
-
-
-def _checkpoint_dirs(output_dir: Path) -> list[Path]:
-    folder = output_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
-
-
-def read_checkpoint_state(checkpoint: Path) -> dict:
-    """The trainer state of a complete checkpoint; ValueError if the folder is incomplete or damaged."""
-    try:
-        state = json.loads((checkpoint / STATE_FILE).read_text())
-        sizes = state["files"]
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"checkpoint {checkpoint} has no readable {STATE_FILE} ({error})") from error
-    for name, size in sizes.items():
-        path = checkpoint / name
-        if not path.is_file() or path.stat().st_size != size:
-            raise ValueError(f"checkpoint {checkpoint} is incomplete: {name} is missing or has the wrong size")
-    return state
-
-
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
-    folder = output_dir / "checkpoints"
-    final = folder / f"{CHECKPOINT_PREFIX}{state['step']:08d}"
-    tmp = folder / f".tmp-{final.name}"  # the same name on every process: all of them write into it
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _checkpoint_dirs(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _load_newest_checkpoint(accelerator: Accelerator, output_dir: Path) -> dict | None:
-    """Restore the newest complete checkpoint; skip damaged ones with a warning."""
-    for checkpoint in reversed(_checkpoint_dirs(output_dir)):
-        try:
-            state = read_checkpoint_state(checkpoint)
-            accelerator.load_state(str(checkpoint))
-        except Exception as error:  # a damaged file makes torch/safetensors raise many kinds of errors
-            warnings.warn(f"Skipping checkpoint {checkpoint.name}: {error}. Trying the previous one.", stacklevel=3)
-            continue
-        accelerator.print(f"Resumed from {checkpoint} (step {state['step']}).")
-        return state
-    return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics: metrics.jsonl, trackers, loss curve.
-
-
-class MetricsLog:
-    """Appends one JSON object per call to metrics.jsonl and forwards it to accelerate's trackers."""
-
-    def __init__(self, accelerator: Accelerator, output_dir: Path, resume_step: int | None):
-        self.accelerator = accelerator
-        self.path = output_dir / "metrics.jsonl"
-        if accelerator.is_main_process:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            kept = []
-            if resume_step is not None and self.path.exists():  # drop what the interrupted run logged after its checkpoint
-                kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill here keeps the old log whole
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.accelerator.log(metrics, step=step)
-        if self.accelerator.is_main_process:
-            with self.path.open("a") as file:
-                file.write(json.dumps({"step": step, **metrics}) + "\n")
-
-    def plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        records = [json.loads(line) for line in self.path.read_text().splitlines()]
-        figure, axis = plt.subplots(figsize=(7, 4))
-        for key in ("train_loss", "eval_loss"):
-            points = [(r["step"], r[key]) for r in records if key in r]
-            if points:
-                axis.plot(*zip(*points), marker="." if key == "eval_loss" else None, label=key)
-        axis.set_xlabel("optimizer step")
-        axis.set_ylabel("loss (nats/token)")
-        axis.legend()
-        axis.grid(alpha=0.3)
-        figure.tight_layout()
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # a kill while drawing keeps the old image whole
-        figure.savefig(tmp, dpi=120)
-        plt.close(figure)
-        os.replace(tmp, path)
-
-
-def _use_tensorboard(report_to: str) -> bool:
-    if report_to == "none":
-        return False
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        if report_to == "tensorboard":
-            raise ValueError("report_to='tensorboard' needs the tensorboard package; pip install tensorboard or use 'none'.")
-        return False
-    return True
+def make_loader(dataset, batch_size, collate_fn, sampler=None, drop_last=False, seed=0) -> DataLoader:
+    # A private generator: creating the iterator must not draw from the global RNG (resume exactness).
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn or default_collate,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +214,6 @@ def _use_tensorboard(report_to: str) -> bool:
 @torch.no_grad()
 def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int | None) -> float:
     """Mean loss over the evaluation batches (gathered over processes)."""
-    model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
@@ -344,21 +222,19 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int 
         rows = next(iter(batch.values())).shape[0]
         total += loss * rows
         count += rows
-    model.train()
     total, count = accelerator.reduce(torch.stack([total, count]), reduction="sum")
     return (total / count).item()
 
 
-def _evaluate(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn) -> dict[str, float]:
-    extra = {}
-    if evaluate_fn is not None:
-        model.eval()
-        with torch.no_grad():
-            extra = dict(evaluate_fn(model, dataloader, accelerator))
-        model.train()
-    loss = extra.pop("loss", None)
-    if loss is None:
-        loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches)
+def measure(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn) -> dict[str, float]:
+    """Loss, perplexity, bits per byte and the `evaluate_fn` metrics of `model` on one split."""
+    model.eval()
+    with torch.no_grad():
+        extra = dict(evaluate_fn(model, dataloader, accelerator)) if evaluate_fn is not None else {}
+        loss = extra.pop("loss", None)
+        if loss is None:
+            loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches)
+    model.train()
     metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     if config.bytes_per_token:
         metrics["bits_per_byte"] = loss / math.log(2) / config.bytes_per_token
@@ -388,25 +264,53 @@ def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop.
+# A run: what `build` sets up and the steps below advance.
 
 
-def _make_loader(dataset, batch_size, collate_fn, sampler, drop_last, seed) -> DataLoader:
-    # A private generator: creating the iterator must not draw from the global RNG (resume exactness).
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate_fn or default_collate,
-        drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed),
-    )
+@dataclass
+class Position:
+    """Where a run is; saved in every checkpoint, so a resumed run continues from the same batch."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class Run:
+    config: TrainingConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    eval_loader: DataLoader | None
+    test_loader: DataLoader | None
+    sampler: EpochShuffleSampler | None
+    total_steps: int
+    batches_per_epoch: int | None  # per process; None for a stream
+    output_dir: Path
+    evaluate_fn: Callable | None = None
+    tokenizer: Any = None
+    position: Position = field(default_factory=Position)
+    log: MetricsLog | None = None
+    progress: tqdm | None = None
+    throughput: Throughput = field(default_factory=Throughput)
+    flops_per_token: float = 0.0
+    peak_flops: float | None = None
+    last_checkpoint: str | None = None
+    results: dict = field(default_factory=dict)
+    # the training loss since the last log, summed on the device (no host sync per step)
+    loss_sum: torch.Tensor | None = None
+    loss_count: int = 0
+    pending_tokens: int = 0  # tokens of the micro-batches of the optimizer step in progress
 
 
 def check_output_dir(config: TrainingConfig) -> Path:
     """Fail early if `config.output_dir` is not writable or holds another run's checkpoints."""
     output_dir = check_writable(config.output_dir)
-    if config.save_every and not config.resume and _checkpoint_dirs(output_dir):
+    if config.save_every and not config.resume and checkpoint_dirs(output_dir):
         raise FileExistsError(
             f"The output folder {str(output_dir)!r} already holds checkpoints of another run; "
             "resume it (resume=True, --resume) or choose another output folder."
@@ -414,26 +318,15 @@ def check_output_dir(config: TrainingConfig) -> Path:
     return output_dir
 
 
-def train(
-    model: torch.nn.Module,
-    train_dataset,
-    eval_dataset,
-    config: TrainingConfig,
-    *,
-    collate_fn: Callable[[list], dict] | None = None,
-    evaluate_fn: Callable[..., dict[str, float]] | None = None,
-    tokenizer=None,
-    final_dir: str | os.PathLike | None = None,
-    on_save: Callable[[Path, dict], None] | None = None,
-) -> dict[str, Any]:
-    """Train `model` on `train_dataset`; see the module docstring for the contract."""
-    output_dir = check_output_dir(config)
-    if final_dir is not None:
-        check_writable(final_dir, "model folder")
-    tensorboard = _use_tensorboard(config.report_to)
-    # Each call chooses its own precision and plugins; the process group (PartialState) is kept.
+def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool) -> Accelerator:
+    """An Accelerator with this run's precision, accumulation and tracker."""
+    # Each run chooses its own precision and plugins, so the state a previous run in this process
+    # left behind is reset (accelerate keeps it in a singleton and has no public reset; the
+    # process group of PartialState is kept).
+    from accelerate.state import AcceleratorState
+
     AcceleratorState._reset_state()
-    accelerator = Accelerator(
+    return Accelerator(
         cpu=cpu_processes(),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -443,6 +336,13 @@ def train(
         step_scheduler_with_optimizer=False,  # one schedule step per optimizer step, whatever the process count
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
+
+
+def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConfig, collate_fn) -> Run:
+    """Step 1: the accelerator, the data loaders, the optimizer and the schedule, all prepared."""
+    output_dir = check_output_dir(config)
+    tensorboard = use_tensorboard(config.report_to)
+    accelerator = new_accelerator(config, output_dir, tensorboard)
     set_seed(config.seed)
     streaming = isinstance(train_dataset, IterableDataset)  # read in order, once per epoch; no length
     if streaming and not config.max_steps:
@@ -455,187 +355,281 @@ def train(
         )
 
     sampler = None if streaming else EpochShuffleSampler(len(train_dataset), config.seed, config.shuffle)
-    train_loader = _make_loader(train_dataset, config.batch_size, collate_fn, sampler, True, config.seed)
-    eval_loader = None
-    if eval_dataset is not None and len(eval_dataset) > 0:
-        eval_loader = _make_loader(
-            eval_dataset, config.eval_batch_size or config.batch_size, collate_fn, None, False, config.seed
-        )
+    train_loader = make_loader(train_dataset, config.batch_size, collate_fn, sampler, drop_last=True, seed=config.seed)
+    eval_size = config.eval_batch_size or config.batch_size
+    eval_loader, test_loader = (
+        make_loader(data, eval_size, collate_fn, seed=config.seed) if data is not None and len(data) > 0 else None
+        for data in (eval_dataset, test_dataset)
+    )
 
+    if config.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; drop --gradient-checkpointing.")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(accelerator.device)
     model.train()
     optimizer = build_optimizer(model, config)
     train_loader = accelerator.prepare(train_loader)  # sharded first: its length fixes the schedule
-    micro_batches_per_epoch = None if streaming else len(train_loader)  # per process
-    total_steps = config.max_steps or config.num_epochs * math.ceil(
-        micro_batches_per_epoch / config.gradient_accumulation_steps
-    )
-    schedule = partial(
-        lr_factor, warmup_steps=config.warmup_steps, total_steps=total_steps, min_lr_ratio=config.min_lr_ratio
-    )
+    batches_per_epoch = None if streaming else len(train_loader)
+    total_steps = config.max_steps or config.num_epochs * math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    schedule = partial(lr_factor, warmup_steps=config.warmup_steps, total_steps=total_steps, min_lr_ratio=config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
-
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens": 0}
-    if config.resume:
-        state = _load_newest_checkpoint(accelerator, output_dir) or state
-    metrics_log = MetricsLog(accelerator, output_dir, state["step"] if config.resume else None)
+    eval_loader, test_loader = (accelerator.prepare(loader) if loader is not None else None for loader in (eval_loader, test_loader))
     if tensorboard:
         hyperparameters = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("tensorboard", config=hyperparameters)
 
-    unwrapped = accelerator.unwrap_model(model)
-    first_batch = next(iter(train_dataset)) if streaming else train_dataset[0]
-    seq_len = len(first_batch["input_ids"]) if "input_ids" in first_batch else 1
-    flops_per_token = estimate_flops_per_token(unwrapped, seq_len)
-    peak_flops = config.peak_flops or default_peak_flops(accelerator.device, config.mixed_precision)
-
-    results: dict[str, Any] = {}
-
-    def run_eval(step: int) -> dict[str, float]:
-        metrics = _evaluate(model, eval_loader, accelerator, config, evaluate_fn)
-        metrics_log.log(step, metrics)
-        accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if tokenizer is not None and config.sample_prompts:
-            samples = generate_samples(
-                unwrapped, tokenizer, config.sample_prompts, config.sample_max_new_tokens, accelerator.device
-            )
-            for sample in samples:
-                accelerator.print(f"  sample: {sample!r}")
-        return metrics
-
-    if config.eval_at_start and eval_loader is not None and state["step"] == 0:
-        results.update({f"initial_{k}": v for k, v in run_eval(0).items()})
-
-    start_time = time.perf_counter()
-    progress = tqdm(
-        total=total_steps,
-        initial=state["step"],
-        desc="training",
-        disable=not (config.progress and accelerator.is_local_main_process),
-        dynamic_ncols=True,
+    first = next(iter(train_dataset)) if streaming else train_dataset[0]
+    seq_len = len(first["input_ids"]) if "input_ids" in first else 1
+    return Run(
+        config=config,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        test_loader=test_loader,
+        sampler=sampler,
+        total_steps=total_steps,
+        batches_per_epoch=batches_per_epoch,
+        output_dir=output_dir,
+        flops_per_token=flops_per_token(accelerator.unwrap_model(model), seq_len),
+        peak_flops=config.peak_flops or peak_flops(accelerator.device, config.mixed_precision),
+        loss_sum=torch.zeros((), device=accelerator.device),
     )
-    step, epoch, batches_in_epoch, tokens = state["step"], state["epoch"], state["batches_in_epoch"], state["tokens"]
-    running_loss = torch.zeros((), device=accelerator.device)
-    running_count = 0
-    micro_tokens = 0
-    window_start, window_tokens = time.perf_counter(), 0
-    last_checkpoint = f"{CHECKPOINT_PREFIX}{step:08d}" if step else None
 
-    def check_finite(loss: torch.Tensor) -> None:
-        """`loss` is reduced over the processes, so all of them stop together."""
-        if not torch.isfinite(loss).item():
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
-            raise TrainingDiverged(
-                f"The training loss became {loss.item()} before step {step}; training stopped and {kept}. "
-                "Lower the learning rate, raise warmup_steps or use bf16 instead of fp16."
-            )
 
-    while step < total_steps:
-        if sampler is not None:
-            sampler.epoch = epoch
-        train_loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(train_loader, batches_in_epoch) if batches_in_epoch else train_loader
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            batches_in_epoch += 1
-            running_loss += loss.detach().float()
-            running_count += 1
-            micro_tokens += batch["input_ids"].numel() * accelerator.num_processes if "input_ids" in batch else 0
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            tokens += micro_tokens
-            window_tokens += micro_tokens
-            micro_tokens = 0
-            progress.update(1)
+def restore(run: Run) -> None:
+    """Step 2: with `resume`, load the newest checkpoint and continue from its position."""
+    if run.config.resume:
+        state = load_newest_checkpoint(run.accelerator, run.output_dir)
+        if state is not None:
+            run.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
+            run.last_checkpoint = checkpoint_name(run.position.step)
+    run.log = MetricsLog(run.accelerator, run.output_dir, run.position.step if run.config.resume else None)
 
-            if step % config.log_every == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(running_loss / running_count, reduction="mean")
-                check_finite(mean_loss)
-                train_loss = mean_loss.item()
-                elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_tokens / elapsed
-                mfu = tokens_per_s * flops_per_token / (peak_flops * accelerator.num_processes)
-                metrics_log.log(
-                    step,
-                    {"train_loss": train_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "mfu": mfu},
-                )
-                progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{mfu:.1%}")
-                results["train_loss"] = train_loss
-                running_loss.zero_()
-                running_count = 0
-                window_start, window_tokens = time.perf_counter(), 0
-            paused = time.perf_counter()  # evaluation and checkpoints do not count towards tokens/s
-            if eval_loader is not None and config.eval_every and step % config.eval_every == 0 and step < total_steps:
-                results.update(run_eval(step))
-            if config.save_every and step % config.save_every == 0:
-                check_finite(accelerator.reduce(running_loss.clone(), reduction="sum"))
-                position = (epoch + 1, 0) if batches_in_epoch == micro_batches_per_epoch else (epoch, batches_in_epoch)
-                _save_checkpoint(
-                    accelerator,
-                    output_dir,
-                    {"step": step, "epoch": position[0], "batches_in_epoch": position[1], "tokens": tokens},
-                    config.keep_checkpoints,
-                )
-                last_checkpoint = f"{CHECKPOINT_PREFIX}{step:08d}"
-            window_start += time.perf_counter() - paused
-            if step >= total_steps:
-                break
-        else:
-            epoch, batches_in_epoch = epoch + 1, 0
-    progress.close()
 
-    if eval_loader is not None:
-        results.update(run_eval(step))
-    results.update(step=step, tokens=tokens, runtime_s=time.perf_counter() - start_time)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        metrics_log.plot(output_dir / "loss_curve.png")
+def run_epoch(run: Run) -> None:
+    """Step 3: the micro-batches of one pass over the data, from the current position; it stops
+    early when the last step is done."""
+    accelerator, position = run.accelerator, run.position
+    if run.sampler is not None:
+        run.sampler.epoch = position.epoch
+    run.train_loader.set_epoch(position.epoch)
+    skip = position.batches_in_epoch
+    batches = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+    for batch in batches:
+        with accelerator.accumulate(run.model):
+            loss = run.model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and run.config.max_grad_norm:
+                accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        position.batches_in_epoch += 1
+        run.loss_sum += loss.detach().float()
+        run.loss_count += 1
+        run.pending_tokens += batch["input_ids"].numel() * accelerator.num_processes if "input_ids" in batch else 0
+        if accelerator.sync_gradients:
+            after_optimizer_step(run)
+            if position.step >= run.total_steps:
+                return
+    if position.batches_in_epoch == 0:  # a stream shorter than one global batch would loop for ever
+        raise ValueError(
+            f"The training data ran out before a single batch of {run.config.batch_size} per process "
+            f"({accelerator.num_processes} processes); add data or lower the batch size."
+        )
+    position.epoch, position.batches_in_epoch = position.epoch + 1, 0
+
+
+def after_optimizer_step(run: Run) -> None:
+    """Count the step, then log, evaluate and checkpoint when they are due."""
+    config, position = run.config, run.position
+    run.scheduler.step()
+    position.step += 1
+    position.tokens += run.pending_tokens
+    run.throughput.add(run.pending_tokens)
+    run.pending_tokens = 0
+    run.progress.update(1)
+    if position.step % config.log_every == 0 or position.step == run.total_steps:
+        log_progress(run)
+    paused = time.perf_counter()  # evaluation and checkpoints do not count towards tokens/s
+    if run.eval_loader is not None and config.eval_every and position.step % config.eval_every == 0:
+        if position.step < run.total_steps:  # the last evaluation follows the loop
+            run.results.update(evaluate(run))
+    if config.save_every and position.step % config.save_every == 0:
+        checkpoint(run)
+    run.throughput.exclude(time.perf_counter() - paused)
+
+
+def log_progress(run: Run) -> None:
+    """The mean training loss since the last log (over every process), tokens/s and MFU."""
+    mean_loss = run.accelerator.reduce(run.loss_sum / run.loss_count, reduction="mean")
+    check_finite(run, mean_loss)
+    train_loss = mean_loss.item()
+    tokens_per_s = run.throughput.rate()
+    metrics = {"train_loss": train_loss, "lr": run.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
+    postfix = {"loss": f"{train_loss:.3f}", "tok_s": f"{tokens_per_s:,.0f}"}
+    if run.peak_flops:
+        metrics["mfu"] = tokens_per_s * run.flops_per_token / (run.peak_flops * run.accelerator.num_processes)
+        postfix["mfu"] = f"{metrics['mfu']:.1%}"
+    run.log.log(run.position.step, metrics)
+    run.progress.set_postfix(postfix)
+    run.results["train_loss"] = train_loss
+    run.loss_sum.zero_()
+    run.loss_count = 0
+
+
+def check_finite(run: Run, loss: torch.Tensor) -> None:
+    """Stop with `TrainingDiverged` on a NaN or infinite loss (reduced over processes, so all stop)."""
+    if not torch.isfinite(loss).item():
+        kept = f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"The training loss became {loss.item()} before step {run.position.step}; training stopped and {kept}. "
+            "Lower the learning rate, raise warmup_steps or use bf16 instead of fp16."
+        )
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Step 4: the validation metrics now, logged and printed (with samples when asked for)."""
+    metrics = measure(run.model, run.eval_loader, run.accelerator, run.config, run.evaluate_fn)
+    run.log.log(run.position.step, metrics)
+    run.accelerator.print(f"step {run.position.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    model = run.accelerator.unwrap_model(run.model)
+    if run.tokenizer is not None and run.config.sample_prompts and hasattr(model, "generate"):
+        config = run.config
+        for sample in generate_samples(model, run.tokenizer, config.sample_prompts, config.sample_max_new_tokens, run.accelerator.device):
+            run.accelerator.print(f"  sample: {sample!r}")
+    return metrics
+
+
+def checkpoint(run: Run) -> None:
+    """Step 5: save the full training state (model, optimizer, schedule, RNG, position)."""
+    check_finite(run, run.accelerator.reduce(run.loss_sum.clone(), reduction="sum"))
+    position = run.position
+    epoch_done = position.batches_in_epoch == run.batches_per_epoch
+    state = asdict(position) | ({"epoch": position.epoch + 1, "batches_in_epoch": 0} if epoch_done else {})
+    save_checkpoint(run.accelerator, run.output_dir, state, run.config.keep_checkpoints)
+    run.last_checkpoint = checkpoint_name(position.step)
+
+
+def train(
+    model: torch.nn.Module,
+    train_dataset,
+    eval_dataset,
+    config: TrainingConfig,
+    *,
+    test_dataset=None,
+    collate_fn: Callable[[list], dict] | None = None,
+    evaluate_fn: Callable[..., dict[str, float]] | None = None,
+    tokenizer=None,
+    final_dir: str | os.PathLike | None = None,
+    on_save: Callable[[Path, dict], None] | None = None,
+    merge_adapters: bool = False,
+) -> dict[str, Any]:
+    """Train `model` on `train_dataset`; see the module docstring for the contract."""
     if final_dir is not None:
-        save_model(accelerator, model, final_dir, tokenizer=tokenizer, on_save=on_save, metrics=results)
-    accelerator.end_training()
-    return results
+        check_writable(final_dir, "model folder")
+    run = build(model, train_dataset, eval_dataset, test_dataset, config, collate_fn)
+    run.evaluate_fn, run.tokenizer = evaluate_fn, tokenizer
+    restore(run)
+    if config.eval_at_start and run.eval_loader is not None and run.position.step == 0:
+        run.results.update({f"initial_{k}": v for k, v in evaluate(run).items()})
+
+    start = time.perf_counter()
+    show = config.progress and run.accelerator.is_local_main_process
+    run.progress = tqdm(total=run.total_steps, initial=run.position.step, desc="training", disable=not show, dynamic_ncols=True)
+    while run.position.step < run.total_steps:
+        run_epoch(run)
+    run.progress.close()
+
+    if run.eval_loader is not None:
+        run.results.update(evaluate(run))
+    if run.test_loader is not None:
+        test = measure(run.model, run.test_loader, run.accelerator, config, evaluate_fn)
+        run.results.update({f"test_{k.removeprefix('eval_')}": v for k, v in test.items()})
+    run.results.update(step=run.position.step, tokens=run.position.tokens, runtime_s=time.perf_counter() - start)
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        run.log.plot(run.output_dir / "loss_curve.png")
+    if final_dir is not None:
+        save_model(
+            run.accelerator,
+            run.model,
+            final_dir,
+            tokenizer=tokenizer,
+            on_save=on_save,
+            metrics=run.results,
+            run_dir=run.output_dir,
+            merge_adapters=merge_adapters,
+        )
+    run.accelerator.end_training()
+    return run.results
 
 
-def run_command(parser, argv, body, parse=None) -> int:
-    """Parse `argv` and run `body(args)` for a training command: bad input (and a bad file or
-    folder) becomes one line on stderr and exit status 2, a diverged run exit status 1."""
-    try:
-        args = (parse or parser.parse_args)(argv)
-        body(args)
-    except SystemExit as exit_:  # argparse: --help, or an unknown flag (already explained on stderr)
-        return exit_.code or 0
-    except TrainingDiverged as error:
-        print(f"{parser.prog}: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+# ----------------------------------------------------------------------------------------------
+# The one save path of every command.
+
+RUN_FILES = ("loss_curve.png", "metrics.jsonl", "tensorboard")  # what a model folder takes from its run
 
 
-def save_model(accelerator, model, final_dir, *, tokenizer=None, on_save=None, metrics=None) -> None:
-    """`save_pretrained` the (possibly wrapped or sharded) model into `final_dir`, atomically."""
-    state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every process calls it
-    state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}  # torch.compile
+def save_model(
+    accelerator: Accelerator,
+    model,
+    folder,
+    *,
+    tokenizer=None,
+    on_save: Callable[[Path, dict], None] | None = None,
+    metrics: dict | None = None,
+    run_dir: Path | None = None,
+    merge_adapters: bool = False,
+) -> None:
+    """Write the (possibly wrapped, compiled or sharded) `model` as a `save_pretrained` folder.
+
+    Every process calls it (gathering a sharded model is collective); the main process writes
+    into a temporary folder that replaces `folder` in one rename, so a crash leaves the previous
+    folder or none. The folder holds the weights (safetensors, `_orig_mod.` of torch.compile
+    stripped; with `merge_adapters` LoRA adapters are folded in, else a PEFT model saves only its
+    adapter), the config and remote code, `tokenizer`, `metrics.json`, the run's loss curve (and,
+    when `folder` is the run folder itself, its `metrics.jsonl` and TensorBoard logs), then
+    whatever `on_save(tmp_folder, metrics)` adds.
+    """
+    state_dict = None if merge_adapters else accelerator.get_state_dict(model)  # collective under FSDP
+    if state_dict is not None:
+        state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
+    folder = Path(folder)
     if accelerator.is_main_process:
-        with atomic_directory(final_dir) as tmp:
-            accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp, state_dict=state_dict)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        with atomic_directory(folder) as tmp:
+            if merge_adapters:  # on a copy: the trained model stays as it is for whatever follows
+                copy.deepcopy(unwrapped).merge_and_unload().save_pretrained(tmp)
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=state_dict)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
+            if run_dir is not None:
+                same_folder = folder.resolve() == Path(run_dir).resolve()
+                for name in RUN_FILES if same_folder else RUN_FILES[:1]:
+                    source = Path(run_dir) / name
+                    if source.is_dir():
+                        shutil.copytree(source, tmp / name)
+                    elif source.is_file():
+                        shutil.copy2(source, tmp / name)
             if on_save is not None:
                 on_save(tmp, dict(metrics or {}))
     accelerator.wait_for_everyone()
 
 
-__all__ = ["TrainingConfig", "TrainingDiverged", "train", "run_command", "save_model", "build_optimizer", "lr_factor", "process_state"]
+__all__ = [
+    "TrainingConfig",
+    "TrainingDiverged",
+    "train",
+    "save_model",
+    "build_optimizer",
+    "lr_factor",
+    "process_state",
+    "read_checkpoint_state",
+]

@@ -12,20 +12,29 @@ curve: load it with `AutoModelForCausalLM.from_pretrained` or `pipeline("text-ge
 
 import argparse
 import itertools
-import json
-import shutil
 from pathlib import Path
 
-import yaml
-
 from scratch_gpt.configuration_scratch_gpt import PRESETS, ScratchGPTConfig
-from scratch_gpt.training.loop import TrainingConfig, check_output_dir, process_state, run_command, train
+from scratch_gpt.training.loop import check_output_dir, process_state, train
+from scratch_gpt.training.options import add_data_options, add_training_options, from_args, public_options, run_command
 
-def build_parser(prog: str = "scratch-gpt pretrain") -> argparse.ArgumentParser:
+# The training defaults of `pretrain` (the other flags are the shared ones of options.py).
+TRAINING_DEFAULTS = dict(
+    output_dir="runs/pretrain",
+    batch_size=16,
+    learning_rate=1e-3,
+    warmup_steps=100,
+    eval_every=200,
+    eval_max_batches=50,
+    save_every=500,
+)
+
+
+def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Pre-train a GPT on a text corpus with Accelerate.")
-    parser.add_argument("--config", help="YAML or JSON file of options (keys: the flag names); flags override it")
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", default="builtin", help="text/JSONL/Parquet file, folder, glob, Hub dataset or 'builtin'")
+    data = add_data_options(
+        parser, default="builtin", help="text/Markdown/JSONL/JSON/CSV/TSV/Parquet file, folder, glob, Hub dataset or 'builtin'"
+    )
     data.add_argument("--text-column", default="text")
     data.add_argument("--block-size", type=int, default=128, help="context length of the training blocks")
     data.add_argument("--stride", type=int, help="tokens between block starts (default: block size, disjoint)")
@@ -46,58 +55,8 @@ def build_parser(prog: str = "scratch-gpt pretrain") -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=0.0)
     model.add_argument("--model-vocab-size", type=int, help="embedding rows (default: the tokenizer's size, rounded up to 64)")
     model.add_argument("--init-from", help="continue pre-training a saved causal-LM folder instead of a new model")
-    run = parser.add_argument_group("training")
-    run.add_argument("--batch-size", type=int, default=16, help="blocks per process per micro-batch")
-    run.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    run.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    run.add_argument("--weight-decay", type=float, default=0.1)
-    run.add_argument("--warmup-steps", type=int, default=100)
-    run.add_argument("--min-lr-ratio", type=float, default=0.1)
-    run.add_argument("--max-steps", type=int, help="optimizer steps (default: --epochs passes over the data)")
-    run.add_argument("--epochs", type=int, default=1)
-    run.add_argument("--max-grad-norm", type=float, default=1.0)
-    run.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
-    run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--eval-every", type=int, default=200, help="steps between evaluations (0: only at the end)")
-    run.add_argument("--eval-batches", type=int, default=50, help="at most this many validation batches per evaluation")
-    run.add_argument("--log-every", type=int, default=10)
-    run.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (0: none)")
-    run.add_argument("--keep-checkpoints", type=int, default=2)
-    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    run.add_argument("--sample-prompt", action="append", default=[], help="prompt to sample at each evaluation (repeatable)")
-    run.add_argument("--sample-tokens", type=int, default=40)
-    run.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: a rough figure)")
-    run.add_argument("--report-to", default="auto", choices=["auto", "tensorboard", "none"])
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--output-dir", default="runs/pretrain", help="where the model folder, checkpoints and logs go")
+    add_training_options(parser, **{**TRAINING_DEFAULTS, **defaults})
     return parser
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Flags over the `--config` file over the defaults; an unknown key or flag is an error."""
-    args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        parser.set_defaults(**read_config_file(args.config, parser))
-        args = parser.parse_args(argv)
-    return args
-
-
-def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"The config file {path!r} does not exist; check the --config path.")
-    values = yaml.safe_load(file.read_text()) if file.suffix in (".yaml", ".yml") else json.loads(file.read_text())
-    if not isinstance(values, dict):
-        raise ValueError(f"The config file {path!r} must hold a mapping of option names to values.")
-    values = {key.replace("-", "_"): value for key, value in values.items()}
-    known = {action.dest for action in parser._actions} - {"help", "config"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"Unknown option(s) {', '.join(unknown)} in {path!r}; valid keys are the flag names: {', '.join(sorted(known))}."
-        )
-    return values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,7 +132,7 @@ def prepare_data(args, tokenizer, corpus):
         train_blocks = pack_dataset(train_docs, tokenizer, block_size=args.block_size, stride=args.stride, num_proc=args.num_proc)
         val_blocks = pack_dataset(val_docs, tokenizer, block_size=args.block_size, num_proc=args.num_proc)
     if args.streaming:
-        val_blocks = datasets.Dataset.from_list(list(itertools.islice(val_blocks, args.eval_batches * args.batch_size)))
+        val_blocks = datasets.Dataset.from_list(list(itertools.islice(val_blocks, (args.eval_max_batches or 50) * args.batch_size)))
     val_texts = [row["text"] for row in itertools.islice(val_docs, 500)]
     stats = {
         "bytes_per_token": bytes_per_token(val_texts, tokenizer),
@@ -185,36 +144,6 @@ def prepare_data(args, tokenizer, corpus):
     return train_blocks, val_blocks, stats
 
 
-def training_config(args) -> TrainingConfig:
-    return TrainingConfig(
-        output_dir=args.output_dir,
-        num_epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        min_lr_ratio=args.min_lr_ratio,
-        max_grad_norm=args.max_grad_norm,
-        mixed_precision=args.mixed_precision,
-        compile=args.compile,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        eval_max_batches=args.eval_batches,
-        eval_at_start=True,
-        sample_prompts=tuple(args.sample_prompt),
-        sample_max_new_tokens=args.sample_tokens,
-        log_every=args.log_every,
-        progress=not args.no_progress,
-        report_to=args.report_to,
-        peak_flops=args.peak_flops,
-        save_every=args.save_every,
-        keep_checkpoints=args.keep_checkpoints,
-        resume=args.resume,
-    )
-
-
 def pretrain(args: argparse.Namespace) -> dict:
     """Run the whole pipeline; returns the final metrics (plus data statistics)."""
     from accelerate.utils import set_seed
@@ -222,16 +151,10 @@ def pretrain(args: argparse.Namespace) -> dict:
     from scratch_gpt.data import load_text_corpus
     from scratch_gpt.hub import write_model_card
 
-    config = training_config(args)  # bad options and output folders fail here, before the data work
+    config = from_args(args)  # bad options and output folders fail here, before the data work
     output_dir = check_output_dir(config)
     if args.streaming and not args.max_steps:
         raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by.")
-    if args.no_progress:  # also the bars of datasets (tokenizing) and transformers (saving)
-        import datasets
-        import transformers
-
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
     state = process_state()
     set_seed(args.seed)
     corpus = load_text_corpus(args.data, text_column=args.text_column, streaming=args.streaming)
@@ -245,27 +168,19 @@ def pretrain(args: argparse.Namespace) -> dict:
         f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters."
     )
 
-    def finish_folder(folder: Path, metrics: dict) -> None:
-        shutil.copy(output_dir / "loss_curve.png", folder / "loss_curve.png")
-        hyperparameters = {k: v for k, v in vars(args).items() if k not in ("config", "no_progress", "output_dir")}
+    def write_card(folder: Path, metrics: dict) -> None:
         write_model_card(
             folder,
             kind="base",
             metrics={**{k: v for k, v in metrics.items() if k != "runtime_s"}, "unigram_entropy": stats["unigram_entropy"]},
-            hyperparameters=hyperparameters,
+            hyperparameters=public_options(args),
             datasets=[args.data],
             base_model=args.init_from,
             model_name=output_dir.resolve().name,
         )
 
     results = train(
-        model,
-        train_blocks,
-        val_blocks,
-        config,
-        tokenizer=tokenizer,
-        final_dir=output_dir / "model",
-        on_save=finish_folder,
+        model, train_blocks, val_blocks, config, tokenizer=tokenizer, final_dir=output_dir / "model", on_save=write_card
     )
     return {**results, **stats}
 
@@ -280,49 +195,39 @@ def cli(argv: list[str] | None = None) -> int:
             f"model in {Path(args.output_dir) / 'model'}"
         )
 
-    parser = build_parser()
-    return run_command(parser, argv, body, parse=lambda argv: parse_args(parser, argv))
+    return run_command(build_parser(), argv, body)
 
 
 # ----------------------------------------------------------------------------------------------
-# quickstart: the README's first command.
+# quickstart: the README's first command. It is `pretrain` with other defaults: small sizes on
+# the built-in corpus (every pretrain flag still works, e.g. `scratch-gpt quickstart --max-steps 50`).
 
 QUICKSTART = dict(
-    data="builtin",
+    output_dir="runs/quickstart",
     vocab_size=2048,
-    block_size=128,
-    preset="tiny",
     hidden_size=128,
     num_layers=4,
     num_heads=4,
-    batch_size=16,
-    lr=2e-3,
+    learning_rate=2e-3,
     warmup_steps=30,
     max_steps=400,
     eval_every=100,
-    eval_batches=20,
+    eval_max_batches=20,
     save_every=0,
-    sample_prompt=["Return the"],
-    sample_tokens=30,
+    sample_prompts=["Return the"],
+    sample_max_new_tokens=30,
     report_to="none",
 )
 
 
 def quickstart_cli(argv: list[str] | None = None) -> int:
-    """`scratch-gpt quickstart [--output-dir DIR] [--max-steps N]`"""
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt quickstart",
-        description="Train a tokenizer and a small GPT on the built-in corpus (a few minutes on a CPU).",
-    )
-    parser.add_argument("--output-dir", default="runs/quickstart")
-    parser.add_argument("--max-steps", type=int, default=QUICKSTART["max_steps"], help="optimizer steps")
-    parser.add_argument("--no-progress", action="store_true")
+    """`scratch-gpt quickstart [--output-dir DIR] [--max-steps N] [any pretrain flag]`"""
+    parser = build_parser("scratch-gpt quickstart")
+    parser.description = "Train a tokenizer and a small GPT on the built-in corpus (a few minutes on a CPU)."
+    parser.set_defaults(**QUICKSTART)
 
     def body(args):
-        options = build_parser().parse_args([])
-        for key, value in {**QUICKSTART, **vars(args)}.items():
-            setattr(options, key, value)
-        results = pretrain(options)
+        results = pretrain(args)
         from transformers import pipeline
 
         generator = pipeline("text-generation", model=str(Path(args.output_dir) / "model"))
