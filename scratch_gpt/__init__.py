@@ -2,11 +2,14 @@
 
 Importing the package registers ScratchGPT with the `Auto*` classes, so
 `AutoModelForCausalLM.from_pretrained(folder)` works without `trust_remote_code`; folders saved
-by it also carry the model code, for machines where this package is not installed.
+by it also carry the model code, for machines where this package is not installed. It also fills
+the modeling file's hooks: `ScratchGPTForCausalLM.from_pretrained(<GPT-2 folder or Hub id>)` converts
+the checkpoint (scratch_gpt.convert), and `model.push_to_hub` publishes in one commit (scratch_gpt.hub).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from . import convert, hub  # noqa: F401  (fill the modeling file's hooks: GPT-2 checkpoints in, push_to_hub)
 from . import lora  # noqa: F401  (tells PEFT which modules LoRA adapts in a "scratch_gpt" model)
 from .configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from .modeling_scratch_gpt import (

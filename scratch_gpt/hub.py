@@ -5,7 +5,8 @@
 - `push_folder(folder, repo_id)` uploads a saved model folder (weights, config, remote code,
   tokenizer, generation config, card, plots) to the Hub in ONE commit; `scratch-gpt push` is its CLI.
 - `push_model(model, repo_id, tokenizer=...)` is `model.push_to_hub(...)` for ScratchGPT models:
-  the same one commit, from the model in memory.
+  the same one commit, from the model in memory (importing this module registers it with the
+  modeling file, which never imports the package).
 - `add_to_hub_cache(folder, repo_id)` lays a folder out as a Hub cache entry, so
   `from_pretrained("OWNER/NAME")` finds it offline (air-gapped machines, tests).
 
@@ -31,6 +32,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 
 from .io_utils import atomic_directory
+from .modeling_scratch_gpt import register_push_to_hub
 
 TEMPLATES = files("scratch_gpt.model_cards")  # the top-level model_cards/ folder, shipped in the package
 
@@ -394,6 +396,9 @@ def push_model(model, repo_id: str, *, tokenizer=None, max_shard_size="50GB", ta
             model_card.data.tags = list(dict.fromkeys([*(model_card.data.tags or []), *tags]))
             model_card.save(card)
         return push_folder(folder, repo_id, **push_kwargs)
+
+
+register_push_to_hub(push_model)  # `model.push_to_hub(...)` of every ScratchGPT model now runs push_model
 
 
 def _companion_files(model) -> dict[str, Path]:

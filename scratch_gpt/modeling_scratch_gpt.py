@@ -1,27 +1,30 @@
 """ScratchGPT: a GPT-2 style decoder written out from scratch as a `transformers` model.
 
-Read it top to bottom:
+Read it top to bottom, in the order the stages build it:
 
-    token ids ──► token embedding + position embedding ──► dropout
-              ──► N x Block:  x = x + Attention(LayerNorm(x))      (causal, multi-head)
+    token ids ──► token embedding + position embedding ──► dropout             (stage 3)
+              ──► N x Block:  x = x + Attention(LayerNorm(x))      (causal, multi-head: stage 4)
                               x = x + MLP(LayerNorm(x))            (Linear -> GELU -> Linear)
-              ──► final LayerNorm ──► LM head (tied to the token embedding) ──► logits
+              ──► final LayerNorm                                              (stage 5)
+              ──► LM head (tied to the token embedding) ──► logits, or a classification head
 
 Shapes in comments: B batch, T new tokens, S tokens attended to (past + new), H heads,
 D head size, C hidden size (= H * D), V vocabulary.
 
-This file imports only torch, transformers and its configuration module (and `scratch_gpt.hub`
-inside `push_to_hub`, when it can), so it is copied next to the weights by `save_pretrained` and
-loads with `trust_remote_code=True` where the `scratch_gpt` package is not installed.
+This file imports only torch, transformers and its configuration module, so it is copied next to
+the weights by `save_pretrained` and loads with `trust_remote_code=True` where the `scratch_gpt`
+package is not installed. What needs the package (reading other architectures' checkpoints, the
+one-commit push) reaches this file through the hooks at its end, which `import scratch_gpt` fills.
 """
 
+import contextlib
 import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
@@ -33,9 +36,43 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_scratch_gpt import ScratchGPTConfig
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 3: token embeddings + absolute position embeddings
+# ----------------------------------------------------------------------------------------------
+# Two lookup tables, `embed_tokens` (V x C) and `embed_positions` (max_position_embeddings x C), live
+# on `ScratchGPTModel` below; the vector entering the first block is the sum of a token's two rows.
+# These helpers pick the rows: they check the token ids and number the positions.
+def check_input_ids(input_ids: torch.Tensor, vocab_size: int, check_range: bool) -> None:
+    if input_ids.is_floating_point() or input_ids.is_complex():
+        raise ValueError(
+            f"ScratchGPT input_ids must be integer token ids, got dtype {input_ids.dtype}; "
+            "pass the tokenizer's output (torch.long)."
+        )
+    if not check_range or torch.compiler.is_compiling() or input_ids.numel() == 0:
+        return  # the range check reads values back to the host, which a compiled graph avoids
+    low, high = (int(x) for x in torch.aminmax(input_ids))
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"ScratchGPT input_ids must be in [0, {vocab_size}), got values in [{low}, {high}]; "
+            "use the tokenizer the model was trained with, or resize_token_embeddings."
+        )
+
+
+def position_ids_for(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.LongTensor:
+    """Positions of the new tokens: (B, T) or (1, T). With a padding mask they count real tokens
+    only, so a left-padded prompt gets the same positions (and logits) as the prompt alone."""
+    if attention_mask is not None and attention_mask.ndim == 2:
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.clamp(min=0)[:, -length:]
+    return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +129,6 @@ class ScratchGPTAttention(nn.Module):
         hidden_states: torch.Tensor,  # (B, T, C)
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-        output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
@@ -106,7 +142,7 @@ class ScratchGPTAttention(nn.Module):
 
         # Eager is the readable reference; "sdpa" (default), "flash_attention_2", "flex_attention"
         # are fused kernels behind transformers' attention interface. Weights need the eager path.
-        implementation = "eager" if output_attentions else self.config._attn_implementation
+        implementation = "eager" if kwargs.get("output_attentions") else self.config._attn_implementation
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention(
             self,
@@ -119,11 +155,11 @@ class ScratchGPTAttention(nn.Module):
             **kwargs,
         )
         output = self.out_proj(output.reshape(batch, length, -1))  # (B, T, C)
-        return output, weights
+        return output, weights  # `output_attentions=True` collects `weights` (see `_can_record_outputs`)
 
 
 # ----------------------------------------------------------------------------------------------
-# Stage 5: the transformer block and the GPT body
+# The transformer block
 # ----------------------------------------------------------------------------------------------
 class ScratchGPTMLP(nn.Module):
     """Position-wise feed-forward network: expand to 4C, GELU, project back."""
@@ -151,21 +187,16 @@ class ScratchGPTBlock(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, attn_weights = self.attn(
-            self.ln_1(hidden_states), attention_mask, cache=cache, output_attentions=output_attentions, **kwargs
-        )
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: Cache | None = None, **kwargs
+    ) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        attn_output, _ = self.attn(self.ln_1(hidden_states), attention_mask, cache=cache, **kwargs)
         hidden_states = hidden_states + self.dropout(attn_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(self.ln_2(hidden_states)))
-        return hidden_states, attn_weights
+        return hidden_states + self.dropout(self.mlp(self.ln_2(hidden_states)))  # (B, T, C)
 
 
+# ----------------------------------------------------------------------------------------------
+# Stage 5: the GPT body
+# ----------------------------------------------------------------------------------------------
 class ScratchGPTPreTrainedModel(PreTrainedModel):
     config_class = ScratchGPTConfig
     config: ScratchGPTConfig
@@ -177,6 +208,9 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # What `output_hidden_states=True` / `output_attentions=True` collect, through forward hooks
+    # (transformers' `capture_outputs`): each block's output, each attention's weights.
+    _can_record_outputs = {"hidden_states": ScratchGPTBlock, "attentions": ScratchGPTAttention}
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 initialisation: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * layers)."""
@@ -195,29 +229,62 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """As in transformers, but weights load from safetensors only unless `use_safetensors=False`
-        is passed (a `pytorch_model.bin` is then read with `weights_only=True`)."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As in transformers, with two additions. Weights load from safetensors only unless
+        `use_safetensors=False` is passed (a `pytorch_model.bin` is then read with `weights_only=True`).
+        A checkpoint of another architecture (a GPT-2 folder or Hub id, ...) is converted on the way
+        in, when `import scratch_gpt` registered a converter for its `model_type` (see the end of the file)."""
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(*args, **kwargs)
+        model_type = None if "config" in kwargs else checkpoint_model_type(pretrained_model_name_or_path, kwargs)
+        if model_type in (None, ScratchGPTConfig.model_type):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return cls.from_converted(pretrained_model_name_or_path, model_type, *model_args, **kwargs)
+
+    @classmethod
+    def from_converted(cls, source, model_type: str, *model_args, **kwargs):
+        """Load the `model_type` checkpoint `source` through the converter registered for it.
+
+        The converter returns a ScratchGPT config and state dict. The rest is transformers' own loading:
+        config kwargs (`num_labels`, `id2label`, `pad_token_id`, ...) apply as for a ScratchGPT folder,
+        `dtype` is respected, weights the class lacks (a classifier has no `lm_head`) are left out, weights
+        the checkpoint lacks (a classifier's `score`) are freshly initialised.
+        """
+        convert = CHECKPOINT_CONVERTERS.get(model_type)
+        if convert is None:
+            supported = ", ".join([ScratchGPTConfig.model_type, *CHECKPOINT_CONVERTERS])
+            install = "" if CHECKPOINT_CONVERTERS else " (install the scratch_gpt package to read other architectures)"
+            raise ValueError(
+                f"{cls.__name__} cannot read a checkpoint of model type {model_type!r}; it reads {supported}{install}."
+            )
+        download = {name: kwargs.pop(name) for name in DOWNLOAD_KWARGS if name in kwargs}
+        config, state_dict = convert(source, **download)
+        dtype = {name: kwargs.pop(name) for name in ("dtype", "torch_dtype") if name in kwargs}
+        # The config as config.json would hold it, so that kwargs update it as they update a saved one.
+        config, kwargs = cls.config_class.from_dict(config.to_diff_dict(), return_unused_kwargs=True, **kwargs)
+        model = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **dtype, **kwargs)
+        from_path = isinstance(source, (str, os.PathLike))
+        model.name_or_path = model.config.name_or_path = str(source) if from_path else source.name_or_path
+        if from_path and model.can_generate():
+            with contextlib.suppress(OSError):  # no generation_config.json: keep the one made from the config
+                model.generation_config = GenerationConfig.from_pretrained(source, **download)
+        return model
 
     def push_to_hub(self, repo_id: str, *, tokenizer=None, **kwargs):
         """Upload the model with its tokenizer, model card and plots to the Hub in one commit.
 
-        With `scratch_gpt` installed this is `scratch_gpt.hub.push_model` (see there): the weights,
-        config, remote code and generation config, plus `tokenizer` and the card and plots of the
-        folder the model was loaded from. Loaded as remote code without the package, it is
-        transformers' own push (no tokenizer, a generic card), and `tokenizer` follows in a second commit.
+        With `scratch_gpt` imported this is `scratch_gpt.hub.push_model` (see there, and the hooks at
+        the end of this file): the weights, config, remote code and generation config, plus `tokenizer`
+        and the card and plots of the folder the model was loaded from. Loaded as remote code without
+        the package, it is transformers' own push (no tokenizer, a generic card), and `tokenizer`
+        follows in a second commit.
         """
-        try:
-            from scratch_gpt.hub import push_model
-        except ImportError:
-            commit = super().push_to_hub(repo_id, **kwargs)
-            if tokenizer is not None:
-                names = ("commit_message", "private", "token", "revision", "create_pr")
-                tokenizer.push_to_hub(repo_id, **{name: kwargs[name] for name in names if name in kwargs})
-            return commit
-        return push_model(self, repo_id, tokenizer=tokenizer, **kwargs)
+        if PUSH_TO_HUB is not None:
+            return PUSH_TO_HUB(self, repo_id, tokenizer=tokenizer, **kwargs)
+        commit = super().push_to_hub(repo_id, **kwargs)
+        if tokenizer is not None:
+            names = ("commit_message", "private", "token", "revision", "create_pr")
+            tokenizer.push_to_hub(repo_id, **{name: kwargs[name] for name in names if name in kwargs})
+        return commit
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token: 6 * matmul weights + 12 * layers * C * T.
@@ -253,7 +320,12 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    # `merge_with_config_defaults` fills `use_cache` from the config (off while gradient checkpointing
+    # trains); `capture_outputs` collects `output_hidden_states` / `output_attentions` with hooks and
+    # turns the output into a tuple for `return_dict=False`.
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T)
@@ -262,19 +334,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast | tuple:
+    ) -> BaseModelOutputWithPast:
         config = self.config
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        use_cache = config.use_cache if use_cache is None else use_cache
-        return_dict = config.return_dict if return_dict is None else return_dict
-        if self.gradient_checkpointing and self.training:
-            use_cache = False  # checkpointed blocks are run twice; the cache must not be written twice
-
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds` to ScratchGPT.")
         if use_cache and cache is None:
@@ -285,7 +347,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             # itself chose, so only a prompt needs it; and a training step on an accelerator would wait
             # for it every step, so there the training commands check the tokenizer against vocab_size once.
             on_host = input_ids.device.type == "cpu"
-            self._check_input_ids(input_ids, check_range=past_length == 0 and (on_host or not self.training))
+            check_input_ids(input_ids, config.vocab_size, check_range=past_length == 0 and (on_host or not self.training))
             inputs_embeds = self.embed_tokens(input_ids)  # (B, T, C)
         length = inputs_embeds.shape[1]
         if past_length + length > config.max_position_embeddings:
@@ -294,9 +356,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
                 f"{config.max_position_embeddings}; truncate the input or use a model with a longer context."
             )
         if position_ids is None:
-            position_ids = self._position_ids(attention_mask, past_length, length, inputs_embeds.device)
+            position_ids = position_ids_for(attention_mask, past_length, length, inputs_embeds.device)
 
-        hidden_states = self.drop(inputs_embeds + self.embed_positions(position_ids))
+        hidden_states = self.drop(inputs_embeds + self.embed_positions(position_ids))  # stage 3: (B, T, C)
         causal_mask = create_causal_mask(
             config=config,
             inputs_embeds=inputs_embeds,
@@ -304,97 +366,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             cache=cache,
             position_ids=position_ids,
         )
-
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
         for block in self.layers:
-            hidden_states, weights = block(
-                hidden_states, causal_mask, cache=cache, output_attentions=output_attentions, **kwargs
-            )
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (weights,)
-        hidden_states = self.norm(hidden_states)
-        if output_hidden_states:  # the last entry is the normed output, as in every HF decoder
-            all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
-
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            cache=cache if use_cache else None,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-        )
-        return output if return_dict else output.to_tuple()
-
-    @staticmethod
-    def _position_ids(attention_mask, past_length: int, length: int, device) -> torch.LongTensor:
-        """Positions of the new tokens. With a padding mask they count real tokens only, so a
-        left-padded prompt gets the same positions (and logits) as the prompt alone."""
-        if attention_mask is not None and attention_mask.ndim == 2:
-            positions = attention_mask.long().cumsum(-1) - 1
-            return positions.clamp(min=0)[:, -length:]
-        return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)
-
-    def _check_input_ids(self, input_ids: torch.Tensor, check_range: bool) -> None:
-        if input_ids.is_floating_point() or input_ids.is_complex():
-            raise ValueError(
-                f"ScratchGPT input_ids must be integer token ids, got dtype {input_ids.dtype}; "
-                "pass the tokenizer's output (torch.long)."
-            )
-        if not check_range or torch.compiler.is_compiling() or input_ids.numel() == 0:
-            return  # the range check reads values back to the host, which a compiled graph avoids
-        low, high = (int(x) for x in torch.aminmax(input_ids))
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(
-                f"ScratchGPT input_ids must be in [0, {self.config.vocab_size}), got values in [{low}, {high}]; "
-                "use the tokenizer the model was trained with, or resize_token_embeddings."
-            )
-
-
-# ----------------------------------------------------------------------------------------------
-# Stage 6: GPT-2 checkpoints. Same network, other names; GPT-2's Conv1D stores Linear weights transposed.
-# ----------------------------------------------------------------------------------------------
-GPT2_NAMES = {  # ScratchGPT name part -> GPT2LMHeadModel name part
-    "model.embed_tokens": "transformer.wte",
-    "model.embed_positions": "transformer.wpe",
-    "model.layers": "transformer.h",
-    "model.norm": "transformer.ln_f",
-    "attn.qkv_proj": "attn.c_attn",
-    "attn.out_proj": "attn.c_proj",
-    "mlp.fc_in": "mlp.c_fc",
-    "mlp.fc_out": "mlp.c_proj",
-}
-GPT2_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def gpt2_name(name: str) -> str:
-    """`model.layers.3.attn.qkv_proj.weight` -> `transformer.h.3.attn.c_attn.weight`."""
-    for ours, theirs in GPT2_NAMES.items():
-        name = name.replace(ours, theirs)
-    return name
-
-
-def config_from_gpt2(gpt2_config) -> ScratchGPTConfig:
-    return ScratchGPTConfig(
-        vocab_size=gpt2_config.vocab_size,
-        hidden_size=gpt2_config.n_embd,
-        num_hidden_layers=gpt2_config.n_layer,
-        num_attention_heads=gpt2_config.n_head,
-        intermediate_size=gpt2_config.n_inner or 4 * gpt2_config.n_embd,
-        max_position_embeddings=gpt2_config.n_positions,
-        hidden_act=gpt2_config.activation_function,
-        embd_pdrop=gpt2_config.embd_pdrop,
-        attn_pdrop=gpt2_config.attn_pdrop,
-        resid_pdrop=gpt2_config.resid_pdrop,
-        layer_norm_eps=gpt2_config.layer_norm_epsilon,
-        initializer_range=gpt2_config.initializer_range,
-        qkv_bias=True,
-        tie_word_embeddings=gpt2_config.tie_word_embeddings,
-        bos_token_id=gpt2_config.bos_token_id,
-        eos_token_id=gpt2_config.eos_token_id,
-        pad_token_id=gpt2_config.pad_token_id,
-    )
+            hidden_states = block(hidden_states, causal_mask, cache=cache, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache if use_cache else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,23 +393,12 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_gpt2(cls, gpt2: "str | os.PathLike | PreTrainedModel", **from_pretrained_kwargs) -> "ScratchGPTForCausalLM":
-        """Build a ScratchGPT from a transformers GPT-2 checkpoint (a Hub id such as
-        `openai-community/gpt2`, a local folder, or a loaded `GPT2LMHeadModel`)."""
-        from transformers import GPT2LMHeadModel
-
-        if isinstance(gpt2, (str, os.PathLike)):
-            gpt2 = GPT2LMHeadModel.from_pretrained(gpt2, **from_pretrained_kwargs)
-        model = cls(config_from_gpt2(gpt2.config)).to(gpt2.dtype)
-        theirs = gpt2.state_dict()
-        state = {}
-        for name in model.state_dict():
-            tensor = theirs[gpt2_name(name)]
-            state[name] = tensor.t() if gpt2_name(name).endswith(GPT2_CONV1D_WEIGHTS) else tensor
-        model.load_state_dict(state)
-        model.generation_config = gpt2.generation_config
-        return model.eval()
+        """A ScratchGPT from a transformers GPT-2 checkpoint: a Hub id such as `openai-community/gpt2`,
+        a local folder (both as `from_pretrained` reads them), or a loaded `GPT2LMHeadModel`."""
+        return cls.from_converted(gpt2, "gpt2", **from_pretrained_kwargs)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -445,24 +408,11 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,  # (B, T); the model shifts them, -100 is ignored
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,  # e.g. 1 during generation: only the last position's logits
-        **kwargs,
-    ) -> CausalLMOutputWithPast | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        **kwargs,  # output_hidden_states, output_attentions, attention-kernel arguments, the loss's num_items_in_batch
+    ) -> CausalLMOutputWithPast:
         outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,  # attention-kernel arguments reach the blocks; the loss takes e.g. num_items_in_batch
+            input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache=use_cache, return_dict=True, **kwargs
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:
@@ -474,15 +424,13 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         if labels is not None:
             # Position t predicts token t+1: the loss shifts labels left by one and skips -100.
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-
-        output = CausalLMOutputWithPast(
+        return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
@@ -505,28 +453,18 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
 
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T): 1 real token, 0 padding; the last 1 is pooled
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,  # (B,) class ids (or floats for regression)
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SequenceClassifierOutputWithPast | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        **kwargs,  # output_hidden_states, output_attentions
+    ) -> SequenceClassifierOutputWithPast:
         outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            input_ids, attention_mask, position_ids, inputs_embeds=inputs_embeds, use_cache=False, return_dict=True, **kwargs
         )
         hidden_states = outputs.last_hidden_state  # (B, T, C)
         batch, length = hidden_states.shape[:2]
@@ -542,11 +480,47 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-
-        output = SequenceClassifierOutputWithPast(
+        return SequenceClassifierOutputWithPast(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 6 hooks: other checkpoints in, the Hub out. Empty here; `import scratch_gpt` fills them
+# (scratch_gpt/convert.py, scratch_gpt/hub.py), so this file never imports the package.
+# ----------------------------------------------------------------------------------------------
+# source checkpoint's model_type -> convert(source, **download_kwargs) -> (ScratchGPTConfig, state dict
+# under ScratchGPT's parameter names). `source` is what `from_pretrained` got (a Hub id or a folder), or
+# a loaded model; `download_kwargs` are the `DOWNLOAD_KWARGS` the caller passed.
+CHECKPOINT_CONVERTERS: dict[str, Callable[..., tuple[ScratchGPTConfig, dict[str, torch.Tensor]]]] = {}
+DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+
+# push(model, repo_id, tokenizer=..., **push_kwargs): what `model.push_to_hub(...)` runs, when set.
+PUSH_TO_HUB: Callable | None = None
+
+
+def register_converter(model_type: str, convert: Callable) -> None:
+    """Let `from_pretrained` read checkpoints whose config.json says `model_type`, through `convert`."""
+    CHECKPOINT_CONVERTERS[model_type] = convert
+
+
+def register_push_to_hub(push: Callable | None) -> None:
+    """Make `model.push_to_hub(repo_id, tokenizer=..., **kwargs)` call `push(model, repo_id, ...)`."""
+    global PUSH_TO_HUB
+    PUSH_TO_HUB = push
+
+
+def checkpoint_model_type(source, kwargs: dict) -> str | None:
+    """The `model_type` in the config.json of `source` (a folder or a Hub id, found as `from_pretrained`
+    finds it: cache, offline mode, revision), or None when there is none to read."""
+    if source is None or kwargs.get("gguf_file"):
+        return None
+    download = {name: kwargs[name] for name in DOWNLOAD_KWARGS if name in kwargs}
+    try:
+        config_dict, _ = ScratchGPTConfig.get_config_dict(source, **download)
+    except OSError:
+        return None  # transformers' own loading then says what is missing
+    return config_dict.get("model_type")
 
 
 __all__ = [

@@ -86,6 +86,14 @@ def test_classifier_pools_the_last_real_token_for_left_and_right_padding(tiny_co
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(alone, torch.tensor([2])))
 
 
+def test_classifier_returns_hidden_states_attentions_and_tuples(tiny_config):
+    model = ScratchGPTForSequenceClassification(tiny_config).eval()
+    x = torch.tensor(PROBE)
+    out = model(x, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == tiny_config.num_hidden_layers + 1 and len(out.attentions) == tiny_config.num_hidden_layers
+    torch.testing.assert_close(model(x, return_dict=False)[0], out.logits)  # eager (weights) vs sdpa: not bit-equal
+
+
 def test_classifier_from_a_causal_lm_folder_reuses_the_body(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path)
     classifier = AutoModelForSequenceClassification.from_pretrained(
@@ -120,6 +128,67 @@ def test_from_gpt2_matches_gpt2_logits_and_greedy_generations(tmp_path, local_gp
     assert (ours(x).logits - local_gpt2(x).logits).abs().max() < 1e-5
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(x[:, :6], **kwargs), local_gpt2.generate(x[:, :6], **kwargs))
+
+
+def test_from_pretrained_converts_a_gpt2_folder_and_saves_a_scratch_gpt_folder(tmp_path, local_gpt2):
+    local_gpt2.save_pretrained(tmp_path / "gpt2")
+    ours = ScratchGPTForCausalLM.from_pretrained(tmp_path / "gpt2")
+    x = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    assert (ours(x).logits - local_gpt2(x).logits).abs().max() < 1e-5
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(x[:, :6], **kwargs), local_gpt2.generate(x[:, :6], **kwargs))
+    ours.save_pretrained(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["model_type"] == "scratch_gpt" and (tmp_path / "ours" / "modeling_scratch_gpt.py").is_file()
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "ours")(x).logits, ours(x).logits)
+    assert ScratchGPTForCausalLM.from_pretrained(tmp_path / "gpt2", dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_classifier_from_a_gpt2_hub_id_gets_a_fresh_head_on_the_same_body(tmp_path, local_gpt2):
+    from scratch_gpt.hub import add_to_hub_cache
+
+    local_gpt2.save_pretrained(tmp_path / "gpt2")
+    add_to_hub_cache(tmp_path / "gpt2", "owner/tiny-gpt2", cache_dir=tmp_path / "cache")  # offline, as if downloaded
+    labels = {0: "negative", 1: "neutral", 2: "positive"}
+    classifier = ScratchGPTForSequenceClassification.from_pretrained(
+        "owner/tiny-gpt2", cache_dir=tmp_path / "cache", num_labels=3, id2label=labels, pad_token_id=0
+    )
+    assert classifier.config.id2label == labels and classifier.config.pad_token_id == 0
+    assert classifier.score.weight.shape == (3, 32) and not hasattr(classifier, "lm_head")
+    x = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    body = classifier.model(x).last_hidden_state
+    assert torch.allclose(body, local_gpt2.transformer(x).last_hidden_state, atol=1e-5, rtol=0)
+    assert classifier(x).logits.shape == (2, 3)
+
+
+def test_a_checkpoint_of_another_model_type_gives_one_clear_error(tmp_path, run_without_scratch_gpt):
+    GPT2Config(n_layer=1).save_pretrained(tmp_path / "gpt2")
+    config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    with pytest.raises(ValueError, match="model type 'bert'; it reads scratch_gpt, gpt2"):
+        ScratchGPTForSequenceClassification.from_pretrained(tmp_path / "bert")
+    # As remote code without the package, no converter is registered: GPT-2 is refused the same way.
+    ours = tmp_path / "ours"
+    ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).save_pretrained(ours)
+    out = run_without_scratch_gpt(
+        f"""
+from transformers import AutoModelForCausalLM
+model_class = type(AutoModelForCausalLM.from_pretrained({str(ours)!r}, trust_remote_code=True))
+try:
+    model_class.from_pretrained({str(tmp_path / "gpt2")!r})
+except ValueError as error:
+    print(error)
+"""
+    )
+    assert "model type 'gpt2'; it reads scratch_gpt (install the scratch_gpt package" in out
+
+
+def test_importing_scratch_gpt_fills_the_modeling_hooks():
+    from scratch_gpt import convert, hub, modeling_scratch_gpt
+
+    assert modeling_scratch_gpt.CHECKPOINT_CONVERTERS["gpt2"] is convert.convert_gpt2
+    assert modeling_scratch_gpt.PUSH_TO_HUB is hub.push_model
 
 
 def test_export_round_trip_is_exact(tiny_model):

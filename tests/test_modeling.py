@@ -121,6 +121,31 @@ def test_hidden_states_attentions_and_tuples(tiny_model):
     torch.testing.assert_close(as_tuple[0], out.logits)
 
 
+def test_hidden_states_run_from_the_embeddings_to_the_final_norm(tiny_model):
+    input_ids = ids(length=7)
+    body = tiny_model.model
+    out = body(input_ids, output_hidden_states=True)
+    embeddings = body.embed_tokens(input_ids) + body.embed_positions(torch.arange(7))  # stage 3, dropout off in eval
+    torch.testing.assert_close(out.hidden_states[0], embeddings)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    assert body(input_ids).hidden_states is None and body(input_ids).attentions is None
+
+
+def test_modeling_file_imports_only_torch_transformers_and_its_config():
+    import ast
+    from pathlib import Path
+
+    import scratch_gpt.modeling_scratch_gpt as modeling
+
+    imported = set()
+    for node in ast.walk(ast.parse(Path(modeling.__file__).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + node.module.split(".")[0])
+    assert imported <= {"contextlib", "os", "collections", "torch", "transformers", ".configuration_scratch_gpt"}
+
+
 def test_logits_to_keep(tiny_model):
     input_ids = ids()
     full = tiny_model(input_ids).logits
