@@ -33,19 +33,12 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from torch.utils.data import DataLoader
-from transformers import (
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    GenerationConfig,
-    GPT2ForSequenceClassification,
-    set_seed,
-)
+from transformers import GPT2ForSequenceClassification
 
 from scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
 from scratch_gpt.convert import to_gpt2
-from scratch_gpt.training import classify, finetune, instruct
-from scratch_gpt.training.loop import train
+from scratch_gpt.training import classify, instruct
+from scratch_gpt.training.options import parse_args
 
 NAMES = ["Sam", "Alex", "mum", "Jo", "Priya", "Tom", "Lena", "dad", "Chris", "Kim"]
 TIMES = ["7", "half 6", "noon", "8pm", "tomorrow", "later", "10ish", "lunch"]
@@ -136,19 +129,29 @@ def gpt2_peer(model_dir: str, ours: ScratchGPTForSequenceClassification) -> GPT2
     return peer
 
 
-def peer_trainable(model: GPT2ForSequenceClassification, args) -> torch.nn.Module:
-    """The same parameters as the project's command trains, under GPT-2's module names."""
-    if args.lora:
-        targets = ["c_attn", "c_proj", "c_fc"]  # GPT-2's qkv_proj, out_proj + fc_out, fc_in (Conv1D layers)
+def peer_lora(task_type: str) -> callable:
+    """LoRA on GPT-2's Conv1D projections: the same matrices as the project's default targets."""
+
+    def apply(model, args):
+        targets = ["c_attn", "c_proj", "c_fc"]  # GPT-2's qkv_proj, out_proj + fc_out, fc_in
         config = LoraConfig(
-            task_type="SEQ_CLS",
+            task_type=task_type,
             r=args.lora_r,
             lora_alpha=args.lora_alpha,
             target_modules=targets,
             fan_in_fan_out=True,
-            modules_to_save=["score"],
+            modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
         )
         return get_peft_model(model, config)
+
+    return apply
+
+
+def peer_classifier(ours: ScratchGPTForSequenceClassification, args) -> torch.nn.Module:
+    """Step 4 of the classification command for the peer: the same parameters train, under GPT-2's names."""
+    model = gpt2_peer(args.model, ours)
+    if args.lora:
+        return peer_lora("SEQ_CLS")(model, args)
     model.requires_grad_(False)
     for module in (*model.transformer.h[-args.last_blocks :], model.transformer.ln_f, model.score):
         module.requires_grad_(True)
@@ -156,45 +159,8 @@ def peer_trainable(model: GPT2ForSequenceClassification, args) -> torch.nn.Modul
 
 
 def run_peer(argv: list[str]) -> dict:
-    """The classification command's steps, with GPT2ForSequenceClassification as the model."""
-    args = classify.build_parser().parse_args(argv)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    records = classify.read_records(args.data)
-    records, names = classify.encode_labels(records, "label")
-    if args.balance:
-        records = classify.balance_by_undersampling(records, args.seed)
-    set_seed(args.seed)  # as the command does: the same initial head
-    ours = ScratchGPTForSequenceClassification.from_pretrained(
-        args.model,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    peer = peer_trainable(gpt2_peer(args.model, ours), args)
-    records = classify.tokenize_texts(
-        records, tokenizer, "text", args.max_length or ours.config.max_position_embeddings
-    )
-    splits = classify.split_dataset(
-        records.select_columns(["input_ids", "labels"]),
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-    )
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    metrics = train(
-        peer,
-        splits["train"],
-        splits["validation"],
-        finetune.training_config(args, Path(args.output)),
-        collate_fn=collate,
-        evaluate_fn=classify.classification_metrics,
-    )
-    peer.eval()
-    test = classify.classification_metrics(
-        peer, DataLoader(splits["test"], batch_size=args.batch_size, collate_fn=collate)
-    )
-    return {**metrics, **{f"test_{k}": v for k, v in test.items()}}
+    """The classification command itself, with GPT2ForSequenceClassification swapped in at its step 4."""
+    return classify.finetune_classifier(parse_args(classify.build_parser(), argv), make_trainable=peer_classifier)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,35 +201,18 @@ def instruction_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def run_peer_instruct(argv: list[str], held_out_answers: int) -> dict:
-    """The instruction command's steps, with transformers' GPT2LMHeadModel (same weights) as the model."""
-    args = instruct.build_parser().parse_args(argv)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    conversations = [
-        instruct.to_messages(r, i, args.data) for i, r in enumerate(json.loads(Path(args.data).read_text()))
-    ]
-    peer = to_gpt2(ScratchGPTForCausalLM.from_pretrained(args.model))
-    context = peer.config.n_positions
-    rows = instruct.tokenize_conversations(tokenizer, conversations, min(args.max_length or context, context))
-    n_val = round(len(rows) * args.val_fraction)
-    rows = rows.shuffle(seed=args.seed)
-    train_set, val_set = rows.select(range(n_val, len(rows))), rows.select(range(n_val))
-    metrics = train(
-        peer,
-        train_set,
-        val_set,
-        finetune.training_config(args, Path(args.output)),
-        collate_fn=instruct.InstructionCollator(tokenizer.pad_token_id, mask_prompt=args.mask_prompt),
-    )
-    held_out = [conversations[i] for i in val_set["record"]][:held_out_answers]
-    generation = GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    answers = instruct.generate_answers(peer, tokenizer, held_out, generation, batch_size=args.batch_size)
-    return {**metrics, "exact_match": exact_match([m[-1]["content"] for m in held_out], answers)}
+def peer_instruct(ours: ScratchGPTForCausalLM, args) -> torch.nn.Module:
+    """Step 4 of the instruction command for the peer: GPT2LMHeadModel with the same weights (and LoRA)."""
+    model = to_gpt2(ours)
+    return peer_lora("CAUSAL_LM")(model, args) if args.lora else model
+
+
+def run_instruct(argv: list[str], **hooks) -> dict:
+    """The instruction command (with `hooks`), plus exact match of its answers to the held-out instructions."""
+    args = parse_args(instruct.build_parser(), argv)
+    metrics = instruct.finetune_instruct(args, **hooks)
+    answered = [json.loads(line) for line in (Path(args.output_dir) / "answers.jsonl").read_text().splitlines()]
+    return {**metrics, "exact_match": exact_match([a["reference"] for a in answered], [a["answer"] for a in answered])}
 
 
 def exact_match(references: list[str], answers: list[str]) -> float:
@@ -292,9 +241,8 @@ def bench_classifier(options, work: Path) -> None:
     common += ["--lora"] if options.lora else ["--trainable", "last-blocks", "--last-blocks", "1"]
     common += ["--balance"] if options.balance else []
 
-    assert classify.cli([*common, "--output", str(work / "scratch_gpt")]) == 0
-    ours = json.loads((work / "scratch_gpt" / "metrics.json").read_text())
-    peer = run_peer([*common, "--output", str(work / "gpt2")])
+    ours = classify.finetune_classifier(parse_args(classify.build_parser(), [*common, "--output-dir", str(work / "ours")]))
+    peer = run_peer([*common, "--output-dir", str(work / "gpt2")])
     spam = sum(r["label"] == "spam" for r in rows)
     mode = "LoRA r=8 + head" if options.lora else "last block + final norm + head"
     balanced = ", balanced by undersampling" if options.balance else ""
@@ -315,15 +263,12 @@ def bench_instruct(options, work: Path) -> None:
     common += ["--batch-size", "16", "--no-progress", "--mask-prompt", "--max-new-tokens", "8", "--max-answers", "100"]
     common += ["--lora"] if options.lora else []
 
-    assert instruct.cli([*common, "--output", str(work / "scratch_gpt")]) == 0
-    ours = json.loads((work / "scratch_gpt" / "metrics.json").read_text())
-    answered = [json.loads(line) for line in (work / "scratch_gpt" / "answers.jsonl").read_text().splitlines()]
-    ours["exact_match"] = exact_match([a["reference"] for a in answered], [a["answer"] for a in answered])
-    peer = run_peer_instruct([*common, "--output", str(work / "gpt2")], held_out_answers=len(answered))
+    ours = run_instruct([*common, "--output-dir", str(work / "ours")])
+    peer = run_instruct([*common, "--output-dir", str(work / "gpt2")], make_trainable=peer_instruct)
     print_table(
         f"Instruction following: {options.examples or 1200} Alpaca-style records (6 small tasks), answers only "
         f"(--mask-prompt); {'LoRA r=8' if options.lora else 'all weights'}; {options.epochs} epochs, lr {lr}; "
-        f"exact match on {len(answered)} held-out instructions; base {options.model}",
+        f"exact match on the held-out instructions; base {options.model}",
         ours,
         peer,
         ["initial_eval_loss", "eval_loss", "exact_match"],
