@@ -1,27 +1,15 @@
-"""What both fine-tuning commands (`finetune-classifier`, `finetune-instruct`) share: reading a
-Hub dataset, the training options and their `TrainingConfig`, and the one atomic save of the
-result (model or LoRA adapter, tokenizer, logs, metrics, card)."""
+"""What both fine-tuning commands (`finetune-classifier`, `finetune-instruct`) share: the training
+options and their `TrainingConfig`, and the one atomic save of the result (model or LoRA adapter,
+tokenizer, logs, metrics, card). Their data is read by `scratch_gpt.sources.read_records`."""
 
 import argparse
 import json
 import shutil
 from pathlib import Path
 
-import datasets
-
 from scratch_gpt.hub import write_model_card
 from scratch_gpt.io_utils import atomic_directory
 from scratch_gpt.training.loop import TrainingConfig, process_state
-
-
-def load_hub_dataset(source: str, split: str) -> datasets.Dataset:
-    """The `split` of the Hub dataset `source` (`NAME` or `hub:NAME`), or one clear ValueError."""
-    try:
-        return datasets.load_dataset(source.removeprefix("hub:"), split=split)
-    except Exception as error:  # not found, offline, no such split: all mean "cannot load this name"
-        raise ValueError(
-            f"{source!r} is not a local file and could not be loaded as a Hub dataset (split {split!r}): {error}"
-        ) from error
 
 
 def save_finetuned(model, tokenizer, output: Path, *, merge: bool, metrics: dict, card: dict, extra=None) -> None:

@@ -29,10 +29,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from scratch_gpt.io_utils import check_writable
 from scratch_gpt.lora import add_lora_arguments, check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
 from scratch_gpt.training.finetune import (
     add_training_arguments,
-    load_hub_dataset,
     save_finetuned,
     training_config,
 )
@@ -47,30 +47,14 @@ IGNORE_INDEX = -100  # label value the loss skips
 # ----------------------------------------------------------------------------------------------
 # 1. Records -> conversations
 # ----------------------------------------------------------------------------------------------
-def read_instruction_records(source: str, *, split: str = "train") -> list[dict]:
-    """Records from a .json (a list of objects) or .jsonl file, or a Hub dataset (`NAME` or `hub:NAME`)."""
-    path = Path(source)
-    if path.suffix.lower() in (".json", ".jsonl"):
-        if not path.is_file():
-            raise FileNotFoundError(f"The data file {source!r} does not exist; check the --data path.")
-        return _read_json_records(path)
-    if path.exists():
-        raise ValueError(f"Cannot read {source!r}: use a .json or .jsonl file of records, or a Hub dataset name.")
-    return load_hub_dataset(source, split).to_list()
+def read_instruction_records(source, *, split: str = "train", **options) -> list[dict]:
+    """The records of `source` (see `scratch_gpt.sources.read_records`), each with only the keys it has.
 
-
-def _read_json_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); fix the file.") from error
-    if not isinstance(records, list):
-        raise ValueError(f"{str(path)!r} must hold a list of records (JSON array) or one record per line (JSONL).")
-    return records
+    A Dataset gives every record every column (None where a record has none), so Alpaca records
+    and chat records can share one file; the None values are dropped to give each back its shape.
+    """
+    rows = read_records(source, split=split, **options).to_list()
+    return [{key: value for key, value in row.items() if value is not None} for row in rows]
 
 
 def to_messages(record, index: int, source: str) -> list[dict]:

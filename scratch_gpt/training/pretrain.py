@@ -219,8 +219,8 @@ def pretrain(args: argparse.Namespace) -> dict:
     """Run the whole pipeline; returns the final metrics (plus data statistics)."""
     from accelerate.utils import set_seed
 
-    from scratch_gpt.data import load_text_corpus
     from scratch_gpt.hub import write_model_card
+    from scratch_gpt.sources import read_texts
 
     config = training_config(args)  # bad options and output folders fail here, before the data work
     output_dir = check_output_dir(config)
@@ -234,7 +234,7 @@ def pretrain(args: argparse.Namespace) -> dict:
         transformers.utils.logging.disable_progress_bar()
     state = process_state()
     set_seed(args.seed)
-    corpus = load_text_corpus(args.data, text_column=args.text_column, streaming=args.streaming)
+    corpus = read_texts(args.data, text_column=args.text_column, streaming=args.streaming)
     tokenizer = load_or_train_tokenizer(args, corpus)
     model = build_model(args, tokenizer)
     train_blocks, val_blocks, stats = prepare_data(args, tokenizer, corpus)
