@@ -11,21 +11,20 @@ RESPONSE_MARKER, the end of an instruction prompt. The result is an ordinary
 `PreTrainedTokenizerFast` that needs no code from this package to load, with a chat template that
 renders the instruction format (the book's Alpaca prompt) used in stage 7.2.
 
-Command line: `scratch-gpt train-tokenizer --data PATH_OR_DATASET --vocab-size N --output DIR`.
+Command line: `scratch-gpt train-tokenizer --data PATH_OR_DATASET --vocab-size N --output-dir DIR`.
 """
 
 import argparse
-import glob
 import itertools
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from scratch_gpt.io_utils import atomic_directory, check_writable
+from scratch_gpt.sources import add_data_arguments, checked_texts, is_dataset, read_texts
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -67,10 +66,8 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '\\n\\n### Response:\\n' -}}{%- endif -%}"
 )
 
-# Local files read with `datasets` (their `text_column` is the text); every other file is plain UTF-8 text.
-TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-TEXT_CHUNK_CHARS = 1 << 12  # a text file is fed to the trainer in pieces of about this many characters,
-MAX_LINE_CHARS = 1 << 20  # cut at line ends (a longer line is cut anyway)
+TEXT_CHUNK_CHARS = 1 << 12  # a document is fed to the trainer in pieces of about this many characters,
+MAX_PIECE_CHARS = 1 << 20  # cut at line ends (a longer line is cut anyway)
 BATCH_SIZE = 1000  # texts handed to the Rust trainer at a time
 
 
@@ -92,117 +89,40 @@ def format_alpaca_messages(record: dict) -> list[dict]:
 # --- reading a corpus --------------------------------------------------------------------------
 
 
-def iter_texts(data, *, text_column: str = "text", errors: str = "strict") -> Iterator[str]:
-    """Stream the texts of `data`, one piece at a time, without loading the corpus.
+def iter_texts(data, *, text_column: str = "text", encoding: str = "utf-8", errors: str = "strict") -> Iterator[str]:
+    """Stream the texts of `data` in pieces for the BPE trainer, without loading the corpus.
 
-    `data` is a file, folder or glob (a `str` or `Path`), `"hub:NAME"` for a Hub dataset (streamed,
-    split "train"), a list of `Path`s, a `datasets` Dataset or IterableDataset (its `text_column`),
-    or any other iterable of strings (taken as the texts themselves). Text files must be UTF-8;
-    `errors="replace"` turns undecodable bytes into U+FFFD instead of failing.
+    `data` is anything `scratch_gpt.sources.read_texts` reads (a file, folder, glob, list of paths,
+    "hub:NAME" or NAME, "builtin", a `datasets` Dataset or IterableDataset), streamed; or, for the
+    Python API, a list of strings or any other iterable of them, taken as the texts themselves.
+    A long document is cut into pieces of about TEXT_CHUNK_CHARS characters at line ends: the
+    trainer only counts the words of each piece, so the pieces teach it the same merges.
     """
-    if errors not in ("strict", "replace"):
-        raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}.")
-    if _is_dataset(data):
-        return _iter_dataset(data, text_column, where="The dataset")
-    if isinstance(data, (str, os.PathLike)):
-        return _iter_sources([data], text_column, errors)
-    if isinstance(data, (list, tuple)) and data and all(isinstance(item, os.PathLike) for item in data):
-        return _iter_sources(data, text_column, errors)
-    return (text for text in data if text)
+    if _are_texts(data):
+        texts = checked_texts(data)  # the sources' policy (blank texts skipped), one text at a time
+    else:
+        corpus = read_texts(data, text_column=text_column, encoding=encoding, errors=errors, streaming=True)
+        texts = (text for batch in corpus.iter(batch_size=BATCH_SIZE) for text in batch["text"])
+    return (piece for text in texts for piece in _pieces(text))
 
 
-def _is_dataset(data) -> bool:
-    datasets = sys.modules.get("datasets")  # not imported yet: `data` cannot be one of its datasets
-    return datasets is not None and isinstance(data, (datasets.Dataset, datasets.IterableDataset))
+def _are_texts(data) -> bool:
+    """A list of strings, or an iterable that is no path and no dataset: the texts themselves."""
+    if isinstance(data, (list, tuple)):
+        return all(isinstance(item, str) for item in data)
+    return not isinstance(data, (str, os.PathLike)) and not is_dataset(data)
 
 
-def _iter_dataset(dataset, text_column: str, where: str) -> Iterator[str]:
-    if text_column not in (dataset.column_names or [text_column]):
-        raise ValueError(
-            f"{where} has no column {text_column!r} (it has {', '.join(dataset.column_names)}); "
-            "pass text_column= (CLI: --text-column) to name the column that holds the text."
-        )
-    for batch in dataset.select_columns([text_column]).iter(batch_size=BATCH_SIZE):
-        yield from (text for text in batch[text_column] if text)
-
-
-def _iter_sources(sources, text_column: str, errors: str) -> Iterator[str]:
-    # Resolve every path first, so a missing file fails before any training starts.
-    files = [file for source in sources for file in _resolve(source)]
-    for file in files:
-        if isinstance(file, str):  # "hub:NAME"
-            import datasets
-
-            dataset = datasets.load_dataset(file.removeprefix("hub:"), split="train", streaming=True)
-            yield from _iter_dataset(dataset, text_column, where=f"The Hub dataset {file!r}")
-        elif file.suffix.lower() in TABLE_FORMATS:
-            import datasets
-
-            dataset = datasets.load_dataset(
-                TABLE_FORMATS[file.suffix.lower()], data_files=[str(file)], split="train", streaming=True
-            )
-            yield from _iter_dataset(dataset, text_column, where=f"The file {str(file)!r}")
-        else:
-            yield from _read_text_file(file, errors)
-
-
-def _resolve(source) -> list:
-    """The files one source names (a Hub dataset stays the string "hub:NAME")."""
-    text = os.fspath(source)
-    if text.startswith("hub:"):
-        return [text]
-    path = Path(text)
-    if path.is_dir():
-        files = sorted(
-            file
-            for file in path.rglob("*")
-            if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)
-        )
-        if not files:
-            raise ValueError(f"The folder {text!r} contains no files; put text files in it or pass another --data.")
-        return files
-    if path.is_file():
-        return [path]
-    if glob.has_magic(text):
-        files = sorted(Path(match) for match in glob.glob(text, recursive=True) if Path(match).is_file())
-        if not files:
-            raise FileNotFoundError(f"No file matches the pattern {text!r}; check the path and the pattern.")
-        return files
-    raise FileNotFoundError(
-        f"The corpus file {text!r} does not exist; check the path (for a Hub dataset write 'hub:NAME')."
-    )
-
-
-def _read_text_file(path: Path, errors: str) -> Iterator[str]:
-    """Pieces of about TEXT_CHUNK_CHARS characters, cut at line ends; line endings kept as they are."""
-    piece, size = [], 0
-    with open(path, encoding="utf-8", errors=errors, newline="") as file:
-        try:
-            for line in iter(lambda: file.readline(MAX_LINE_CHARS), ""):
-                piece.append(line)
-                size += len(line)
-                if size >= TEXT_CHUNK_CHARS:
-                    yield "".join(piece)
-                    piece, size = [], 0
-        except UnicodeDecodeError:
-            raise ValueError(
-                f"The file {str(path)!r} is not UTF-8 text (an undecodable byte on line {_first_invalid_line(path)}); "
-                "convert it to UTF-8, or pass errors='replace' (CLI: --replace-invalid-utf8) to replace "
-                "undecodable bytes with U+FFFD."
-            ) from None
-    if piece:
-        yield "".join(piece)
-
-
-def _first_invalid_line(path: Path) -> int:
-    """The number of the first line that is not UTF-8 (the byte 0x0A never occurs inside a UTF-8 character)."""
-    with open(path, "rb") as file:
-        for number, line in enumerate(file, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                return number
-    return 0
+def _pieces(text: str) -> Iterator[str]:
+    """`text` in pieces that end at the first line end after TEXT_CHUNK_CHARS characters (or are
+    cut after MAX_PIECE_CHARS in a very long line); line endings are kept as they are."""
+    start = 0
+    while start < len(text):
+        line_end = text.find("\n", start + TEXT_CHUNK_CHARS - 1)
+        end = len(text) if line_end == -1 else line_end + 1
+        end = min(end, start + MAX_PIECE_CHARS)
+        yield text[start:end]
+        start = end
 
 
 def _batches(texts: Iterable[str], size: int = BATCH_SIZE) -> Iterator[list[str]]:
@@ -241,6 +161,7 @@ def train_tokenizer(
     min_frequency: int = 2,
     model_max_length: int | None = None,
     text_column: str = "text",
+    encoding: str = "utf-8",
     errors: str = "strict",
     show_progress: bool = True,
 ) -> PreTrainedTokenizerFast:
@@ -256,7 +177,7 @@ def train_tokenizer(
             f"{MIN_VOCAB_SIZE - BYTE_ALPHABET_SIZE} reserved tokens ({EOS_TOKEN}, {PAD_TOKEN} and the response "
             f"marker); use at least {MIN_VOCAB_SIZE} (a few thousand is typical)."
         )
-    texts = iter_texts(data, text_column=text_column, errors=errors)
+    texts = iter_texts(data, text_column=text_column, encoding=encoding, errors=errors)
     first = next(texts, None)
     if first is None:
         raise ValueError("The corpus is empty: it holds no text to train on; check --data (file, folder, column).")
@@ -330,6 +251,20 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     return [encoding.ids for encoding in encodings]
 
 
+def bytes_per_token(texts, tokenizer) -> float:
+    """UTF-8 bytes per token over `texts` (an iterable of strings), without special tokens.
+
+    The tokenizer's compression. Divide a loss in nats/token by ln(2) * bytes_per_token to get
+    bits per byte, a number that compares models with different tokenizers.
+    """
+    texts = [text for text in texts if text]
+    if not texts:
+        raise ValueError("bytes_per_token got no text to tokenize; pass a non-empty list of strings.")
+    num_bytes = sum(len(text.encode("utf-8")) for text in texts)
+    num_tokens = sum(len(ids) for ids in encode_batch(tokenizer, texts))
+    return num_bytes / num_tokens
+
+
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -349,15 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scratch-gpt train-tokenizer",
         description="Train a byte-level BPE tokenizer and save it as a transformers tokenizer folder.",
     )
-    parser.add_argument(
-        "--data",
-        required=True,
-        nargs="+",
-        help="text files, folders or globs (UTF-8 text, or .jsonl/.json/.parquet/.csv with a text column), "
+    add_data_arguments(
+        parser,
+        many=True,
+        help="files, folders or globs (.txt/.md text, or .jsonl/.json/.csv/.tsv/.parquet with a text column), "
         "or hub:NAME for a Hugging Face Hub dataset",
     )
     parser.add_argument("--vocab-size", type=int, required=True, help=f"vocabulary size (at least {MIN_VOCAB_SIZE})")
-    parser.add_argument("--output", required=True, help="folder to write the tokenizer to (replaced atomically)")
+    parser.add_argument("--output-dir", help="folder to write the tokenizer to (replaced atomically; required)")
+    parser.add_argument("--output", dest="output_dir", help=argparse.SUPPRESS)  # the older spelling
     parser.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged")
     parser.add_argument("--model-max-length", type=int, default=None, help="context length of the model")
     parser.add_argument("--text-column", default="text", help="column holding the text in tables and datasets")
@@ -367,24 +302,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         help="keep every N-th text out of training to measure compression on (default 20, i.e. 5%%; 0: none)",
     )
-    parser.add_argument(
-        "--replace-invalid-utf8", action="store_true", help="replace undecodable bytes with U+FFFD instead of failing"
-    )
     return parser
 
 
 def cli(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.output_dir is None:
+        parser.error("the following arguments are required: --output-dir")
     if args.held_out_every < 0 or args.held_out_every == 1:
         parser.error("--held-out-every must be 0 (hold nothing out) or at least 2.")
-    data = args.data[0] if len(args.data) == 1 else [Path(item) for item in args.data]
     held_out: list[str] = []
     try:
-        output = check_writable(args.output, "output folder")
-        texts = iter_texts(
-            data, text_column=args.text_column, errors="replace" if args.replace_invalid_utf8 else "strict"
+        output = check_writable(args.output_dir, "output folder")
+        corpus = read_texts(
+            args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=True
         )
+        texts = iter_texts(corpus)
         if args.held_out_every:
             texts = _hold_out(texts, held_out, every=args.held_out_every, max_chars=4_000_000)
         tokenizer = train_tokenizer(
@@ -399,7 +333,6 @@ def cli(argv: list[str] | None = None) -> int:
         return 2
     with atomic_directory(output) as tmp:
         tokenizer.save_pretrained(tmp)
-    from scratch_gpt.data import bytes_per_token  # imported here: it brings in torch
     print(f"vocabulary size: {len(tokenizer)} (model vocab_size padded to 64: {model_vocab_size(tokenizer)})")
     if held_out:
         held_bytes = sum(len(text.encode("utf-8")) for text in held_out)

@@ -69,7 +69,7 @@ def test_unreadable_sources_give_one_clear_error(tmp_path):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     with pytest.raises(ValueError, match="Cannot parse"):
         read_records(str(tmp_path / "bad.jsonl"))
-    with pytest.raises(ValueError, match="could not be loaded as a Hub dataset"):
+    with pytest.raises(FileNotFoundError, match="could not be loaded as a Hub dataset"):
         read_records("nobody/no-such-dataset-offline")
 
 

@@ -87,7 +87,7 @@ def test_folder_reads_supported_visible_files_recursively_in_sorted_order(tmp_pa
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.txt").write_text("from sub/c")
     write_jsonl(tmp_path / "a.jsonl", ["from a 1", "from a 2"])
-    (tmp_path / "notes.md").write_text("not a corpus file")
+    (tmp_path / "notes.rst").write_text("not a corpus file")
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "skipped.txt").write_text("hidden files are skipped")
     corpus = load_text_corpus(tmp_path)
@@ -141,17 +141,17 @@ def test_bad_sources_fail_with_one_clear_error(tmp_path):
         load_text_corpus(str(tmp_path / "*.txt"))
     with pytest.raises(FileNotFoundError, match="holds no"):
         load_text_corpus(tmp_path)
-    (tmp_path / "table.csv").write_text("text\nhello\n")
-    with pytest.raises(ValueError, match="unsupported file type"):
-        load_text_corpus(tmp_path / "table.csv")
+    (tmp_path / "table.xlsx").write_text("text\nhello\n")
+    with pytest.raises(ValueError, match="files ending in '.xlsx' are not read here; use a .txt, .md"):
+        load_text_corpus(tmp_path / "table.xlsx")
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="is empty"):
         load_text_corpus(tmp_path / "empty.jsonl")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    with pytest.raises(ValueError, match="latin1.txt: 'utf-8' codec can't decode.*UTF-8 text"):
+    with pytest.raises(ValueError, match="latin1.txt' is not UTF-8 text .*on line 1.*--encoding"):
         load_text_corpus(tmp_path / "latin1.txt")
     (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
-    with pytest.raises(ValueError, match="Cannot read .*broken.jsonl.*valid json rows"):
+    with pytest.raises(ValueError, match="Cannot parse .*broken.jsonl': line 2 is not valid JSON"):
         load_text_corpus(tmp_path / "broken.jsonl")
     write_jsonl(tmp_path / "other.jsonl", ["hello"], column="content")
     with pytest.raises(ValueError, match="no column 'text'.*text_column="):

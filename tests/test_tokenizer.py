@@ -352,7 +352,7 @@ def test_empty_corpus(tmp_path):
         with pytest.raises(ValueError, match="corpus is empty"):
             train_tokenizer(data, vocab_size=VOCAB_SIZE, show_progress=False)
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match="contains no files"):
+    with pytest.raises(FileNotFoundError, match="holds no .txt, .md"):
         train_tokenizer(tmp_path / "folder", vocab_size=VOCAB_SIZE, show_progress=False)
 
 
@@ -368,7 +368,7 @@ def test_vocab_size_too_small(vocab_size):
 def test_missing_file_and_unmatched_glob(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train_tokenizer(tmp_path / "nope.txt", vocab_size=VOCAB_SIZE)
-    with pytest.raises(FileNotFoundError, match="No file matches"):
+    with pytest.raises(FileNotFoundError, match="matches no .txt, .md"):
         train_tokenizer(str(tmp_path / "*.txt"), vocab_size=VOCAB_SIZE)
     write_corpus(tmp_path / "corpus")
     with pytest.raises(FileNotFoundError, match="nope.txt"):  # a missing file fails before any training

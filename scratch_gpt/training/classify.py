@@ -16,7 +16,6 @@ the last real token (see `ScratchGPTForSequenceClassification`). The steps, top 
 
 import argparse
 import logging
-from pathlib import Path
 
 import datasets
 import evaluate
@@ -27,47 +26,18 @@ from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits
-from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer, load_hub_dataset
+from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
 from scratch_gpt.training.loop import process_state, train
 from scratch_gpt.training.options import from_args, run_command
 
 logger = logging.getLogger(__name__)
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
-
 
 # ----------------------------------------------------------------------------------------------
-# 1. Reading records
+# 1. Reading records (`read_records`, from scratch_gpt.sources: the reader behind every --data)
 # ----------------------------------------------------------------------------------------------
-def read_records(source: str, *, split: str = "train") -> datasets.Dataset:
-    """A local CSV / TSV / JSON / JSONL file, or a Hub dataset name (`NAME` or `hub:NAME`)."""
-    path = Path(source)
-    suffix = path.suffix.lower()
-    if suffix in TABLE_SUFFIXES:
-        if not path.is_file():
-            raise FileNotFoundError(f"The data file {source!r} does not exist; check the --data path.")
-        return _read_table(path, suffix)
-    if path.exists():
-        raise ValueError(
-            f"Cannot read {source!r}: use a .csv, .tsv, .json or .jsonl file, or the name of a Hub dataset."
-        )
-    return load_hub_dataset(source, split)
-
-
-def _read_table(path: Path, suffix: str) -> datasets.Dataset:
-    import pandas as pd  # datasets depends on pandas; imported here to keep `--help` fast
-
-    try:
-        if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False)
-        else:
-            frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise ValueError(f"Cannot parse {str(path)!r} as {suffix[1:].upper()}: {error}") from error
-    return datasets.Dataset.from_pandas(frame, preserve_index=False)
-
-
 def check_columns(dataset: datasets.Dataset, required: list[str], source: str) -> None:
     missing = [column for column in required if column not in dataset.column_names]
     if missing:
@@ -315,7 +285,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
     tokenizer = load_base_tokenizer(args.model)
 
     # 1-3. records -> checked labels -> balanced -> tokens -> train / validation / test
-    records = read_records(args.data, split=args.split)
+    records = read_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     check_columns(records, [args.text_column, args.label_column], args.data)
     records, label_names = encode_labels(
         records,

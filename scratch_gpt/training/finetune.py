@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from scratch_gpt.lora import add_lora_arguments
-from scratch_gpt.training.options import add_data_options, add_training_options, public_options
+from scratch_gpt.sources import add_data_arguments
+from scratch_gpt.training.options import add_training_options, public_options
 
 
 def build_finetune_parser(prog: str, description: str, *, data_help: str, **training_defaults) -> argparse.ArgumentParser:
@@ -14,7 +15,7 @@ def build_finetune_parser(prog: str, description: str, *, data_help: str, **trai
     held-out share, LoRA and the shared training options (`training_defaults` are the command's)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--model", required=True, help="pre-trained causal LM folder (with its tokenizer) or Hub id")
-    data = add_data_options(parser, help=data_help)
+    data = add_data_arguments(parser, help=data_help)
     data.add_argument("--split", default="train", help="split of a Hub dataset to read (default: train)")
     data.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of records (default: 0.1)")
     data.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (default: context)")
@@ -54,14 +55,3 @@ def card_writer(args: argparse.Namespace, kind: str, extra=None):
 
     return write
 
-
-def load_hub_dataset(source: str, split: str):
-    """The `split` of the Hub dataset `source` (`NAME` or `hub:NAME`), or one clear ValueError."""
-    import datasets
-
-    try:
-        return datasets.load_dataset(source.removeprefix("hub:"), split=split)
-    except Exception as error:  # not found, offline, no such split: all mean "cannot load this name"
-        raise ValueError(
-            f"{source!r} is not a local file and could not be loaded as a Hub dataset (split {split!r}): {error}"
-        ) from error

@@ -28,8 +28,9 @@ from peft import AutoPeftModelForCausalLM, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
-from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer, load_hub_dataset
+from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
 from scratch_gpt.training.loop import process_state, train
 from scratch_gpt.training.options import from_args, run_command
 
@@ -42,30 +43,14 @@ IGNORE_INDEX = -100  # label value the loss skips
 # ----------------------------------------------------------------------------------------------
 # 1. Records -> conversations
 # ----------------------------------------------------------------------------------------------
-def read_instruction_records(source: str, *, split: str = "train") -> list[dict]:
-    """Records from a .json (a list of objects) or .jsonl file, or a Hub dataset (`NAME` or `hub:NAME`)."""
-    path = Path(source)
-    if path.suffix.lower() in (".json", ".jsonl"):
-        if not path.is_file():
-            raise FileNotFoundError(f"The data file {source!r} does not exist; check the --data path.")
-        return _read_json_records(path)
-    if path.exists():
-        raise ValueError(f"Cannot read {source!r}: use a .json or .jsonl file of records, or a Hub dataset name.")
-    return load_hub_dataset(source, split).to_list()
+def read_instruction_records(source, *, split: str = "train", **options) -> list[dict]:
+    """The records of `source` (see `scratch_gpt.sources.read_records`), each with only the keys it has.
 
-
-def _read_json_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); fix the file.") from error
-    if not isinstance(records, list):
-        raise ValueError(f"{str(path)!r} must hold a list of records (JSON array) or one record per line (JSONL).")
-    return records
+    A Dataset gives every record every column (None where a record has none), so Alpaca records
+    and chat records can share one file; the None values are dropped to give each back its shape.
+    """
+    rows = read_records(source, split=split, **options).to_list()
+    return [{key: value for key, value in row.items() if value is not None} for row in rows]
 
 
 def to_messages(record, index: int, source: str) -> list[dict]:
@@ -275,7 +260,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
         )
 
     # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
-    records = read_instruction_records(args.data, split=args.split)
+    records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     if not records:
         raise ValueError(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]

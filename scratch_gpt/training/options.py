@@ -63,10 +63,6 @@ OPTIONS = (
     Option("--no-progress", "progress", "no progress bars (ours, transformers' and datasets')"),
 )
 
-# What the commands share besides the loop's options: where the data is and how to decode it.
-ENCODING_ERRORS = ("strict", "replace")
-
-
 def add_training_options(parser: argparse.ArgumentParser, **defaults) -> None:
     """Add `--config` and every training flag; `defaults` are TrainingConfig fields (the command's own)."""
     unknown = set(defaults) - {option.field for option in OPTIONS}
@@ -93,23 +89,6 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults) -> None:
             group._actions[-1].required = True
         for alias in option.aliases:  # same destination; hidden from --help
             group.add_argument(alias, dest=option.field, help=argparse.SUPPRESS, **{**kwargs, "default": argparse.SUPPRESS})
-
-
-def add_data_options(parser: argparse.ArgumentParser, *, help: str, default: str | None = None, many: bool = False):
-    """`--data` (read by `scratch_gpt.sources`, the same in every command) and how to decode its files."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", required=default is None, default=default, nargs="+" if many else None, help=help)
-    group.add_argument("--encoding", default="utf-8", help="text encoding of the data files, e.g. cp1252 (default: utf-8)")
-    group.add_argument(
-        "--encoding-errors",
-        choices=ENCODING_ERRORS,
-        default="strict",
-        help="'replace' turns undecodable bytes into U+FFFD instead of stopping (default: strict)",
-    )
-    group.add_argument(
-        "--replace-invalid-utf8", dest="encoding_errors", action="store_const", const="replace", help=argparse.SUPPRESS
-    )
-    return group
 
 
 def from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
@@ -229,4 +208,4 @@ def quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-__all__ = ["OPTIONS", "add_training_options", "add_data_options", "from_args", "parse_args", "run_command"]
+__all__ = ["OPTIONS", "add_training_options", "from_args", "parse_args", "run_command"]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from scratch_gpt.configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.options import add_data_options, add_training_options, from_args, public_options, run_command
+from scratch_gpt.sources import add_data_arguments
+from scratch_gpt.training.options import add_training_options, from_args, public_options, run_command
 
 # The training defaults of `pretrain` (the other flags are the shared ones of options.py).
 TRAINING_DEFAULTS = dict(
@@ -32,7 +33,7 @@ TRAINING_DEFAULTS = dict(
 
 def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Pre-train a GPT on a text corpus with Accelerate.")
-    data = add_data_options(
+    data = add_data_arguments(
         parser, default="builtin", help="text/Markdown/JSONL/JSON/CSV/TSV/Parquet file, folder, glob, Hub dataset or 'builtin'"
     )
     data.add_argument("--text-column", default="text")
@@ -148,8 +149,8 @@ def pretrain(args: argparse.Namespace) -> dict:
     """Run the whole pipeline; returns the final metrics (plus data statistics)."""
     from accelerate.utils import set_seed
 
-    from scratch_gpt.data import load_text_corpus
     from scratch_gpt.hub import write_model_card
+    from scratch_gpt.sources import read_texts
 
     config = from_args(args)  # bad options and output folders fail here, before the data work
     output_dir = check_output_dir(config)
@@ -157,7 +158,9 @@ def pretrain(args: argparse.Namespace) -> dict:
         raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by.")
     state = process_state()
     set_seed(args.seed)
-    corpus = load_text_corpus(args.data, text_column=args.text_column, streaming=args.streaming)
+    corpus = read_texts(
+        args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=args.streaming
+    )
     tokenizer = load_or_train_tokenizer(args, corpus)
     model = build_model(args, tokenizer)
     train_blocks, val_blocks, stats = prepare_data(args, tokenizer, corpus)
