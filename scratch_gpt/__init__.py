@@ -10,7 +10,7 @@ the checkpoint (scratch_gpt.convert), and `model.push_to_hub` publishes in one c
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from . import convert, hub  # noqa: F401  (fill the modeling file's hooks: GPT-2 checkpoints in, push_to_hub)
-from . import lora  # noqa: F401  (tells PEFT which modules LoRA adapts in a "scratch_gpt" model)
+from .lora import register_with_peft
 from .configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from .modeling_scratch_gpt import (
     ScratchGPTForCausalLM,
@@ -23,6 +23,8 @@ AutoConfig.register(ScratchGPTConfig.model_type, ScratchGPTConfig, exist_ok=True
 AutoModel.register(ScratchGPTConfig, ScratchGPTModel, exist_ok=True)
 AutoModelForCausalLM.register(ScratchGPTConfig, ScratchGPTForCausalLM, exist_ok=True)
 AutoModelForSequenceClassification.register(ScratchGPTConfig, ScratchGPTForSequenceClassification, exist_ok=True)
+
+register_with_peft()  # tells PEFT which modules LoRA adapts in a "scratch_gpt" model
 
 # `save_pretrained` copies the configuration and modeling files and writes `auto_map`.
 ScratchGPTConfig.register_for_auto_class()

@@ -13,16 +13,49 @@ plain `ScratchGPTFor...` model; `model.save_pretrained(folder)` saves only the a
 """
 
 import argparse
+import importlib.abc
+import importlib.util
+import sys
 
-from peft import LoraConfig, TaskType
-from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 DEFAULT_TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")
-TASK_TYPES = {"causal": TaskType.CAUSAL_LM, "classification": TaskType.SEQ_CLS}
+TASK_TYPES = {"causal": "CAUSAL_LM", "classification": "SEQ_CLS"}  # peft's TaskType values
+PEFT_TARGETS_MODULE = "peft.utils.constants"  # where PEFT keeps its default targets per model type
 
-# PEFT's own defaults, so a plain `LoraConfig(task_type=...)` without target_modules works too.
-TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault("scratch_gpt", list(DEFAULT_TARGETS))
+
+def register_with_peft() -> None:
+    """Add our default targets to PEFT's own table, so a plain `LoraConfig(task_type=...)` works.
+
+    `import scratch_gpt` calls this. Importing PEFT takes about two seconds, so when PEFT is not
+    loaded yet the entry is added right after PEFT loads that table, not by importing it now.
+    """
+    table = sys.modules.get(PEFT_TARGETS_MODULE)
+    if table is not None:
+        table.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault("scratch_gpt", list(DEFAULT_TARGETS))
+    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(PEFT_TARGETS_MODULE, register_with_peft))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """An import hook that runs `callback` once, right after the module `name` has been executed."""
+
+    def __init__(self, name: str, callback):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once; and the lookup below must not find this hook again
+        spec = importlib.util.find_spec(fullname)
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            self.callback()
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def lora_config(
@@ -31,8 +64,10 @@ def lora_config(
     alpha: int = 16,
     dropout: float = 0.0,
     targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
-) -> LoraConfig:
+):
     """A `peft.LoraConfig` for ScratchGPT; `task` is "causal" or "classification"."""
+    from peft import LoraConfig
+
     if task not in TASK_TYPES:
         raise ValueError(f"Unknown LoRA task {task!r}; use one of {', '.join(TASK_TYPES)}.")
     if r <= 0:
@@ -93,7 +128,7 @@ def check_lora_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--save-merged only applies with --lora (without it the whole model is saved anyway).")
 
 
-def lora_config_from_args(args: argparse.Namespace, task: str) -> LoraConfig:
+def lora_config_from_args(args: argparse.Namespace, task: str):
     targets = tuple(name.strip() for name in args.lora_targets.split(",") if name.strip())
     return lora_config(task=task, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets)
 
