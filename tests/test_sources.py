@@ -279,3 +279,21 @@ def test_the_tokenizer_and_pretraining_read_the_same_texts_from_a_folder_of_mark
     assert pretraining == ["# Intro\r\n\r\nHello, world.\r\n", "# Index\n\nSee the guide.\n"]
     assert list(iter_texts(tmp_path / "docs")) == pretraining  # what `train-tokenizer --data docs` reads
     assert list(iter_texts(str(tmp_path / "docs" / "**" / "*.md"))) == pretraining
+
+
+def test_each_stage_imports_only_the_stages_before_it():
+    """sources (reading) <- tokenizer (stage 1) <- data (stage 2): no import circle."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "scratch_gpt"
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((package / f"{module}.py").read_text())
+        names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        return {name.removeprefix("scratch_gpt.") for name in names if name.startswith("scratch_gpt.")}
+
+    assert imported("sources") == set()
+    assert imported("tokenizer") <= {"sources", "io_utils"}
+    assert "data" not in imported("tokenizer") and "tokenizer" in imported("data")
