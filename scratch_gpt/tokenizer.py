@@ -25,7 +25,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from scratch_gpt.io_utils import atomic_directory, check_writable
+from scratch_gpt.io_utils import atomic_directory, check_output
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--vocab-size", type=int, required=True, help=f"vocabulary size (at least {MIN_VOCAB_SIZE})")
     parser.add_argument("--output", required=True, help="folder to write the tokenizer to (replaced atomically)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output folder that scratch-gpt did not write"
+    )
     parser.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged")
     parser.add_argument("--model-max-length", type=int, default=None, help="context length of the model")
     parser.add_argument("--text-column", default="text", help="column holding the text in tables and datasets")
@@ -381,7 +384,7 @@ def cli(argv: list[str] | None = None) -> int:
     data = args.data[0] if len(args.data) == 1 else [Path(item) for item in args.data]
     held_out: list[str] = []
     try:
-        output = check_writable(args.output, "output folder")
+        output = check_output(args.output, inputs=args.data, overwrite=args.overwrite, flag="--output")
         texts = iter_texts(
             data, text_column=args.text_column, errors="replace" if args.replace_invalid_utf8 else "strict"
         )
@@ -394,11 +397,11 @@ def cli(argv: list[str] | None = None) -> int:
             model_max_length=args.model_max_length,
             show_progress=sys.stderr.isatty(),  # a bar in a terminal; no blank lines in a log file
         )
+        with atomic_directory(output) as tmp:
+            tokenizer.save_pretrained(tmp)
     except (ValueError, OSError) as error:
-        print(f"scratch-gpt train-tokenizer: {error}", file=sys.stderr)
+        print(f"scratch-gpt train-tokenizer: error: {error}", file=sys.stderr)
         return 2
-    with atomic_directory(output) as tmp:
-        tokenizer.save_pretrained(tmp)
     from scratch_gpt.data import bytes_per_token  # imported here: it brings in torch
     print(f"vocabulary size: {len(tokenizer)} (model vocab_size padded to 64: {model_vocab_size(tokenizer)})")
     if held_out:

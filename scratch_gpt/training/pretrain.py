@@ -152,7 +152,9 @@ def pretrain(args: argparse.Namespace) -> dict:
     from scratch_gpt.hub import write_model_card
 
     config = from_args(args)  # bad options and output folders fail here, before the data work
-    output_dir = check_output_dir(config)
+    output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from])
+    if args.model_vocab_size is not None and args.model_vocab_size < 1:
+        raise ValueError(f"--model-vocab-size must be a positive number of embedding rows, got {args.model_vocab_size}; omit it to fit the tokenizer.")
     if args.streaming and not args.max_steps:
         raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by.")
     state = process_state()
