@@ -40,7 +40,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -543,6 +543,10 @@ def train(
     """Train `model` on `train_dataset`; see the module docstring for the contract."""
     if final_dir is not None:
         check_writable(final_dir, "model folder")
+        if Path(final_dir).resolve() == Path(config.output_dir).resolve():
+            # The model folder is the run folder (fine-tuning): the run works beside it until the
+            # save, so a previous model there stays whole, logs included, until it is replaced.
+            config = replace(config, output_dir=str(work_folder(final_dir)))
     run = build(model, train_dataset, eval_dataset, test_dataset, config, collate_fn)
     run.evaluate_fn, run.tokenizer = evaluate_fn, tokenizer
     restore(run)
@@ -576,12 +580,20 @@ def train(
             run_dir=run.output_dir,
             merge_adapters=merge_adapters,
         )
+        if run.accelerator.is_main_process and run.output_dir == work_folder(final_dir):
+            shutil.rmtree(run.output_dir, ignore_errors=True)  # its logs are in the model folder now
     run.accelerator.end_training()
     return run.results
 
 
 # ----------------------------------------------------------------------------------------------
 # The one save path of every command.
+
+def work_folder(model_folder) -> Path:
+    """Where a run whose model folder is its output folder keeps its logs and checkpoints until the save."""
+    model_folder = Path(model_folder)
+    return model_folder.parent / f".{model_folder.name}.run"
+
 
 RUN_FILES = ("loss_curve.png", "metrics.jsonl", "tensorboard")  # what a model folder takes from its run
 
@@ -622,7 +634,7 @@ def save_model(
                 tokenizer.save_pretrained(tmp)
             (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
             if run_dir is not None:
-                same_folder = folder.resolve() == Path(run_dir).resolve()
+                same_folder = Path(run_dir).resolve() in (folder.resolve(), work_folder(folder).resolve())
                 for name in RUN_FILES if same_folder else RUN_FILES[:1]:
                     source = Path(run_dir) / name
                     if source.is_dir():
