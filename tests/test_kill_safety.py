@@ -48,7 +48,7 @@ def command(name: str, tmp: Path) -> tuple[list[str], Path]:
      ("pretrain", "swapped"), ("finetune-classifier", "written"), ("finetune-instruct", "swapped")],
 )
 def test_a_kill_while_saving_leaves_the_previous_output(make_base_dir, tmp_path, name, point):
-    make_base_dir()
+    make_base_dir(max_position_embeddings=256)  # room for the chat template
     (tmp_path / "corpus.txt").write_text((" ".join(WORDS) + "\n") * 60)
     (tmp_path / "data.csv").write_text("text,label\n" + "".join(f"{w} {w},{'ab'[i % 2]}\n" for i, w in enumerate(WORDS * 3)))
     (tmp_path / "instr.jsonl").write_text("".join(json.dumps({"instruction": f"Say {w}", "output": w}) + "\n" for w in WORDS))
