@@ -168,3 +168,23 @@ def test_the_battery_covers_every_command():
 
     assert len(CASES) >= 40
     assert {case[1][0] for case in CASES} == set(COMMANDS)
+
+
+def test_a_yaml_string_for_a_repeatable_option_is_one_item(tmp_path):
+    from scratch_gpt.training.options import parse_args
+    from scratch_gpt.training.pretrain import build_parser
+
+    config = tmp_path / "run.yaml"
+    config.write_text('sample_prompt: "Once upon"\n')
+    assert parse_args(build_parser(), ["--config", str(config)]).sample_prompts == ["Once upon"]
+
+
+def test_an_interrupted_swap_is_undone_by_the_next_check(tmp_path):
+    from scratch_gpt.io_utils import atomic_directory, check_output
+
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "weights").write_text("old")
+    (tmp_path / "out").rename(tmp_path / ".old-out-12345")  # what a kill between the two renames leaves
+    check_output(tmp_path / "out")
+    assert (tmp_path / "out" / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
