@@ -10,6 +10,7 @@ Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -19,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from .configuration_scratch_gpt import ScratchGPTConfig
-from .io_utils import atomic_directory
+from .io_utils import atomic_directory, check_output
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, register_converter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -112,12 +113,25 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     return gpt2.eval()
 
 
-def export_gpt2(model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the ScratchGPT folder `model_dir` as a standard GPT-2 folder `out_dir` (tokenizer included)."""
+def export_gpt2(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, trust_remote_code: bool = False) -> Path:
+    """Write the ScratchGPT folder `model_dir` as a standard GPT-2 folder `out_dir` (tokenizer included).
+
+    The model loads through the registered ScratchGPT class; code shipped in the folder runs only
+    with `trust_remote_code=True`. `out_dir` is checked first (see `io_utils.check_output`).
+    """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_output(out_dir, inputs=[model_dir], overwrite=overwrite, what="output folder", flag="OUT_DIR")
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+    if not any(model_dir.glob("*.safetensors")):
+        raise FileNotFoundError(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
+    architectures = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    if architectures and architectures != ["ScratchGPTForCausalLM"]:
+        raise ValueError(f"{str(model_dir)!r} holds a {architectures[0]}, not a ScratchGPT causal LM; export a causal-LM folder.")
+    if trust_remote_code:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+    else:
+        model = ScratchGPTForCausalLM.from_pretrained(model_dir)  # our own class: no code from the folder runs
     if not isinstance(model, ScratchGPTForCausalLM) and type(model).__name__ != "ScratchGPTForCausalLM":
         raise ValueError(f"{str(model_dir)!r} holds a {type(model).__name__}, not a ScratchGPT causal LM.")
     gpt2 = to_gpt2(model)
@@ -136,11 +150,13 @@ def export_cli(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("model_dir", help="folder written by save_pretrained (a ScratchGPT causal LM)")
     parser.add_argument("out_dir", help="where to write the GPT-2 folder (replaced atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR that scratch-gpt did not write")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model code shipped in MODEL_DIR")
     args = parser.parse_args(argv)
     try:
-        out = export_gpt2(args.model_dir, args.out_dir)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"scratch-gpt export-gpt2: {error}", file=sys.stderr)
+        out = export_gpt2(args.model_dir, args.out_dir, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    except (ValueError, OSError) as error:
+        print(f"scratch-gpt export-gpt2: error: {error}", file=sys.stderr)
         return 2
     print(f"Wrote GPT2LMHeadModel to {out}")
     return 0

@@ -1,35 +1,87 @@
-"""Small file-system helpers shared by every command that writes an artifact."""
+"""Small file-system helpers shared by every command that writes an artifact.
+
+Two rules keep the user's files safe:
+
+- `check_output(output, inputs=[...], overwrite=...)`, called by every command before any work,
+  refuses an output folder that is one of the command's inputs or contains one, and an existing
+  folder that this package did not write (unless `--overwrite`).
+- `atomic_directory(folder)` writes a new folder beside the old one and swaps it in by renaming,
+  so a crash or a kill leaves the previous folder or none, never a half-written one. Every folder
+  it writes carries the marker file `.scratch_gpt`, which is how `check_output` knows it is ours.
+"""
 
 import contextlib
+import glob
+import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
+
+MARKER = ".scratch_gpt"  # in every folder this package writes: a later run may replace it
+KILL_ENV = "SCRATCH_GPT_KILL_AT"  # tests: SIGKILL this process at the named point (see `kill_point`)
+
+
+def kill_point(name: str) -> None:
+    """If `SCRATCH_GPT_KILL_AT` names this point, die here as a power cut would (tests of kill safety)."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def mark_output(folder: str | os.PathLike) -> None:
+    """Create `folder` (if needed) and mark it as an output of this package."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(json.dumps({"written_by": "scratch_gpt"}) + "\n")
+
+
+def is_our_output(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def recover(path: str | os.PathLike) -> None:
+    """Undo what a kill inside `atomic_directory` left beside `path`: a previous folder moved aside
+    is moved back if nothing replaced it; our half-written temporary folders are removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    moved_aside = sorted(path.parent.glob(f".old-{glob.escape(path.name)}-*"))
+    if moved_aside and not path.exists() and is_our_output(moved_aside[-1]):
+        os.replace(moved_aside.pop(), path)
+    for leftover in [*moved_aside, *path.parent.glob(f".tmp-{glob.escape(path.name)}-*")]:
+        if leftover.is_dir() and is_our_output(leftover):  # only folders we marked: never a user's
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike):
-    """Yield a temporary sibling folder; on success it replaces `path` in one rename.
+    """Yield a temporary sibling folder (already marked); on success it replaces `path` by renaming.
 
     A crash or kill inside the block leaves any previous `path` untouched (the half-written
-    temporary folder is removed on an exception; after a SIGKILL a `.tmp-*` sibling may remain,
-    never a half-written `path`).
+    temporary folder is removed on an exception, or by the next call after a SIGKILL). A kill
+    between the two renames leaves the previous folder beside `path`, and the next call (or
+    `check_output`) moves it back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     umask = os.umask(0)  # mkdtemp makes the folder owner-only; give it the usual permissions
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
+    mark_output(tmp)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    kill_point("written")  # the new folder is complete, the old one still in place
     if path.exists():
         # Two renames: the old folder is moved aside, the new one moved in, then the old one removed.
         old = path.with_name(f".old-{path.name}-{os.getpid()}")
         os.replace(path, old)
+        kill_point("swapped")  # the old folder aside, the new one not yet in place
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     else:
@@ -39,11 +91,54 @@ def atomic_directory(path: str | os.PathLike):
 def check_writable(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Fail early, with one sentence, if `path` cannot be created or written."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"The {what} {str(path)!r} is a file; pass a folder path instead.")
     parent = path if path.exists() else path.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"The {what} {str(path)!r} lies inside the file {str(parent)!r}; choose a path in a folder.")
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"The {what} {str(path)!r} is not writable; choose another path with write permission.")
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"The {what} {str(path)!r} is a file; pass a folder path instead.")
+    return path
+
+
+def _local_paths(source) -> list[Path]:
+    """The existing local files or folders an input names (a glob: its matches); none for a Hub id."""
+    if source is None:
+        return []
+    if isinstance(source, (list, tuple)):
+        return [path for item in source for path in _local_paths(item)]
+    text = os.fspath(source)
+    if glob.has_magic(text):
+        return [Path(match) for match in glob.glob(text, recursive=True)]
+    return [Path(text)] if Path(text).exists() else []
+
+
+def check_output(output, *, inputs=(), overwrite: bool = False, what: str = "output folder", flag: str = "--output-dir") -> Path:
+    """The one check of an output folder, before any work: one clear error instead of lost files.
+
+    - `output` must not be one of `inputs` (files, folders, globs; Hub ids are skipped) or contain one:
+      replacing it would delete them.
+    - An existing, non-empty `output` must be an earlier output of this package (it holds the
+      `.scratch_gpt` marker) unless `overwrite` (the command's `--overwrite`).
+    - It must be writable.
+    """
+    path = Path(output)
+    recover(path)
+    target = path.resolve()
+    for source in _local_paths(inputs):
+        source = source.resolve()
+        if source == target or target in source.parents:
+            relation = "is" if source == target else "contains"
+            raise ValueError(
+                f"The {what} {str(path)!r} {relation} the input {str(source)!r}, which writing it would delete; "
+                f"choose another {flag} (a new folder, e.g. inside the input, is fine)."
+            )
+    check_writable(path, what)
+    if path.is_dir() and any(path.iterdir()) and not is_our_output(path) and not overwrite:
+        raise FileExistsError(
+            f"The {what} {str(path)!r} already exists and was not written by scratch-gpt; choose another {flag}, "
+            "or pass --overwrite to replace it."
+        )
     return path

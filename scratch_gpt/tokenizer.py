@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from scratch_gpt.io_utils import atomic_directory, check_writable
+from scratch_gpt.io_utils import atomic_directory, check_output
 from scratch_gpt.sources import add_data_arguments, checked_texts, is_dataset, read_texts
 
 EOS_TOKEN = "<|endoftext|>"
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab-size", type=int, required=True, help=f"vocabulary size (at least {MIN_VOCAB_SIZE})")
     parser.add_argument("--output-dir", help="folder to write the tokenizer to (replaced atomically; required)")
     parser.add_argument("--output", dest="output_dir", help=argparse.SUPPRESS)  # the older spelling
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output-dir folder that scratch-gpt did not write"
+    )
     parser.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged")
     parser.add_argument("--model-max-length", type=int, default=None, help="context length of the model")
     parser.add_argument("--text-column", default="text", help="column holding the text in tables and datasets")
@@ -314,7 +317,7 @@ def cli(argv: list[str] | None = None) -> int:
         parser.error("--held-out-every must be 0 (hold nothing out) or at least 2.")
     held_out: list[str] = []
     try:
-        output = check_writable(args.output_dir, "output folder")
+        output = check_output(args.output_dir, inputs=args.data, overwrite=args.overwrite, flag="--output-dir")
         corpus = read_texts(
             args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=True
         )
@@ -328,11 +331,11 @@ def cli(argv: list[str] | None = None) -> int:
             model_max_length=args.model_max_length,
             show_progress=sys.stderr.isatty(),  # a bar in a terminal; no blank lines in a log file
         )
+        with atomic_directory(output) as tmp:
+            tokenizer.save_pretrained(tmp)
     except (ValueError, OSError) as error:
-        print(f"scratch-gpt train-tokenizer: {error}", file=sys.stderr)
+        print(f"scratch-gpt train-tokenizer: error: {error}", file=sys.stderr)
         return 2
-    with atomic_directory(output) as tmp:
-        tokenizer.save_pretrained(tmp)
     print(f"vocabulary size: {len(tokenizer)} (model vocab_size padded to 64: {model_vocab_size(tokenizer)})")
     if held_out:
         held_bytes = sum(len(text.encode("utf-8")) for text in held_out)

@@ -172,9 +172,11 @@ def test_metrics_pass_measures_the_models_own_loss(base_dir, tiny_tokenizer):
     loader = [{k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()}]  # batches of 6 and 4
     metrics = classify.classification_metrics(model, loader)
     with torch.no_grad():
-        expected = model(**batch).loss.item()
-    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and {"precision", "recall", "f1"} <= set(metrics)
+        output = model(**batch)
+    assert metrics["loss"] == pytest.approx(output.loss.item(), rel=1e-5)
+    accuracy = (output.logits.argmax(-1) == batch["labels"]).float().mean().item()
+    assert metrics["accuracy"] == pytest.approx(accuracy)  # the same predictions, counted over both batches
+    assert {"precision", "recall", "f1"} <= set(metrics)
 
 
 def test_last_blocks_mode_trains_only_the_last_blocks_norm_and_head(base_dir):
@@ -285,4 +287,8 @@ def test_lora_classifier_saves_merged_model_or_adapter(base_dir, tmp_path, capsy
     adapted = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path / "adapter", num_labels=2)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "adapter")
     inputs = tokenizer(["hello WIN CASH NOW!!!"], return_tensors="pt")
-    assert adapted(**inputs).logits.shape == (1, 2)
+    with torch.no_grad():
+        logits = adapted.eval()(**inputs).logits
+        assert logits.shape == (1, 2)
+        # the same seed trained the same adapter: merged into the weights it gives the same logits
+        torch.testing.assert_close(merged.eval()(**inputs).logits, logits, rtol=1e-4, atol=1e-5)

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from scratch_gpt.cli import main as scratch_gpt_main
+from scratch_gpt.io_utils import mark_output
 from scratch_gpt.tokenizer import (
     CHAT_TEMPLATE,
     DEFAULT_SYSTEM_PROMPT,
@@ -440,7 +441,7 @@ def test_cli_holds_out_texts_from_training(tmp_path, capsys):
 )
 def test_cli_bad_input_is_one_line_on_stderr_with_exit_2(tmp_path, capsys, case, message):
     out = tmp_path / "out"
-    out.mkdir()
+    mark_output(out)  # an earlier output of scratch-gpt, which a good run would replace
     (out / "keep.txt").write_text("a good artifact", encoding="utf-8")
     data, vocab = tmp_path / "data.txt", VOCAB_SIZE
     if case == "empty":

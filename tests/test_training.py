@@ -136,16 +136,22 @@ def test_metrics_also_go_to_tensorboard(tmp_path):
     assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_gradient_accumulation_matches_one_large_batch(tmp_path):
+def test_gradient_accumulation_matches_one_large_batch(tmp_path, monkeypatch):
+    # Plain SGD without clipping: the update is proportional to the gradient, so a missing 1/N
+    # scaling of the accumulated loss would double it (AdamW and clipping would hide that).
+    from scratch_gpt.training import loop
+
+    sgd = lambda model, config: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)  # noqa: E731
+    monkeypatch.setattr(loop, "build_optimizer", sgd)
     data = pattern_blocks(32)
-    large = train(tiny_model(), data, None, quiet(tmp_path / "a", max_steps=4, batch_size=8, shuffle=False))
-    small = train(
-        tiny_model(),
-        data,
-        None,
-        quiet(tmp_path / "b", max_steps=4, batch_size=4, gradient_accumulation_steps=2, shuffle=False),
-    )
-    assert small["train_loss"] == pytest.approx(large["train_loss"], rel=1e-4)
+    options = dict(max_steps=4, shuffle=False, max_grad_norm=0, warmup_steps=0, min_lr_ratio=1.0)
+    large, small = tiny_model(), tiny_model()
+    train(large, data, None, quiet(tmp_path / "a", batch_size=8, **options))
+    train(small, data, None, quiet(tmp_path / "b", batch_size=4, gradient_accumulation_steps=2, **options))
+    start = tiny_model().state_dict()
+    for name, weight in large.state_dict().items():
+        assert not torch.equal(weight, start[name]) or "norm" in name or "embed_positions" in name  # it trained
+        torch.testing.assert_close(small.state_dict()[name], weight, rtol=1e-4, atol=1e-5), name
 
 
 class NaNAfter(torch.nn.Module):
@@ -297,3 +303,32 @@ def test_a_plot_that_fails_half_way_keeps_the_previous_loss_curve(tmp_path, monk
     with pytest.raises(OSError, match="disk full"):
         log.plot(curve)
     assert curve.read_bytes() == good
+
+
+def test_resume_with_nothing_to_resume_is_an_error_and_touches_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="found no checkpoint"):
+        train(tiny_model(), pattern_blocks(8), None, quiet(tmp_path, max_steps=2, resume=True))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_resume_into_another_model_names_what_differs_and_keeps_the_log(tmp_path):
+    data = pattern_blocks(16)
+    train(tiny_model(), data, None, quiet(tmp_path, max_steps=4, save_every=2))
+    log = (tmp_path / "run" / "metrics.jsonl").read_text()
+    torch.manual_seed(0)
+    wider = ScratchGPTForCausalLM(
+        ScratchGPTConfig.from_preset("tiny", vocab_size=VOCAB, hidden_size=48, num_attention_heads=2, max_position_embeddings=BLOCK)
+    )
+    with pytest.raises(ValueError, match=r"another model .*hidden_size 32 vs 48"):
+        train(wider, data, None, quiet(tmp_path, max_steps=6, save_every=2, resume=True))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == log  # validated before anything was touched
+
+
+def test_a_log_line_cut_by_a_kill_is_dropped_and_every_earlier_line_kept(tmp_path):
+    data = pattern_blocks(16)
+    train(tiny_model(), data, None, quiet(tmp_path, max_steps=4, save_every=2))
+    path = tmp_path / "run" / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 5, "train_lo')  # a kill in the middle of a write
+    train(tiny_model(), data, None, quiet(tmp_path, max_steps=6, save_every=2, resume=True))
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

@@ -65,15 +65,65 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
     accelerator.wait_for_everyone()
 
 
-def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path) -> dict | None:
-    """Restore the newest complete checkpoint; skip damaged ones with a warning."""
-    for checkpoint in reversed(checkpoint_dirs(output_dir)):
+def model_signature(model) -> dict:
+    """What a checkpoint must share with the model it is loaded into: its config (minus the keys that
+    do not change the weights) and the name and shape of every weight."""
+    config = getattr(model, "config", None)
+    values = config.to_dict() if hasattr(config, "to_dict") else {}
+    ignored = {"transformers_version", "dtype", "torch_dtype", "use_cache", "name_or_path"}
+    values = {k: v for k, v in values.items() if k not in ignored and not k.startswith("_")}
+    shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    return json.loads(json.dumps({"config": values, "shapes": shapes}, default=str))
+
+
+def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> None:
+    """ValueError naming what differs when the checkpoint was saved from another model."""
+    if saved is None:  # written before signatures were stored: nothing to compare
+        return
+    keys = sorted(k for k in saved["config"].keys() | current["config"].keys() if saved["config"].get(k) != current["config"].get(k))
+    if keys:
+        diffs = ", ".join(f"{k} {saved['config'].get(k)!r} vs {current['config'].get(k)!r}" for k in keys[:6])
+        raise ValueError(
+            f"The checkpoint {str(checkpoint)!r} is of another model (checkpoint vs now: {diffs}); "
+            "resume with the same model options, or start afresh in a new --output-dir."
+        )
+    names = sorted(n for n in saved["shapes"].keys() | current["shapes"].keys() if saved["shapes"].get(n) != current["shapes"].get(n))
+    if names:
+        raise ValueError(
+            f"The checkpoint {str(checkpoint)!r} holds other weights than the model ({', '.join(names[:4])}); "
+            "resume with the same model options (and --lora settings), or start afresh in a new --output-dir."
+        )
+
+
+def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature: dict | None = None) -> dict:
+    """Restore the newest complete checkpoint of the run in `output_dir`; skip damaged ones with a warning.
+
+    Each checkpoint is checked before any state is touched: its files against their recorded sizes,
+    then (with `signature`, see `model_signature`) its model against this one. Another model is an
+    error, not a reason to skip; no checkpoint at all, or none loadable, is an error too.
+    """
+    checkpoints = checkpoint_dirs(output_dir)
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"--resume found no checkpoint in {str(Path(output_dir) / 'checkpoints')!r}; "
+            "check --output-dir, or run without --resume to start afresh."
+        )
+    for checkpoint in reversed(checkpoints):
         try:
             state = read_checkpoint_state(checkpoint)
+        except ValueError as error:
+            warnings.warn(f"Skipping checkpoint {checkpoint.name}: {error}. Trying the previous one.", stacklevel=3)
+            continue
+        if signature is not None:
+            check_compatible(checkpoint, state.get("model"), signature)
+        try:
             accelerator.load_state(str(checkpoint))
-        except Exception as error:  # a damaged file makes torch/safetensors raise many kinds of errors
+        except Exception as error:  # damaged contents of the right size: torch/safetensors raise many kinds
             warnings.warn(f"Skipping checkpoint {checkpoint.name}: {error}. Trying the previous one.", stacklevel=3)
             continue
         accelerator.print(f"Resumed from {checkpoint} (step {state['step']}).")
         return state
-    return None
+    raise ValueError(
+        f"--resume found no loadable checkpoint in {str(Path(output_dir) / 'checkpoints')!r} (all are damaged); "
+        "run without --resume in a new --output-dir to start afresh."
+    )

@@ -15,7 +15,9 @@ the last real token (see `ScratchGPTForSequenceClassification`). The steps, top 
 """
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 import datasets
 import evaluate
@@ -29,7 +31,7 @@ from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_conf
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits
 from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
-from scratch_gpt.training.loop import process_state, train
+from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import from_args, run_command
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,13 @@ def encode_labels(
     """
     feature = dataset.features[label_column]
     values = list(dataset[label_column])
+    blank = [row for row, value in enumerate(values) if value is None or (isinstance(value, str) and not value.strip())]
+    if blank:
+        rows = ", ".join(str(row + 1) for row in blank[:5])
+        raise ValueError(
+            f"{len(blank)} record(s) have no label in column {label_column!r} (record {rows}, counting from 1 "
+            "after the header); fill in their labels or remove them."
+        )
     if isinstance(feature, datasets.ClassLabel):
         label_names = label_names or feature.names
         ids = values
@@ -274,6 +283,21 @@ def make_trainable(model, args: argparse.Namespace):
     return model
 
 
+def check_head_size(model: str, num_labels: int) -> None:
+    """A classifier folder as the base must have as many classes as the data (its head is kept)."""
+    config_file = Path(model) / "config.json"
+    if not config_file.is_file():
+        return
+    saved = json.loads(config_file.read_text(encoding="utf-8"))
+    if any(name.endswith("ForSequenceClassification") for name in saved.get("architectures") or []):
+        saved_labels = len(saved.get("id2label") or {}) or saved.get("num_labels", 2)
+        if saved_labels != num_labels:
+            raise ValueError(
+                f"--model {model!r} is a classifier with {saved_labels} classes but the data has {num_labels}; "
+                "start from the pre-trained causal-LM folder instead, or use data with the same classes."
+            )
+
+
 def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
     """The whole command; returns its metrics. `make_trainable(model, args)` chooses what trains
     (the benchmark passes one that swaps in transformers' GPT-2 with the same weights)."""
@@ -281,6 +305,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         raise ValueError("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
     check_lora_arguments(args)
     config = from_args(args)
+    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
     tokenizer = load_base_tokenizer(args.model)
 
@@ -295,6 +320,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
     )
     if args.balance:
         records = balance_by_undersampling(records, args.seed)
+    check_head_size(args.model, len(label_names))
     set_seed(args.seed)  # the new head (and LoRA) start the same way every run
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model,

@@ -31,7 +31,7 @@ from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_conf
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
 from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
-from scratch_gpt.training.loop import process_state, train
+from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import from_args, run_command
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ def to_messages(record, index: int, source: str) -> list[dict]:
             raise ValueError(
                 f"{where}: 'messages' must be a list of {{'role': one of {ROLES}, 'content': text}} objects."
             )
+        if any(m["role"] == "system" for m in messages[1:]):
+            raise ValueError(f"{where}: a 'system' message may only come first; move it to the start of 'messages'.")
         if not messages or messages[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in messages):
             raise ValueError(f"{where}: the messages need a user turn and must end with an assistant answer.")
         return messages
@@ -252,6 +254,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
     config = from_args(args)
+    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
     tokenizer = load_base_tokenizer(args.model)
     if tokenizer.chat_template is None:
@@ -328,6 +331,8 @@ def load_for_chat(model_dir: str):
         raise FileNotFoundError(
             f"The model folder {model_dir!r} does not exist; pass the --output of finetune-instruct."
         )
+    if not any(Path(model_dir).glob("*.safetensors")):
+        raise FileNotFoundError(f"No *.safetensors weights in {model_dir!r}; pass the --output-dir of finetune-instruct.")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.chat_template is None:
         raise ValueError(f"The tokenizer in {model_dir!r} has no chat template; is this an instruction-tuned folder?")
@@ -374,12 +379,12 @@ def build_chat_parser() -> argparse.ArgumentParser:
 
 
 def chat_cli(argv: list[str] | None = None) -> int:
-    args = build_chat_parser().parse_args(argv)
-    try:
-        model, tokenizer, generation_config = load_for_chat(args.model_dir)
-    except (ValueError, OSError) as error:
-        print(f"scratch-gpt chat: {error}", file=sys.stderr)
-        return 2
+    return run_command(build_chat_parser(), argv, chat)
+
+
+def chat(args: argparse.Namespace) -> None:
+    """`scratch-gpt chat`: bad input (folder, prompt too long) is one sentence via `run_command`."""
+    model, tokenizer, generation_config = load_for_chat(args.model_dir)
     if args.max_new_tokens:
         generation_config.max_new_tokens = args.max_new_tokens
     if args.temperature > 0:
@@ -387,12 +392,8 @@ def chat_cli(argv: list[str] | None = None) -> int:
     system = [{"role": "system", "content": args.system}] if args.system else []
 
     if args.prompt is not None:
-        try:
-            stream_reply(model, tokenizer, [*system, {"role": "user", "content": args.prompt}], generation_config)
-        except ValueError as error:
-            print(f"scratch-gpt chat: {error}", file=sys.stderr)
-            return 2
-        return 0
+        stream_reply(model, tokenizer, [*system, {"role": "user", "content": args.prompt}], generation_config)
+        return
 
     history: list[dict] = []
     while True:
@@ -413,4 +414,3 @@ def chat_cli(argv: list[str] | None = None) -> int:
             history = []
             continue
         history.append({"role": "assistant", "content": answer})
-    return 0

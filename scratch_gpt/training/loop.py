@@ -40,7 +40,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -51,11 +51,12 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
-from scratch_gpt.io_utils import atomic_directory, check_writable
+from scratch_gpt.io_utils import atomic_directory, check_output, check_writable, mark_output
 from scratch_gpt.training.checkpoints import (
     checkpoint_dirs,
     checkpoint_name,
     load_newest_checkpoint,
+    model_signature,
     read_checkpoint_state,
     save_checkpoint,
 )
@@ -104,6 +105,7 @@ class TrainingConfig:
     save_every: int = 0  # 0: no checkpoints
     keep_checkpoints: int = 2
     resume: bool = False
+    overwrite: bool = False  # commands: replace an existing output folder that scratch-gpt did not write
 
     def __post_init__(self):
         positive = ("num_epochs", "batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints")
@@ -307,15 +309,20 @@ class Run:
     pending_tokens: int = 0  # tokens of the micro-batches of the optimizer step in progress
 
 
-def check_output_dir(config: TrainingConfig) -> Path:
-    """Fail early if `config.output_dir` is not writable or holds another run's checkpoints."""
-    output_dir = check_writable(config.output_dir)
+def check_output_dir(config: TrainingConfig, inputs=()) -> Path:
+    """A command's check of its output folder before any work: not an input nor containing one,
+    ours or `--overwrite` (see `io_utils.check_output`), and no other run's checkpoints in it."""
+    output_dir = check_output(config.output_dir, inputs=inputs, overwrite=config.overwrite)
+    check_no_other_run(config, output_dir)
+    return output_dir
+
+
+def check_no_other_run(config: TrainingConfig, output_dir: Path) -> None:
     if config.save_every and not config.resume and checkpoint_dirs(output_dir):
         raise FileExistsError(
             f"The output folder {str(output_dir)!r} already holds checkpoints of another run; "
             "resume it (resume=True, --resume) or choose another output folder."
         )
-    return output_dir
 
 
 def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool) -> Accelerator:
@@ -340,7 +347,8 @@ def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool)
 
 def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConfig, collate_fn) -> Run:
     """Step 1: the accelerator, the data loaders, the optimizer and the schedule, all prepared."""
-    output_dir = check_output_dir(config)
+    output_dir = check_writable(config.output_dir)
+    check_no_other_run(config, output_dir)
     tensorboard = use_tensorboard(config.report_to)
     accelerator = new_accelerator(config, output_dir, tensorboard)
     set_seed(config.seed)
@@ -407,10 +415,12 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
 def restore(run: Run) -> None:
     """Step 2: with `resume`, load the newest checkpoint and continue from its position."""
     if run.config.resume:
-        state = load_newest_checkpoint(run.accelerator, run.output_dir)
-        if state is not None:
-            run.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
-            run.last_checkpoint = checkpoint_name(run.position.step)
+        signature = model_signature(run.accelerator.unwrap_model(run.model, keep_torch_compile=False))
+        state = load_newest_checkpoint(run.accelerator, run.output_dir, signature)
+        run.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
+        run.last_checkpoint = checkpoint_name(run.position.step)
+    if run.accelerator.is_main_process:
+        mark_output(run.output_dir)  # the run folder is ours from here on: a later run may replace what is in it
     run.log = MetricsLog(run.accelerator, run.output_dir, run.position.step if run.config.resume else None)
 
 
@@ -514,6 +524,7 @@ def checkpoint(run: Run) -> None:
     position = run.position
     epoch_done = position.batches_in_epoch == run.batches_per_epoch
     state = asdict(position) | ({"epoch": position.epoch + 1, "batches_in_epoch": 0} if epoch_done else {})
+    state["model"] = model_signature(run.accelerator.unwrap_model(run.model, keep_torch_compile=False))
     save_checkpoint(run.accelerator, run.output_dir, state, run.config.keep_checkpoints)
     run.last_checkpoint = checkpoint_name(position.step)
 
@@ -535,6 +546,10 @@ def train(
     """Train `model` on `train_dataset`; see the module docstring for the contract."""
     if final_dir is not None:
         check_writable(final_dir, "model folder")
+        if Path(final_dir).resolve() == Path(config.output_dir).resolve():
+            # The model folder is the run folder (fine-tuning): the run works beside it until the
+            # save, so a previous model there stays whole, logs included, until it is replaced.
+            config = replace(config, output_dir=str(work_folder(final_dir)))
     run = build(model, train_dataset, eval_dataset, test_dataset, config, collate_fn)
     run.evaluate_fn, run.tokenizer = evaluate_fn, tokenizer
     restore(run)
@@ -568,12 +583,20 @@ def train(
             run_dir=run.output_dir,
             merge_adapters=merge_adapters,
         )
+        if run.accelerator.is_main_process and run.output_dir == work_folder(final_dir):
+            shutil.rmtree(run.output_dir, ignore_errors=True)  # its logs are in the model folder now
     run.accelerator.end_training()
     return run.results
 
 
 # ----------------------------------------------------------------------------------------------
 # The one save path of every command.
+
+def work_folder(model_folder) -> Path:
+    """Where a run whose model folder is its output folder keeps its logs and checkpoints until the save."""
+    model_folder = Path(model_folder)
+    return model_folder.parent / f".{model_folder.name}.run"
+
 
 RUN_FILES = ("loss_curve.png", "metrics.jsonl", "tensorboard")  # what a model folder takes from its run
 
@@ -614,7 +637,7 @@ def save_model(
                 tokenizer.save_pretrained(tmp)
             (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
             if run_dir is not None:
-                same_folder = folder.resolve() == Path(run_dir).resolve()
+                same_folder = Path(run_dir).resolve() in (folder.resolve(), work_folder(folder).resolve())
                 for name in RUN_FILES if same_folder else RUN_FILES[:1]:
                     source = Path(run_dir) / name
                     if source.is_dir():

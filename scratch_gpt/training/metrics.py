@@ -91,7 +91,7 @@ class MetricsLog:
             output_dir.mkdir(parents=True, exist_ok=True)
             kept = []
             if resume_step is not None and self.path.exists():  # drop what the interrupted run logged after its checkpoint
-                kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+                kept = [line for line in self.path.read_text().splitlines() if _step_of(line, resume_step + 1) <= resume_step]
             tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill here keeps the old log whole
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
@@ -124,6 +124,14 @@ class MetricsLog:
         figure.savefig(tmp, dpi=120)
         plt.close(figure)
         os.replace(tmp, path)
+
+
+def _step_of(line: str, default: int) -> int:
+    """The step of one metrics.jsonl line; `default` for a line a kill cut short."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return default
 
 
 def use_tensorboard(report_to: str) -> bool:

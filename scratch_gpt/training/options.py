@@ -56,6 +56,7 @@ OPTIONS = (
     Option("--save-every", "save_every", "steps between checkpoints (0: none)", int),
     Option("--keep-checkpoints", "keep_checkpoints", "how many checkpoints to keep", int),
     Option("--resume", "resume", "continue from the newest checkpoint in --output-dir"),
+    Option("--overwrite", "overwrite", "replace an existing --output-dir that scratch-gpt did not write"),
     Option("--sample-prompt", "sample_prompts", "prompt to sample from at each evaluation (repeatable)", str, repeat=True),
     Option("--sample-tokens", "sample_max_new_tokens", "tokens sampled per prompt", int),
     Option("--peak-flops", "peak_flops", "peak FLOP/s of one device, for MFU (default: measured or looked up)", float),
@@ -94,12 +95,18 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults) -> None:
 def from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
     """The `TrainingConfig` that the parsed flags describe (plus `overrides`)."""
     values = {option.field: getattr(args, option.field) for option in OPTIONS}
-    return TrainingConfig(**{**values, **overrides})
+    try:
+        return TrainingConfig(**{**values, **overrides})
+    except ValueError as error:  # name the flag the user gave, not the config field
+        message = str(error)
+        for option in OPTIONS:
+            message = message.replace(f"TrainingConfig.{option.field} ", f"{option.flag} ")
+        raise ValueError(message) from None
 
 
 def public_options(args: argparse.Namespace) -> dict:
     """The options of a run as its model card lists them (not where it ran or how it printed)."""
-    return {k: v for k, v in vars(args).items() if k not in ("config", "progress", "output_dir")}
+    return {k: v for k, v in vars(args).items() if k not in ("config", "progress", "output_dir", "overwrite")}
 
 
 # ----------------------------------------------------------------------------------------------

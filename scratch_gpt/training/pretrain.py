@@ -63,17 +63,27 @@ def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.Arg
 # ----------------------------------------------------------------------------------------------
 
 
-def load_or_train_tokenizer(args, corpus):
+def load_or_train_tokenizer(args, train_docs, output_dir: Path):
+    """`--tokenizer`, else the tokenizer of `--init-from` (its ids are the model's), else a new one
+    trained on the training documents only (never on validation text), by the main process; the
+    others wait and load what it saved in `output_dir/tokenizer`."""
     from transformers import AutoTokenizer
 
     from scratch_gpt.tokenizer import train_tokenizer
 
-    if args.tokenizer:
-        if not Path(args.tokenizer).is_dir():
-            raise FileNotFoundError(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.tokenizer and not Path(args.tokenizer).is_dir():
+        raise FileNotFoundError(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
+    source = args.tokenizer or args.init_from
+    state = process_state()
+    if source:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    elif state.num_processes == 1:
+        tokenizer = train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False)
     else:
-        tokenizer = train_tokenizer(corpus, vocab_size=args.vocab_size, show_progress=False)
+        if state.is_main_process:
+            train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False).save_pretrained(output_dir / "tokenizer")
+        state.wait_for_everyone()
+        tokenizer = AutoTokenizer.from_pretrained(output_dir / "tokenizer")
     tokenizer.model_max_length = args.block_size
     return tokenizer
 
@@ -118,17 +128,16 @@ def build_model(args, tokenizer):
     return model
 
 
-def prepare_data(args, tokenizer, corpus):
-    """Split documents into train/validation, then pack each into blocks (validation: disjoint).
+def prepare_data(args, tokenizer, train_docs, val_docs):
+    """Pack the training and validation documents into blocks (validation: disjoint).
 
     With `--streaming` the training blocks stay a lazy stream; validation keeps its first
     `eval_batches * batch_size` blocks in memory, so every evaluation sees the same blocks.
     """
     import datasets
 
-    from scratch_gpt.data import bytes_per_token, pack_dataset, train_val_split, unigram_entropy
+    from scratch_gpt.data import bytes_per_token, pack_dataset, unigram_entropy
 
-    train_docs, val_docs = train_val_split(corpus, args.val_fraction, args.seed)
     with process_state().main_process_first():  # the first process fills the datasets cache
         train_blocks = pack_dataset(train_docs, tokenizer, block_size=args.block_size, stride=args.stride, num_proc=args.num_proc)
         val_blocks = pack_dataset(val_docs, tokenizer, block_size=args.block_size, num_proc=args.num_proc)
@@ -149,11 +158,14 @@ def pretrain(args: argparse.Namespace) -> dict:
     """Run the whole pipeline; returns the final metrics (plus data statistics)."""
     from accelerate.utils import set_seed
 
+    from scratch_gpt.data import train_val_split
     from scratch_gpt.hub import write_model_card
     from scratch_gpt.sources import read_texts
 
     config = from_args(args)  # bad options and output folders fail here, before the data work
-    output_dir = check_output_dir(config)
+    output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from])
+    if args.model_vocab_size is not None and args.model_vocab_size < 1:
+        raise ValueError(f"--model-vocab-size must be a positive number of embedding rows, got {args.model_vocab_size}; omit it to fit the tokenizer.")
     if args.streaming and not args.max_steps:
         raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by.")
     state = process_state()
@@ -161,9 +173,10 @@ def pretrain(args: argparse.Namespace) -> dict:
     corpus = read_texts(
         args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=args.streaming
     )
-    tokenizer = load_or_train_tokenizer(args, corpus)
+    train_docs, val_docs = train_val_split(corpus, args.val_fraction, args.seed)
+    tokenizer = load_or_train_tokenizer(args, train_docs, output_dir)
     model = build_model(args, tokenizer)
-    train_blocks, val_blocks, stats = prepare_data(args, tokenizer, corpus)
+    train_blocks, val_blocks, stats = prepare_data(args, tokenizer, train_docs, val_docs)
     config.bytes_per_token = stats["bytes_per_token"]
     state.print(
         f"{stats['train_blocks']} training and {stats['val_blocks']} validation blocks of {args.block_size} tokens; "

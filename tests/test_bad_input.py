@@ -1,0 +1,190 @@
+"""Every bad input gets one sentence, and nothing of the user's is lost.
+
+Each case runs one command in-process through `scratch_gpt.cli.main` on a fresh copy of a small
+world (a corpus, a tiny model folder, data files, a folder of the user's own). It must exit with
+status 2, print no traceback, end stderr with one sentence (`scratch-gpt CMD: error: ...`) and
+leave every file of the world as it was (hashes before and after; no file added either).
+"""
+
+import hashlib
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from scratch_gpt.cli import main
+
+WORDS = "the quick brown fox jumps over the lazy dog hello world tokens attention blocks".split()
+
+
+@pytest.fixture(scope="module")
+def world_template(tmp_path_factory, tiny_tokenizer):
+    """The files every case starts from (built once; each case gets its own copy)."""
+    from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
+    from scratch_gpt.tokenizer import config_kwargs
+
+    root = tmp_path_factory.mktemp("world")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(" ".join(WORDS * 40) + "\n")
+    (root / "empty.txt").write_text("")
+    (root / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+
+    config = ScratchGPTConfig.from_preset("tiny", hidden_size=32, max_position_embeddings=64, **config_kwargs(tiny_tokenizer))
+    torch.manual_seed(0)
+    ScratchGPTForCausalLM(config).save_pretrained(root / "base")
+    tiny_tokenizer.save_pretrained(root / "base")
+    classifier = ScratchGPTForSequenceClassification(
+        ScratchGPTConfig.from_preset("tiny", hidden_size=32, max_position_embeddings=64, num_labels=3, **config_kwargs(tiny_tokenizer))
+    )
+    classifier.save_pretrained(root / "classifier3")
+    tiny_tokenizer.save_pretrained(root / "classifier3")
+    (root / "no_weights").mkdir()
+    shutil.copy(root / "base" / "config.json", root / "no_weights" / "config.json")
+
+    rows = [(" ".join(WORDS[i % 7 : i % 7 + 4]), "spam" if i % 2 else "ham") for i in range(40)]
+    (root / "data.csv").write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    blank = rows[:5] + [(rows[5][0], "")] + rows[6:]
+    (root / "blank_label.csv").write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in blank))
+    records = [{"instruction": f"Repeat {w}", "output": w} for w in WORDS]
+    (root / "instr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (root / "instr_latin1.jsonl").write_bytes('{"instruction": "caf\u00e9", "output": "x"}\n'.encode("latin-1"))
+    late_system = {"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "be nice"},
+                                {"role": "assistant", "content": "hello"}]}
+    (root / "late_system.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [records[0], late_system]))
+    (root / "not_json.jsonl").write_text("{not json\n")
+    (root / "wrong_shape.jsonl").write_text('{"question": "a", "answer": "b"}\n')
+    (root / "empty.json").write_text("[]")
+    (root / "bad.yaml").write_text("max-steps: [1\n")
+    (root / "unknown.yaml").write_text("max-stepz: 3\n")
+    (root / "list.yaml").write_text("batch-size: [1, 2]\n")
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own notes")
+    return root
+
+
+@pytest.fixture
+def world(world_template, tmp_path, monkeypatch):
+    root = tmp_path / "w"
+    shutil.copytree(world_template, root)
+    monkeypatch.chdir(root)  # the cases use paths relative to the world
+    return root
+
+
+def tree_hashes(root) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+FT = ["--max-steps", "1", "--batch-size", "2", "--no-progress"]  # fine-tuning: short, were it to run
+PT = ["--max-steps", "1", "--batch-size", "2", "--vocab-size", "300", "--preset", "tiny", "--hidden-size", "32",
+      "--num-layers", "1", "--num-heads", "2", "--block-size", "16", "--report-to", "none", "--no-progress"]
+
+# (id, argv, a piece of the expected sentence)
+CASES = [
+    # train-tokenizer
+    ("tok-output-is-data", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "corpus"], "is the input"),
+    ("tok-output-holds-data", ["train-tokenizer", "--data", "corpus/a.txt", "--vocab-size", "300", "--output", "corpus"], "contains the input"),
+    ("tok-output-holds-glob", ["train-tokenizer", "--data", "corpus/*.txt", "--vocab-size", "300", "--output", "corpus"], "contains the input"),
+    ("tok-output-users", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "mine"], "not written by scratch-gpt"),
+    ("tok-output-file", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "data.csv"], "is a file"),
+    ("tok-output-in-file", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "data.csv/tok"], "inside the file"),
+    ("tok-missing-data", ["train-tokenizer", "--data", "nope.txt", "--vocab-size", "300", "--output", "tok"], "does not exist"),
+    ("tok-empty-data", ["train-tokenizer", "--data", "empty.txt", "--vocab-size", "300", "--output", "tok"], "empty"),
+    ("tok-not-utf8", ["train-tokenizer", "--data", "latin1.txt", "--vocab-size", "300", "--output", "tok"], "not UTF-8"),
+    ("tok-small-vocab", ["train-tokenizer", "--data", "corpus", "--vocab-size", "10", "--output", "tok"], "too small"),
+    # pretrain
+    ("pt-output-is-data", ["pretrain", "--data", "corpus", "--output-dir", "corpus", *PT], "is the input"),
+    ("pt-output-is-init", ["pretrain", "--init-from", "base", "--output-dir", "base", *PT], "is the input"),
+    ("pt-output-holds-tokenizer", ["pretrain", "--data", "corpus", "--tokenizer", "base", "--output-dir", ".", *PT], "contains the input"),
+    ("pt-output-users", ["pretrain", "--data", "corpus", "--output-dir", "mine", *PT], "not written by scratch-gpt"),
+    ("pt-model-vocab-0", ["pretrain", "--data", "corpus", "--output-dir", "run", "--model-vocab-size", "0", *PT], "--model-vocab-size"),
+    ("pt-eval-batches-0", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--eval-batches", "0"], "--eval-batches must be"),
+    ("pt-batch-size-0", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--batch-size", "0"], "--batch-size must be"),
+    ("pt-bad-yaml", ["pretrain", "--config", "bad.yaml", "--output-dir", "run"], "not valid YAML"),
+    ("pt-unknown-yaml-key", ["pretrain", "--config", "unknown.yaml", "--output-dir", "run"], "Unknown option"),
+    ("pt-list-for-one-value", ["pretrain", "--config", "list.yaml", "--output-dir", "run"], "takes one value"),
+    ("pt-missing-config", ["pretrain", "--config", "nope.yaml", "--output-dir", "run"], "does not exist"),
+    ("pt-missing-data", ["pretrain", "--data", "nope.txt", "--output-dir", "run", *PT], "does not exist"),
+    ("pt-missing-tokenizer", ["pretrain", "--data", "corpus", "--tokenizer", "nope", "--output-dir", "run", *PT], "does not exist"),
+    ("pt-resume-nothing", ["pretrain", "--data", "corpus", "--output-dir", "run", "--resume", *PT], "no checkpoint"),
+    ("pt-streaming-no-steps", ["pretrain", "--data", "corpus", "--output-dir", "run", "--streaming"], "needs --max-steps"),
+    ("pt-too-few-blocks", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--batch-size", "4096"], "fewer than one global batch"),
+    ("qs-output-users", ["quickstart", "--output-dir", "mine", "--max-steps", "1"], "not written by scratch-gpt"),
+    # finetune-classifier
+    ("cls-output-is-model", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "base", *FT], "is the input"),
+    ("cls-output-is-data", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "data.csv", *FT], "is the input"),
+    ("cls-output-holds-model", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", ".", *FT], "contains the input"),
+    ("cls-output-users", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "mine", *FT], "not written by scratch-gpt"),
+    ("cls-missing-data", ["finetune-classifier", "--model", "base", "--data", "nope.csv", "--output-dir", "out", *FT], "does not exist"),
+    ("cls-blank-label", ["finetune-classifier", "--model", "base", "--data", "blank_label.csv", "--output-dir", "out", *FT], "record 6"),
+    ("cls-no-label-column", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--label-column", "y", "--output-dir", "out", *FT], "has no column"),
+    ("cls-other-label-count", ["finetune-classifier", "--model", "classifier3", "--data", "data.csv", "--output-dir", "out", *FT], "3 classes"),
+    ("cls-save-merged-no-lora", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "out", "--save-merged", *FT], "only applies with --lora"),
+    ("cls-bad-lora-target", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "out", "--lora", "--lora-targets", "wq", *FT], "Unknown LoRA target"),
+    ("cls-bad-val-fraction", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "out", "--val-fraction", "1.5", *FT], "--val-fraction must be"),
+    # finetune-instruct
+    ("ins-output-is-model", ["finetune-instruct", "--model", "base", "--data", "instr.jsonl", "--output-dir", "base", *FT], "is the input"),
+    ("ins-output-users", ["finetune-instruct", "--model", "base", "--data", "instr.jsonl", "--output-dir", "mine", *FT], "not written by scratch-gpt"),
+    ("ins-not-utf8", ["finetune-instruct", "--model", "base", "--data", "instr_latin1.jsonl", "--output-dir", "out", *FT], "instr_latin1.jsonl' is not UTF-8"),
+    ("ins-late-system", ["finetune-instruct", "--model", "base", "--data", "late_system.jsonl", "--output-dir", "out", *FT], "may only come first"),
+    ("ins-not-json", ["finetune-instruct", "--model", "base", "--data", "not_json.jsonl", "--output-dir", "out", *FT], "not valid JSON"),
+    ("ins-wrong-shape", ["finetune-instruct", "--model", "base", "--data", "wrong_shape.jsonl", "--output-dir", "out", *FT], "expected Alpaca keys"),
+    ("ins-no-records", ["finetune-instruct", "--model", "base", "--data", "empty.json", "--output-dir", "out", *FT], "holds no records"),
+    ("ins-missing-data", ["finetune-instruct", "--model", "base", "--data", "nope.jsonl", "--output-dir", "out", *FT], "does not exist"),
+    # export-gpt2
+    ("exp-output-is-source", ["export-gpt2", "base", "base"], "is the input"),
+    ("exp-output-holds-source", ["export-gpt2", "base", "."], "contains the input"),
+    ("exp-output-users", ["export-gpt2", "base", "mine"], "not written by scratch-gpt"),
+    ("exp-no-weights", ["export-gpt2", "no_weights", "gpt2"], "No *.safetensors"),
+    ("exp-missing-source", ["export-gpt2", "nope", "gpt2"], "No config.json"),
+    ("exp-unwritable-output", ["export-gpt2", "base", "data.csv/gpt2"], "inside the file"),
+    ("exp-classifier", ["export-gpt2", "classifier3", "gpt2"], "not a ScratchGPT causal LM"),
+    # chat and push
+    ("chat-missing-folder", ["chat", "nope", "--prompt", "hi"], "does not exist"),
+    ("chat-no-weights", ["chat", "no_weights", "--prompt", "hi"], "No *.safetensors"),
+    ("push-bad-repo-id", ["push", "base", "--repo-id", "no slash"], "Invalid repo id"),
+    ("push-missing-folder", ["push", "nope", "--repo-id", "me/model"], "nope"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_one_sentence_and_changes_nothing(world, capsys, argv, expected):
+    before = tree_hashes(world)
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"scratch-gpt {argv[0]}: error: \S.*[.)]", last), last
+    assert expected in last, last
+    assert tree_hashes(world) == before  # nothing changed, nothing added
+
+
+def test_the_battery_covers_every_command():
+    from scratch_gpt.cli import COMMANDS
+
+    assert len(CASES) >= 40
+    assert {case[1][0] for case in CASES} == set(COMMANDS)
+
+
+def test_a_yaml_string_for_a_repeatable_option_is_one_item(tmp_path):
+    from scratch_gpt.training.options import parse_args
+    from scratch_gpt.training.pretrain import build_parser
+
+    config = tmp_path / "run.yaml"
+    config.write_text('sample_prompt: "Once upon"\n')
+    assert parse_args(build_parser(), ["--config", str(config)]).sample_prompts == ["Once upon"]
+
+
+def test_an_interrupted_swap_is_undone_by_the_next_check(tmp_path):
+    from scratch_gpt.io_utils import atomic_directory, check_output
+
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "weights").write_text("old")
+    (tmp_path / "out").rename(tmp_path / ".old-out-12345")  # what a kill between the two renames leaves
+    check_output(tmp_path / "out")
+    assert (tmp_path / "out" / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
