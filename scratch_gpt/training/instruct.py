@@ -24,11 +24,13 @@ from pathlib import Path
 
 import datasets
 import torch
-from peft import AutoPeftModelForCausalLM, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
+from peft import PeftConfig, PeftModel, get_peft_model
+from transformers import AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
+from scratch_gpt import ScratchGPTForCausalLM
+from scratch_gpt.convert import load_config
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
-from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
+from scratch_gpt.tokenizer import check_fits, complete_tokenizer, format_alpaca_messages
 from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer, load_hub_dataset
 from scratch_gpt.training.loop import process_state, train
 from scratch_gpt.training.options import from_args, run_command
@@ -268,18 +270,14 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
         raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
     config = from_args(args)
     state = process_state()  # this process among those `accelerate launch` started (one by default)
-    tokenizer = load_base_tokenizer(args.model)
-    if tokenizer.chat_template is None:
-        raise ValueError(
-            f"The tokenizer of {args.model!r} has no chat template; train it with scratch-gpt train-tokenizer."
-        )
+    tokenizer = load_base_tokenizer(args.model)  # GPT-2's gains a pad token and the Alpaca chat template
 
     # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
     records = read_instruction_records(args.data, split=args.split)
     if not records:
         raise ValueError(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
-    model_config = AutoConfig.from_pretrained(args.model)
+    model_config = load_config(args.model)  # a ScratchGPT's, or a GPT-2 checkpoint's converted
     check_fits(tokenizer, model_config, f"the model in {args.model!r}")
     context = model_config.max_position_embeddings
     rows = tokenize_conversations(tokenizer, conversations, min(args.max_length or context, context))
@@ -297,7 +295,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
 
     set_seed(args.seed)  # LoRA adapters start the same way every run
-    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = ScratchGPTForCausalLM.from_pretrained(args.model)  # converted on the way in, when GPT-2
     model.generation_config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         do_sample=False,
@@ -338,16 +336,21 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
 # chat
 # ----------------------------------------------------------------------------------------------
 def load_for_chat(model_dir: str):
-    """Model (a full model or a LoRA adapter folder), tokenizer and generation config of `model_dir`."""
-    if not Path(model_dir).is_dir():
+    """Model, tokenizer and generation config of `model_dir`: a folder or Hub id of a ScratchGPT or a
+    GPT-2 checkpoint (converted; its tokenizer completed with the Alpaca chat template), or a LoRA
+    adapter folder (its base model loaded the same way)."""
+    try:
+        tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(model_dir))
+    except OSError:
         raise FileNotFoundError(
-            f"The model folder {model_dir!r} does not exist; pass the --output of finetune-instruct."
-        )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.chat_template is None:
-        raise ValueError(f"The tokenizer in {model_dir!r} has no chat template; is this an instruction-tuned folder?")
-    is_adapter = (Path(model_dir) / "adapter_config.json").is_file()
-    model = (AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM).from_pretrained(model_dir).eval()
+            f"{model_dir!r} is not a model folder with a tokenizer, nor a Hub model id found in the cache or online; "
+            "pass the --output of finetune-instruct."
+        ) from None
+    if (Path(model_dir) / "adapter_config.json").is_file():
+        base = ScratchGPTForCausalLM.from_pretrained(PeftConfig.from_pretrained(model_dir).base_model_name_or_path)
+        model = PeftModel.from_pretrained(base, model_dir).eval()
+    else:
+        model = ScratchGPTForCausalLM.from_pretrained(model_dir).eval()
     saved = (Path(model_dir) / "generation_config.json").is_file()
     generation_config = GenerationConfig.from_pretrained(model_dir) if saved else copy.deepcopy(model.generation_config)
     if generation_config.pad_token_id is None:

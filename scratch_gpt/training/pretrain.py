@@ -63,14 +63,23 @@ def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.Arg
 
 
 def load_or_train_tokenizer(args, corpus):
+    """--tokenizer, else the tokenizer of --init-from, else one trained on the corpus; completed
+    (`complete_tokenizer`: GPT-2's gains a pad token and the chat template) and saved with the model."""
     from transformers import AutoTokenizer
 
-    from scratch_gpt.tokenizer import train_tokenizer
+    from scratch_gpt.tokenizer import complete_tokenizer, train_tokenizer
 
     if args.tokenizer:
         if not Path(args.tokenizer).is_dir():
             raise FileNotFoundError(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(args.tokenizer))
+    elif args.init_from:  # a new tokenizer would not match the model's embeddings
+        try:
+            tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(args.init_from))
+        except OSError:
+            raise FileNotFoundError(
+                f"{args.init_from!r} holds no tokenizer; pass the one the model was trained with as --tokenizer."
+            ) from None
     else:
         tokenizer = train_tokenizer(corpus, vocab_size=args.vocab_size, show_progress=False)
     tokenizer.model_max_length = args.block_size
@@ -78,13 +87,11 @@ def load_or_train_tokenizer(args, corpus):
 
 
 def build_model(args, tokenizer):
-    from transformers import AutoModelForCausalLM
-
-    from scratch_gpt.modeling_scratch_gpt import ScratchGPTForCausalLM
+    from scratch_gpt import ScratchGPTForCausalLM
     from scratch_gpt.tokenizer import check_fits, model_vocab_size
 
-    if args.init_from:
-        model = AutoModelForCausalLM.from_pretrained(args.init_from)
+    if args.init_from:  # a ScratchGPT folder or Hub id, or a GPT-2 one converted on the way in
+        model = ScratchGPTForCausalLM.from_pretrained(args.init_from)
         where = f"the model in {args.init_from!r}"
     else:
         sizes = {
