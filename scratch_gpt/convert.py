@@ -247,6 +247,7 @@ def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[Scratc
             f"{len(missing)} missing and {len(unexpected)} unexpected in all); pass model.state_dict() of a GPTModel."
         )
     vocab_size, hidden_size = state["tok_emb.weight"].shape
+    end_of_text = 50256 if vocab_size > 50256 else None  # GPT-2's, whose tokenizer the book uses (else unknown)
     config = ScratchGPTConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -258,6 +259,8 @@ def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[Scratc
         hidden_act="gelu_new",
         layer_norm_eps=1e-5,
         tie_word_embeddings=torch.equal(state["out_head.weight"], state["tok_emb.weight"]),
+        bos_token_id=end_of_text,
+        eos_token_id=end_of_text,
     )
     ours = {name: state[theirs] for name, theirs in BOOK_NAMES.items()}
     for i in range(num_layers):

@@ -226,11 +226,11 @@ def test_book_state_dict_imports_exactly(tmp_path, tied, qkv_bias):
     assert "model.safetensors" in published_files(out)  # an ordinary folder: `push` accepts it
 
 
-def test_book_greedy_generation_is_identical(tmp_path):
+def test_book_greedy_generation_is_identical():
     book = book_model(tied=True, qkv_bias=True)
-    ours, _ = convert_book(book.state_dict(), num_heads=4)
-    model = ScratchGPTForCausalLM(ours)
-    model.load_state_dict(convert_book(book.state_dict(), num_heads=4)[1])
+    config, state = convert_book(book.state_dict(), num_heads=4)
+    model = ScratchGPTForCausalLM(config)
+    model.load_state_dict(state)
     x = torch.tensor(PROBE)[:, :4]
     expected = x
     with torch.no_grad():
@@ -372,3 +372,15 @@ def test_every_training_command_takes_a_gpt2_folder_and_saves_a_scratch_gpt_fold
     code, out = run(["export-gpt2", instruct, tmp_path / "instruct-gpt2"], capsys)
     assert code == 0, out.err
     assert json.loads((tmp_path / "instruct-gpt2" / "config.json").read_text())["model_type"] == "gpt2"
+
+
+@pytest.mark.slow
+def test_a_lora_adapter_on_a_gpt2_base_chats_on_the_converted_base(tmp_path, gpt2_dir, capsys):
+    (tmp_path / "instructions.json").write_text(json.dumps(RECORDS))
+    code, out = run(["finetune-instruct", "--model", gpt2_dir, "--data", tmp_path / "instructions.json", "--lora",
+                     "--output-dir", tmp_path / "adapter", "--max-new-tokens", "4", "--val-fraction", "0.25",
+                     "--max-steps", "2", "--batch-size", "4", "--no-progress"], capsys)
+    assert code == 0, out.err
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    code, out = run(["chat", tmp_path / "adapter", "--prompt", "Say hello.", "--max-new-tokens", "4"], capsys)
+    assert code == 0 and "Traceback" not in out.err, out.err
