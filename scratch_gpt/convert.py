@@ -1,29 +1,30 @@
-"""Checkpoints in and out (stage 6): GPT-2 today; the book's model.pth, Llama and Qwen3 fit the same hook.
+"""Checkpoints in and out (stage 6): GPT-2 and the book's model.pth; Llama and Qwen3 fit the same hook.
 
 In:  importing this module registers `convert_gpt2` with the modeling file, so
      `ScratchGPTForCausalLM.from_pretrained("openai-community/gpt2")` (or a GPT-2 folder) converts on
-     the way in, as does `ScratchGPTForSequenceClassification.from_pretrained(..., num_labels=...)`.
-     A converter is `convert(source, **download_kwargs) -> (ScratchGPTConfig, state_dict)`, the state
-     dict under ScratchGPT's parameter names; `register_converter(model_type, convert)` adds one.
+     the way in, as does `ScratchGPTForSequenceClassification.from_pretrained(..., num_labels=...)`,
+     and with them every command that takes a model. A converter is
+     `convert(source, **download_kwargs) -> (ScratchGPTConfig, state_dict)`, the state dict under
+     ScratchGPT's parameter names; `register_converter(model_type, convert)` adds one.
+     `import_book_checkpoint(path, out_dir, num_heads=12)` / `scratch-gpt import-book model.pth OUT_DIR
+     --num-heads 12` turns the book's `GPTModel` state dict into a ScratchGPT folder.
 Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_DIR` writes a plain
      `GPT2LMHeadModel` folder that every GPT-2 tool loads without `trust_remote_code`.
 """
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .io_utils import atomic_directory, check_output
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, register_converter
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,12 +89,48 @@ def convert_gpt2(source: "str | os.PathLike | GPT2LMHeadModel", **download_kwarg
     """A GPT-2 checkpoint (Hub id, folder, or a loaded `GPT2LMHeadModel`) as a ScratchGPT config and
     state dict: the converter `from_pretrained` uses for config.json's `model_type` "gpt2"."""
     if not isinstance(source, GPT2LMHeadModel):
-        source = GPT2LMHeadModel.from_pretrained(source, **download_kwargs)
+        gpt2_config = GPT2Config.from_pretrained(source, **download_kwargs)
+        architectures = gpt2_config.architectures or ["GPT2LMHeadModel"]
+        if "GPT2LMHeadModel" not in architectures:
+            raise ValueError(
+                f"{str(source)!r} holds a {architectures[0]}; the GPT-2 checkpoints read are GPT2LMHeadModel "
+                "ones (such as openai-community/gpt2, -medium, -large, -xl) and ScratchGPT folders."
+            )
+        source = GPT2LMHeadModel.from_pretrained(source, config=gpt2_config, **download_kwargs)
     state = {name_from_gpt2(name): conv1d_layout(name, tensor) for name, tensor in source.state_dict().items()}
     return config_from_gpt2(source.config), state
 
 
 register_converter("gpt2", convert_gpt2)
+
+
+def load_pretrained(load, source, *args, **kwargs):
+    """`load(source, ...)` (a `from_pretrained`), with one sentence instead of transformers' message
+    when `source` is neither a local folder nor a Hub id that can be downloaded or found in the cache."""
+    try:
+        return load(source, *args, **kwargs)
+    except OSError as error:
+        if Path(source).exists():
+            raise ValueError(f"Cannot load {str(source)!r}: {' '.join(str(error).split())}") from None
+        raise FileNotFoundError(
+            f"{str(source)!r} is neither a local folder nor a Hub id that could be downloaded or found in the "
+            "cache; check the path (or the name, and the network)."
+        ) from None
+
+
+def load_config(source: str | os.PathLike, **download_kwargs) -> ScratchGPTConfig:
+    """The ScratchGPT config of a checkpoint (a ScratchGPT or GPT-2 folder or Hub id), without its
+    weights: what a command checks its tokenizer and data against before loading the model."""
+    config_dict, _ = load_pretrained(ScratchGPTConfig.get_config_dict, source, **download_kwargs)
+    model_type = config_dict.get("model_type")
+    if model_type == "gpt2":
+        return config_from_gpt2(GPT2Config.from_dict(config_dict))
+    if model_type != ScratchGPTConfig.model_type:
+        raise ValueError(
+            f"{str(source)!r} holds a checkpoint of model type {model_type!r}; it reads scratch_gpt, gpt2 "
+            "(GPT2LMHeadModel checkpoints such as openai-community/gpt2)."
+        )
+    return ScratchGPTConfig.from_dict(config_dict)
 
 
 def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
@@ -114,33 +151,35 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
 
 
 def export_gpt2(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, trust_remote_code: bool = False) -> Path:
-    """Write the ScratchGPT folder `model_dir` as a standard GPT-2 folder `out_dir` (tokenizer included).
+    """Write the causal LM `model_dir` (a ScratchGPT or GPT-2 folder or Hub id) as a standard GPT-2
+    folder `out_dir`, its tokenizer included.
 
     The model loads through the registered ScratchGPT class; code shipped in the folder runs only
     with `trust_remote_code=True`. `out_dir` is checked first (see `io_utils.check_output`).
     """
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     check_output(out_dir, inputs=[model_dir], overwrite=overwrite, what="output folder", flag="OUT_DIR")
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
-    if not any(model_dir.glob("*.safetensors")):
-        raise FileNotFoundError(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
-    architectures = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("architectures") or []
-    if architectures and architectures != ["ScratchGPTForCausalLM"]:
-        raise ValueError(f"{str(model_dir)!r} holds a {architectures[0]}, not a ScratchGPT causal LM; export a causal-LM folder.")
+    if Path(model_dir).is_dir():
+        if not (Path(model_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
+        if not any(Path(model_dir).glob("*.safetensors")):
+            raise FileNotFoundError(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
     if trust_remote_code:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+        model = load_pretrained(AutoModelForCausalLM.from_pretrained, model_dir, trust_remote_code=True)
     else:
-        model = ScratchGPTForCausalLM.from_pretrained(model_dir)  # our own class: no code from the folder runs
-    if not isinstance(model, ScratchGPTForCausalLM) and type(model).__name__ != "ScratchGPTForCausalLM":
-        raise ValueError(f"{str(model_dir)!r} holds a {type(model).__name__}, not a ScratchGPT causal LM.")
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir)  # our class: no code from the folder runs
+    architectures = model.config.architectures or ["ScratchGPTForCausalLM"]
+    if "ScratchGPTForCausalLM" not in architectures:
+        raise ValueError(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")
     gpt2 = to_gpt2(model)
+    tokenizer = None
+    with contextlib.suppress(OSError, ValueError):  # a model folder without a tokenizer exports without one
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with atomic_directory(out_dir) as tmp:
         gpt2.save_pretrained(tmp)
-        for name in TOKENIZER_FILES:
-            if (model_dir / name).is_file():
-                shutil.copy2(model_dir / name, tmp / name)
-    return out_dir
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
 
 
 def export_cli(argv: list[str] | None = None) -> int:
@@ -148,7 +187,7 @@ def export_cli(argv: list[str] | None = None) -> int:
         prog="scratch-gpt export-gpt2",
         description="Write a ScratchGPT model folder as a GPT2LMHeadModel folder (loads without trust_remote_code).",
     )
-    parser.add_argument("model_dir", help="folder written by save_pretrained (a ScratchGPT causal LM)")
+    parser.add_argument("model_dir", help="a causal LM: ScratchGPT or GPT-2 folder (save_pretrained) or Hub id")
     parser.add_argument("out_dir", help="where to write the GPT-2 folder (replaced atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR that scratch-gpt did not write")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model code shipped in MODEL_DIR")
@@ -160,3 +199,188 @@ def export_cli(argv: list[str] | None = None) -> int:
         return 2
     print(f"Wrote GPT2LMHeadModel to {out}")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The book's GPTModel, saved with `torch.save(model.state_dict(), "model.pth")` (or chapter 5's
+# `{"model_state_dict": ..., "optimizer_state_dict": ...}`): the same network under other names,
+# with three query/key/value projections where ScratchGPT has one. Its LayerNorm (scale, shift,
+# eps 1e-5) is nn.LayerNorm, its GELU the tanh approximation ("gelu_new").
+# ----------------------------------------------------------------------------------------------
+BOOK_NAMES = {  # ScratchGPT name -> the book's name
+    "model.embed_tokens.weight": "tok_emb.weight",
+    "model.embed_positions.weight": "pos_emb.weight",
+    "model.norm.weight": "final_norm.scale",
+    "model.norm.bias": "final_norm.shift",
+    "lm_head.weight": "out_head.weight",
+}
+BOOK_BLOCK_NAMES = {  # within block i: model.layers.{i}.<ours> <- trf_blocks.{i}.<theirs>
+    "ln_1.weight": "norm1.scale",
+    "ln_1.bias": "norm1.shift",
+    "attn.out_proj.weight": "att.out_proj.weight",
+    "attn.out_proj.bias": "att.out_proj.bias",
+    "ln_2.weight": "norm2.scale",
+    "ln_2.bias": "norm2.shift",
+    "mlp.fc_in.weight": "ff.layers.0.weight",
+    "mlp.fc_in.bias": "ff.layers.0.bias",
+    "mlp.fc_out.weight": "ff.layers.2.weight",
+    "mlp.fc_out.bias": "ff.layers.2.bias",
+}
+BOOK_QKV = ("att.W_query", "att.W_key", "att.W_value")  # stacked, in this order, into attn.qkv_proj
+
+
+def read_book_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors in a book checkpoint, read with `weights_only=True` (no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"The checkpoint {str(path)!r} does not exist; pass the .pth file torch.save wrote.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch.save file, or a pickled object that weights_only refuses to rebuild
+        raise ValueError(
+            f"{str(path)!r} is not a state dict that torch.load reads with weights_only=True; save the book's "
+            "model with torch.save(model.state_dict(), path) (a whole pickled model is not loaded, for safety)."
+        ) from None
+    if isinstance(state, dict) and "model_state_dict" in state:  # chapter 5: model and optimizer together
+        state = state["model_state_dict"]
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ValueError(
+            f"{str(path)!r} holds a {type(state).__name__} that is not a state dict of tensors; save the book's "
+            "model with torch.save(model.state_dict(), path)."
+        )
+    return state
+
+
+def book_names(num_layers: int, qkv_bias: bool) -> list[str]:
+    """Every key a book state dict of this shape holds (its attention masks aside)."""
+    blocks = [f"{qkv}.{kind}" for qkv in BOOK_QKV for kind in (("weight", "bias") if qkv_bias else ("weight",))]
+    blocks += list(BOOK_BLOCK_NAMES.values())
+    return list(BOOK_NAMES.values()) + [f"trf_blocks.{i}.{name}" for i in range(num_layers) for name in blocks]
+
+
+def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[ScratchGPTConfig, dict[str, torch.Tensor]]:
+    """A book `GPTModel` state dict as a ScratchGPT config and state dict. Every size is read from the
+    tensors; only the number of heads is not stored in them."""
+    state = {name: tensor for name, tensor in state.items() if not name.endswith(".att.mask")}  # a causal-mask buffer
+    blocks = {int(name.split(".")[1]) for name in state if name.startswith("trf_blocks.") and name.split(".")[1].isdigit()}
+    num_layers = max(blocks) + 1 if blocks else 0
+    qkv_bias = "trf_blocks.0.att.W_query.bias" in state
+    expected = book_names(num_layers, qkv_bias)
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in set(expected)]
+    if missing or unexpected or not num_layers:
+        found = [f"missing keys {missing[:3]}" if missing else "", f"unexpected keys {unexpected[:3]}" if unexpected else ""]
+        raise ValueError(
+            f"This is not a state dict of the book's GPTModel ({', '.join(f for f in found if f) or 'no trf_blocks'}, "
+            f"{len(missing)} missing and {len(unexpected)} unexpected in all); pass model.state_dict() of a GPTModel."
+        )
+    vocab_size, hidden_size = state["tok_emb.weight"].shape
+    end_of_text = 50256 if vocab_size > 50256 else None  # GPT-2's, whose tokenizer the book uses (else unknown)
+    config = ScratchGPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        max_position_embeddings=state["pos_emb.weight"].shape[0],
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=state["trf_blocks.0.ff.layers.0.weight"].shape[0],
+        qkv_bias=qkv_bias,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-5,
+        tie_word_embeddings=torch.equal(state["out_head.weight"], state["tok_emb.weight"]),
+        bos_token_id=end_of_text,
+        eos_token_id=end_of_text,
+    )
+    ours = {name: state[theirs] for name, theirs in BOOK_NAMES.items()}
+    for i in range(num_layers):
+        for name, theirs in BOOK_BLOCK_NAMES.items():
+            ours[f"model.layers.{i}.{name}"] = state[f"trf_blocks.{i}.{theirs}"]
+        for kind in ("weight", "bias") if qkv_bias else ("weight",):
+            ours[f"model.layers.{i}.attn.qkv_proj.{kind}"] = torch.cat([state[f"trf_blocks.{i}.{qkv}.{kind}"] for qkv in BOOK_QKV])
+    return config, ours
+
+
+def import_book_checkpoint(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    num_heads: int | None = None,
+    config: dict | None = None,
+    tokenizer=None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the book's `GPTModel` checkpoint `path` (model.pth, or chapter 5's model_and_optimizer.pth)
+    as a ScratchGPT folder `out_dir` that `from_pretrained` loads and `push_to_hub` publishes.
+
+    The number of heads is `num_heads` or the `n_heads` of the book's `config` dict (e.g. GPT_CONFIG_124M);
+    everything else is read from the weights. `tokenizer` (a folder, Hub id or tokenizer; the book uses
+    GPT-2's) is completed (pad token, chat template) and saved with the model.
+    """
+    from .tokenizer import check_fits, complete_tokenizer
+
+    named = [tokenizer] if isinstance(tokenizer, (str, os.PathLike)) else []
+    check_output(out_dir, inputs=[path, *named], overwrite=overwrite, flag="OUT_DIR")
+    heads = num_heads or (config or {}).get("n_heads")
+    if num_heads and config and config.get("n_heads") not in (None, num_heads):
+        raise ValueError(f"--num-heads {num_heads} disagrees with n_heads {config['n_heads']} of the book's config; pass one.")
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(
+            "A state dict does not store the number of attention heads; pass --num-heads (12 for GPT-2 124M, "
+            "16 medium, 20 large, 25 XL) or the book's config with n_heads."
+        )
+    model_config, state = convert_book(read_book_state_dict(path), heads)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    if tokenizer is not None:
+        complete_tokenizer(tokenizer)
+        check_fits(tokenizer, model_config, f"the checkpoint {str(path)!r}")
+        tokenizer.model_max_length = model_config.max_position_embeddings
+        model_config.bos_token_id, model_config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        model_config.pad_token_id = tokenizer.pad_token_id
+    model = ScratchGPTForCausalLM(model_config)
+    try:
+        model.load_state_dict(state)  # strict: every weight is set (a tied head is set twice, to equal values)
+    except RuntimeError as error:  # a tensor whose shape disagrees with the sizes read from the others
+        reason = str(error).splitlines()[-1].strip()
+        raise ValueError(f"The tensors of {str(path)!r} do not fit one GPTModel ({reason}); check the checkpoint.") from None
+    model.generation_config.update(
+        bos_token_id=model_config.bos_token_id,
+        eos_token_id=model_config.eos_token_id,
+        pad_token_id=model_config.pad_token_id,
+    )
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)  # config, weights, generation config and the remote code
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def import_book_cli(argv: list[str] | None = None) -> int:
+    from .training.options import run_command
+
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt import-book",
+        description="Turn the book's GPTModel checkpoint (torch.save of its state dict) into a ScratchGPT model folder.",
+    )
+    parser.add_argument("checkpoint", help="model.pth (a GPTModel state dict) or chapter 5's model_and_optimizer.pth")
+    parser.add_argument("out_dir", help="where to write the model folder (replaced atomically)")
+    parser.add_argument("--num-heads", type=int, help="attention heads (12 for GPT-2 124M); or use --config-json")
+    parser.add_argument("--config-json", help="the book's config dict as a JSON file (its n_heads is used)")
+    parser.add_argument("--tokenizer", help="tokenizer folder or Hub id saved with the model (the book uses GPT-2's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR that scratch-gpt did not write")
+
+    def body(args):
+        config = None
+        if args.config_json:
+            try:
+                config = json.loads(Path(args.config_json).read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{args.config_json!r} is not valid JSON ({error}); fix the file.") from None
+            if not isinstance(config, dict):
+                raise ValueError(f"{args.config_json!r} must hold the book's config as one JSON object.")
+        out = import_book_checkpoint(
+            args.checkpoint, args.out_dir, num_heads=args.num_heads, config=config, tokenizer=args.tokenizer,
+            overwrite=args.overwrite,
+        )
+        print(f"Wrote the ScratchGPT model to {out}")
+
+    return run_command(parser, argv, body)

@@ -385,13 +385,21 @@ def _csv_frames(path: Path, encoding, errors, *, chunksize, **options):
     import pandas as pd  # datasets depends on pandas; imported here to keep `--help` fast
 
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    options = {"sep": sep, "keep_default_na": False, "encoding": encoding, "encoding_errors": errors, **options}
-    with _reading(path, encoding, parse_errors=(pd.errors.ParserError, pd.errors.EmptyDataError)):
-        if chunksize is None:
-            yield pd.read_csv(path, **options)
-        else:
-            with pd.read_csv(path, chunksize=chunksize, **options) as frames:
-                yield from frames
+    # index_col=False: a row with one cell too many is an error, not a first column silently taken as the index
+    options = {"sep": sep, "keep_default_na": False, "index_col": False, "encoding": encoding, "encoding_errors": errors, **options}
+    with _reading(path, encoding, parse_errors=(pd.errors.ParserError, pd.errors.EmptyDataError)), warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)  # pandas only warns of a row with a cell too many
+        try:
+            if chunksize is None:
+                yield pd.read_csv(path, **options)
+            else:
+                with pd.read_csv(path, chunksize=chunksize, **options) as frames:
+                    yield from frames
+        except pd.errors.ParserWarning:
+            raise ValueError(
+                f"Cannot parse {str(path)!r}: a row has more cells than the header; quote the cells that contain "
+                f"the separator {sep!r} (as csv writers do) or fix the file."
+            ) from None
 
 
 @contextlib.contextmanager

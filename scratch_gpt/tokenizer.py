@@ -223,6 +223,26 @@ def check_fits(tokenizer, config, where: str) -> None:
         )
 
 
+def complete_tokenizer(tokenizer):
+    """Fill in what a base tokenizer such as GPT-2's lacks, in place, and return it.
+
+    GPT-2's tokenizer comes without a pad token and without a chat template. End-of-text then pads
+    (the collators mask padding by length or attention mask, never by id, so each answer keeps its
+    own end-of-text target), and the chat template becomes the book's Alpaca prompt. The commands
+    save the completed tokenizer with their output, so `chat` and `pipeline` work on it.
+    """
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            "The tokenizer has no end-of-text (eos) token, which ends answers and pads batches; "
+            "use a tokenizer that defines eos_token."
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
 def config_kwargs(tokenizer, pad_to_multiple_of: int | None = 64) -> dict:
     """What a model config takes from its tokenizer: `ScratchGPTConfig(**config_kwargs(tok), ...)`."""
     return {

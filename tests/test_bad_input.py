@@ -41,6 +41,7 @@ def world_template(tmp_path_factory, tiny_tokenizer):
     )
     classifier.save_pretrained(root / "classifier3")
     tiny_tokenizer.save_pretrained(root / "classifier3")
+    torch.save({"x": torch.zeros(2)}, root / "book.pth")  # a state dict, but not of the book's GPTModel
     (root / "no_weights").mkdir()
     shutil.copy(root / "base" / "config.json", root / "no_weights" / "config.json")
 
@@ -139,11 +140,18 @@ CASES = [
     ("exp-output-holds-source", ["export-gpt2", "base", "."], "contains the input"),
     ("exp-output-users", ["export-gpt2", "base", "mine"], "not written by scratch-gpt"),
     ("exp-no-weights", ["export-gpt2", "no_weights", "gpt2"], "No *.safetensors"),
-    ("exp-missing-source", ["export-gpt2", "nope", "gpt2"], "No config.json"),
+    ("exp-missing-source", ["export-gpt2", "nope", "gpt2"], "neither a local folder nor a Hub id"),
     ("exp-unwritable-output", ["export-gpt2", "base", "data.csv/gpt2"], "inside the file"),
-    ("exp-classifier", ["export-gpt2", "classifier3", "gpt2"], "not a ScratchGPT causal LM"),
+    ("exp-classifier", ["export-gpt2", "classifier3", "gpt2"], "not a causal LM"),
+    # import-book
+    ("ib-missing-checkpoint", ["import-book", "nope.pth", "out", "--num-heads", "2"], "does not exist"),
+    ("ib-not-a-state-dict", ["import-book", "data.csv", "out", "--num-heads", "2"], "is not a state dict"),
+    ("ib-no-heads", ["import-book", "book.pth", "out"], "pass --num-heads"),
+    ("ib-wrong-keys", ["import-book", "book.pth", "out", "--num-heads", "2"], "missing keys"),
+    ("ib-output-is-checkpoint", ["import-book", "book.pth", "book.pth", "--num-heads", "2"], "is the input"),
+    ("ib-output-users", ["import-book", "book.pth", "mine", "--num-heads", "2"], "not written by scratch-gpt"),
     # chat and push
-    ("chat-missing-folder", ["chat", "nope", "--prompt", "hi"], "does not exist"),
+    ("chat-missing-folder", ["chat", "nope", "--prompt", "hi"], "nor a Hub model id"),
     ("chat-no-weights", ["chat", "no_weights", "--prompt", "hi"], "No *.safetensors"),
     ("push-bad-repo-id", ["push", "base", "--repo-id", "no slash"], "Invalid repo id"),
     ("push-missing-folder", ["push", "nope", "--repo-id", "me/model"], "nope"),

@@ -297,3 +297,11 @@ def test_each_stage_imports_only_the_stages_before_it():
     assert imported("sources") == set()
     assert imported("tokenizer") <= {"sources", "io_utils"}
     assert "data" not in imported("tokenizer") and "tokenizer" in imported("data")
+
+
+def test_a_csv_row_with_a_cell_too_many_is_an_error_not_a_shifted_row(tmp_path):
+    """pandas would take the first column as an index and shift every cell of such a file by one."""
+    path = tmp_path / "labels.csv"
+    path.write_text("text,label\nhello, world,0\nbye now,1\n")
+    with pytest.raises(ValueError, match="more cells than the header; quote"):
+        read_records(path)

@@ -27,13 +27,15 @@ def build_finetune_parser(prog: str, description: str, *, data_help: str, **trai
 
 
 def load_base_tokenizer(model: str):
-    """The tokenizer saved with the base model; end-of-text pads when it has no pad token."""
+    """The tokenizer saved with the base model, completed (`scratch_gpt.tokenizer.complete_tokenizer`):
+    GPT-2's gets end-of-text as its pad token and the Alpaca chat template."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    from scratch_gpt.convert import load_pretrained
+
+    from scratch_gpt.tokenizer import complete_tokenizer
+
+    return complete_tokenizer(load_pretrained(AutoTokenizer.from_pretrained, model))
 
 
 def card_writer(args: argparse.Namespace, kind: str, extra=None):

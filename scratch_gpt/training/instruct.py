@@ -24,12 +24,14 @@ from pathlib import Path
 
 import datasets
 import torch
-from peft import AutoPeftModelForCausalLM, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
+from peft import PeftConfig, PeftModel, get_peft_model
+from transformers import AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
+from scratch_gpt import ScratchGPTForCausalLM
+from scratch_gpt.convert import load_config, load_pretrained
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
-from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
+from scratch_gpt.tokenizer import check_fits, complete_tokenizer, format_alpaca_messages
 from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import from_args, run_command
@@ -256,18 +258,14 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     config = from_args(args)
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
-    tokenizer = load_base_tokenizer(args.model)
-    if tokenizer.chat_template is None:
-        raise ValueError(
-            f"The tokenizer of {args.model!r} has no chat template; train it with scratch-gpt train-tokenizer."
-        )
+    tokenizer = load_base_tokenizer(args.model)  # GPT-2's gains a pad token and the Alpaca chat template
 
     # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     if not records:
         raise ValueError(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
-    model_config = AutoConfig.from_pretrained(args.model)
+    model_config = load_config(args.model)  # a ScratchGPT's, or a GPT-2 checkpoint's converted
     check_fits(tokenizer, model_config, f"the model in {args.model!r}")
     context = model_config.max_position_embeddings
     rows = tokenize_conversations(tokenizer, conversations, min(args.max_length or context, context))
@@ -285,7 +283,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
 
     set_seed(args.seed)  # LoRA adapters start the same way every run
-    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model)  # GPT-2 is converted on the way in
     model.generation_config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         do_sample=False,
@@ -326,18 +324,23 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
 # chat
 # ----------------------------------------------------------------------------------------------
 def load_for_chat(model_dir: str):
-    """Model (a full model or a LoRA adapter folder), tokenizer and generation config of `model_dir`."""
-    if not Path(model_dir).is_dir():
-        raise FileNotFoundError(
-            f"The model folder {model_dir!r} does not exist; pass the --output of finetune-instruct."
-        )
-    if not any(Path(model_dir).glob("*.safetensors")):
+    """Model, tokenizer and generation config of `model_dir`: a folder or Hub id of a ScratchGPT or a
+    GPT-2 checkpoint (converted; its tokenizer completed with the Alpaca chat template), or a LoRA
+    adapter folder (its base model loaded the same way)."""
+    if Path(model_dir).is_dir() and not any(Path(model_dir).glob("*.safetensors")):
         raise FileNotFoundError(f"No *.safetensors weights in {model_dir!r}; pass the --output-dir of finetune-instruct.")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.chat_template is None:
-        raise ValueError(f"The tokenizer in {model_dir!r} has no chat template; is this an instruction-tuned folder?")
-    is_adapter = (Path(model_dir) / "adapter_config.json").is_file()
-    model = (AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM).from_pretrained(model_dir).eval()
+    try:
+        tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(model_dir))
+    except OSError:
+        raise FileNotFoundError(
+            f"{model_dir!r} is not a model folder with a tokenizer, nor a Hub model id found in the cache or online; "
+            "pass the --output-dir of finetune-instruct."
+        ) from None
+    if (Path(model_dir) / "adapter_config.json").is_file():
+        base = ScratchGPTForCausalLM.from_pretrained(PeftConfig.from_pretrained(model_dir).base_model_name_or_path)
+        model = PeftModel.from_pretrained(base, model_dir).eval()
+    else:
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir).eval()
     saved = (Path(model_dir) / "generation_config.json").is_file()
     generation_config = GenerationConfig.from_pretrained(model_dir) if saved else copy.deepcopy(model.generation_config)
     if generation_config.pad_token_id is None:

@@ -66,17 +66,23 @@ def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.Arg
 def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     """`--tokenizer`, else the tokenizer of `--init-from` (its ids are the model's), else a new one
     trained on the training documents only (never on validation text), by the main process; the
-    others wait and load what it saved in `output_dir/tokenizer`."""
+    others wait and load what it saved in `output_dir/tokenizer`. A tokenizer without a pad token
+    or chat template (GPT-2's) is completed (`complete_tokenizer`) and saved so with the model."""
     from transformers import AutoTokenizer
 
-    from scratch_gpt.tokenizer import train_tokenizer
+    from scratch_gpt.tokenizer import complete_tokenizer, train_tokenizer
 
     if args.tokenizer and not Path(args.tokenizer).is_dir():
         raise FileNotFoundError(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
     source = args.tokenizer or args.init_from
     state = process_state()
     if source:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        try:
+            tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(source))
+        except OSError:
+            raise FileNotFoundError(
+                f"{source!r} holds no tokenizer; pass the one the model was trained with as --tokenizer."
+            ) from None
     elif state.num_processes == 1:
         tokenizer = train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False)
     else:
@@ -89,13 +95,12 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
 
 
 def build_model(args, tokenizer):
-    from transformers import AutoModelForCausalLM
-
-    from scratch_gpt.modeling_scratch_gpt import ScratchGPTForCausalLM
+    from scratch_gpt import ScratchGPTForCausalLM
+    from scratch_gpt.convert import load_pretrained
     from scratch_gpt.tokenizer import check_fits, model_vocab_size
 
-    if args.init_from:
-        model = AutoModelForCausalLM.from_pretrained(args.init_from)
+    if args.init_from:  # a ScratchGPT folder or Hub id, or a GPT-2 one converted on the way in
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from)
         where = f"the model in {args.init_from!r}"
     else:
         sizes = {
