@@ -117,6 +117,13 @@ def test_bad_records_are_named(record, message):
         to_pair(record, 4, "p.json")
 
 
+def test_identical_pairs_are_found_for_skip_identical():
+    records = [BOOK, {**BOOK, "rejected": "FOX"}, PLAIN, {**PLAIN, "chosen": " dog"}]
+    assert dpo.identical_pairs(records) == [1, 3]
+    with pytest.raises(ValueError, match="pass --skip-identical"):
+        to_pair(records[1], 1, "p.json")
+
+
 def test_only_the_answer_and_its_end_of_text_token_are_marked(tiny_tokenizer):
     eos = tiny_tokenizer.eos_token_id
     book = to_pair(BOOK, 0, "p.json")
@@ -235,12 +242,14 @@ def test_a_tokenizer_without_a_chat_template_is_told_how_to_add_one(base_dir, tm
 
 @pytest.mark.slow
 def test_finetune_dpo_prefers_the_chosen_answers_and_chat_loads_the_result(base_dir, tmp_path, capsys):
-    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in toy_preferences(40)))
+    records = toy_preferences(40) + [{**BOOK, "rejected": "FOX"}]  # a tie, skipped with --skip-identical
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "dpo"
-    args = ["--model", base_dir, "--data", tmp_path / "prefs.jsonl", "--output-dir", out, "--beta", "0.5",
+    args = ["--model", base_dir, "--data", tmp_path / "prefs.jsonl", "--output-dir", out, "--beta", "0.5", "--skip-identical",
             "--lr", "3e-3", "--max-steps", "12", "--batch-size", "8", "--eval-every", "6", "--no-progress"]  # fmt: skip
     code, printed = run(dpo.cli, args, capsys)
     assert code == 0, printed.err
+    assert "36 training and 4 held-out pairs" in printed.out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["initial_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert metrics["eval_loss"] < math.log(2) - 0.1

@@ -72,7 +72,10 @@ def to_pair(record, index: int, source: str) -> dict:
         if not record.get(key):
             raise ValueError(f"{where} has no {key!r} answer; every record needs a 'chosen' and a 'rejected' answer.")
     if record["chosen"] == record["rejected"]:
-        raise ValueError(f"{where} has the same 'chosen' and 'rejected' answer; a preference needs two different ones.")
+        raise ValueError(
+            f"{where} has the same 'chosen' and 'rejected' answer; a preference needs two different ones "
+            "(drop the record, or pass --skip-identical to skip such records)."
+        )
 
     if isinstance(record.get("instruction"), str):  # the book's: the Alpaca prompt
         prompt = format_alpaca_messages({"instruction": record["instruction"], "input": record.get("input") or ""})
@@ -97,6 +100,11 @@ def to_pair(record, index: int, source: str) -> dict:
     if not any(m["role"] == "user" for m in pair["prompt"]):
         raise ValueError(f"{where}: the prompt needs a user message.")
     return pair
+
+
+def identical_pairs(records: list) -> list[int]:
+    """Indices of the records whose chosen and rejected answers are the same (a tie: its gradient is 0)."""
+    return [i for i, r in enumerate(records) if isinstance(r, dict) and r.get("chosen") and r["chosen"] == r.get("rejected")]
 
 
 def is_messages(value) -> bool:
@@ -348,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dpo = parser.add_argument_group("DPO")
     dpo.add_argument("--beta", type=float, default=0.1, help="how far the policy may move from the reference (default: 0.1)")
+    dpo.add_argument(
+        "--skip-identical",
+        action="store_true",
+        help="skip records whose chosen and rejected answers are the same (6 of the book's 1,100), with a warning",
+    )
     return parser
 
 
@@ -375,7 +388,10 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     if not records:
         raise ValueError(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
-    pairs = [to_pair(record, index, args.data) for index, record in enumerate(records)]
+    skipped = set(identical_pairs(records)) if args.skip_identical else set()
+    if skipped:
+        logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
+    pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
     if needs_chat_template(pairs) and tokenizer.chat_template is None:
         raise ValueError(
             f"The tokenizer of {args.model!r} has no chat template to render the prompts with; add one "
