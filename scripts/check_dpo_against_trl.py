@@ -69,7 +69,11 @@ def main(argv=None) -> int:
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     else:
         policy, tokenizer = tiny_model_and_tokenizer()
-    records = json.load(open(args.data, encoding="utf-8")) if args.data else TOY
+    if args.data:
+        with open(args.data, encoding="utf-8") as file:
+            records = json.load(file)
+    else:
+        records = TOY
     records = records[: args.pairs]
     disable_dropout(policy)
 
