@@ -1,1 +1,1 @@
-"""Model card templates (base, classifier, instruct); installed as `scratch_gpt.model_cards`."""
+"""Model card templates (base, classifier, instruct, dpo); installed as `scratch_gpt.model_cards`."""

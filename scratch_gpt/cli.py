@@ -14,6 +14,7 @@ COMMANDS = {
     "quickstart": ("scratch_gpt.training.pretrain:quickstart_cli", "tokenizer + small GPT on the built-in corpus"),
     "finetune-classifier": ("scratch_gpt.training.classify:cli", "fine-tune a classification head (stage 7.1)"),
     "finetune-instruct": ("scratch_gpt.training.instruct:cli", "instruction fine-tuning (stage 7.2)"),
+    "finetune-dpo": ("scratch_gpt.training.dpo:cli", "preference tuning with DPO (stage 7.3)"),
     "chat": ("scratch_gpt.training.instruct:chat_cli", "chat with an instruction-tuned model"),
     "import-book": ("scratch_gpt.convert:import_book_cli", "turn the book's GPTModel model.pth into a model folder"),
     "export-gpt2": ("scratch_gpt.convert:export_cli", "write a model folder as a standard GPT2LMHeadModel"),

@@ -41,6 +41,7 @@ KINDS = {
     "base": ("text-generation", "AutoModelForCausalLM"),
     "classifier": ("text-classification", "AutoModelForSequenceClassification"),
     "instruct": ("text-generation", "AutoModelForCausalLM"),
+    "dpo": ("text-generation", "AutoModelForCausalLM"),
 }
 CONFIG_NAMES = ("config.json", "adapter_config.json")  # a model folder, or a LoRA adapter folder (peft)
 
@@ -83,7 +84,7 @@ def write_model_card(
     language: str | None = "en",
     tags=(),
 ) -> Path:
-    """Render the `kind` card ("base", "classifier" or "instruct") into `output_dir/README.md`.
+    """Render the `kind` card ("base", "classifier", "instruct" or "dpo") into `output_dir/README.md`.
 
     `metrics` and `hyperparameters` come from the run; every metric is listed in the text, the
     evaluation results among them (see EVAL_METRICS) also form the card's model-index. `datasets`

@@ -135,7 +135,7 @@ def write_card(folder, kind="base", **overrides):
 # ----------------------------------------------------------------------------------------- cards
 
 
-@pytest.mark.parametrize("kind", ["base", "classifier", "instruct"])
+@pytest.mark.parametrize("kind", ["base", "classifier", "instruct", "dpo"])
 def test_card_metadata_round_trips_through_huggingface_hub(lm_dir, tiny_model, kind):
     (lm_dir / "loss_curve.png").write_bytes(PNG)
     path = write_card(lm_dir, kind, base_model="openai-community/gpt2")
@@ -221,6 +221,7 @@ def test_card_templates_ship_inside_the_package():
     assert sorted(p.name for p in hub.TEMPLATES.iterdir() if p.name.endswith(".md")) == [
         "base.md",
         "classifier.md",
+        "dpo.md",
         "instruct.md",
     ]
 

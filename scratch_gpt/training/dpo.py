@@ -1,0 +1,446 @@
+"""Preference tuning with DPO (stage 7.3): `scratch-gpt finetune-dpo`.
+
+Direct Preference Optimization (Rafailov et al., 2023) trains on pairs of answers to one prompt,
+one `chosen`, one `rejected`. It needs no reward model: the reward of an answer is how much more
+likely the trained model (the *policy*) makes it than a frozen copy of where it started (the
+*reference*), scaled by beta:
+
+    reward(answer) = beta * (log p_policy(answer | prompt) - log p_reference(answer | prompt))
+    loss           = -log sigmoid(reward(chosen) - reward(rejected))
+
+so the loss falls as the policy moves towards the chosen answers and away from the rejected ones,
+relative to the reference; beta sets how far it may drift. At the start the policy is the
+reference, both rewards are 0 and the loss is ln 2 = 0.693.
+
+The steps of `finetune-dpo`, top to bottom:
+
+1. read records in one of three shapes and check each one:
+   - the book's: `instruction`, optional `input`, `chosen`, `rejected` (the prompt is the Alpaca
+     prompt, rendered by the tokenizer's chat template);
+   - TRL's conversational: `prompt` a list of messages, `chosen` / `rejected` the assistant turn(s);
+   - TRL's plain text: `prompt`, `chosen`, `rejected` strings (the prompt carries its own format);
+2. tokenize prompt + chosen and prompt + rejected, marking which tokens are the answer;
+3. train with the shared loop: `DPOModel` holds the policy and the reference and its `forward`
+   returns the DPO loss of a batch of pairs, so the loop trains it like any other head;
+   `PreferenceCollator` stacks the chosen sequences, then the rejected ones, into one batch;
+4. at each evaluation, on held-out pairs and on as many training pairs: DPO loss, reward margin,
+   reward accuracy, chosen and rejected rewards (`metrics.jsonl`); then save the policy alone (or
+   its LoRA adapter) with tokenizer, generation config and card: a folder `scratch-gpt chat` and
+   `pipeline("text-generation")` load like any instruction-tuned model.
+"""
+
+import argparse
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, get_peft_model
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+from transformers.utils import ModelOutput
+
+from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
+from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
+from scratch_gpt.training.instruct import read_instruction_records
+from scratch_gpt.training.loop import make_loader, process_state, train
+from scratch_gpt.training.options import from_args, run_command
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label of a token that is not part of an answer (prompt, padding)
+ROLES = ("system", "user", "assistant")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Records -> preference pairs
+# ----------------------------------------------------------------------------------------------
+def to_pair(record, index: int, source: str) -> dict:
+    """One record as `{"prompt", "chosen", "rejected"}`; ValueError naming the record.
+
+    Chat-shaped: `prompt` a list of messages, `chosen` and `rejected` lists of assistant messages.
+    Plain text: all three strings, the answers to be appended to the prompt as they are.
+    """
+    where = f"Record {index} of {source!r}"
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is a {type(record).__name__}, not an object with prompt, chosen and rejected.")
+    for key in ("chosen", "rejected"):
+        if not record.get(key):
+            raise ValueError(f"{where} has no {key!r} answer; every record needs a 'chosen' and a 'rejected' answer.")
+    if record["chosen"] == record["rejected"]:
+        raise ValueError(
+            f"{where} has the same 'chosen' and 'rejected' answer; a preference needs two different ones "
+            "(drop the record, or pass --skip-identical to skip such records)."
+        )
+
+    if isinstance(record.get("instruction"), str):  # the book's: the Alpaca prompt
+        prompt = format_alpaca_messages({"instruction": record["instruction"], "input": record.get("input") or ""})
+    elif isinstance(record.get("prompt"), (str, list)):  # TRL's
+        prompt = record["prompt"]
+    else:
+        raise ValueError(
+            f"{where} has keys {sorted(record)}; expected 'instruction' (and an optional 'input') or 'prompt', "
+            "next to 'chosen' and 'rejected'."
+        )
+
+    if isinstance(prompt, str):
+        if not (isinstance(record["chosen"], str) and isinstance(record["rejected"], str)):
+            raise ValueError(f"{where}: with a text 'prompt', 'chosen' and 'rejected' must be text too.")
+        return {"prompt": prompt, "chosen": record["chosen"], "rejected": record["rejected"]}
+    pair = {"prompt": prompt}
+    for key in ("chosen", "rejected"):  # a plain answer is one assistant message
+        answer = record[key]
+        pair[key] = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
+    if not all(is_messages(pair[key]) for key in ("prompt", "chosen", "rejected")):
+        raise ValueError(f"{where}: 'prompt', 'chosen' and 'rejected' must be lists of {{'role', 'content'}} messages.")
+    if not any(m["role"] == "user" for m in pair["prompt"]):
+        raise ValueError(f"{where}: the prompt needs a user message.")
+    return pair
+
+
+def identical_pairs(records: list) -> list[int]:
+    """Indices of the records whose chosen and rejected answers are the same (a tie: its gradient is 0)."""
+    return [i for i, r in enumerate(records) if isinstance(r, dict) and r.get("chosen") and r["chosen"] == r.get("rejected")]
+
+
+def is_messages(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in value
+    )
+
+
+def needs_chat_template(pairs: list[dict]) -> bool:
+    return any(isinstance(pair["prompt"], list) for pair in pairs)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Pairs -> tokens
+# ----------------------------------------------------------------------------------------------
+def render(tokenizer, prompt, answer) -> tuple[str, str]:
+    """The prompt as text (ending where the answer starts) and the whole text, prompt + answer."""
+    if isinstance(prompt, str):
+        return prompt, prompt + answer
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+    if not text.startswith(prompt_text):
+        raise ValueError("The chat template does not render a prompt as the start of the conversation it begins.")
+    return prompt_text, text
+
+
+def tokenize_answer(tokenizer, prompt, answer) -> dict:
+    """`input_ids` of prompt + answer and `answer_mask` (1 = a token of the answer).
+
+    The whole text is tokenized at once (as at inference) and a token belongs to the answer when
+    it ends after the prompt's last character. An end-of-text token closes every answer.
+    """
+    prompt_text, text = render(tokenizer, prompt, answer)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = encoding["input_ids"]
+    answer_mask = [int(end > len(prompt_text)) for _, end in encoding["offset_mapping"]]
+    if input_ids[-1] != tokenizer.eos_token_id:
+        input_ids, answer_mask = input_ids + [tokenizer.eos_token_id], answer_mask + [1]
+    return {"input_ids": input_ids, "answer_mask": answer_mask}
+
+
+def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> datasets.Dataset:
+    """Both sides of every pair, cut to `max_length` (ONE warning); pairs where a side lost its
+    whole answer are dropped. Each row keeps `record`, the index of its pair."""
+    rows, truncated = [], 0
+    for index, pair in enumerate(pairs):
+        row = {"record": index}
+        for side in ("chosen", "rejected"):
+            tokens = tokenize_answer(tokenizer, pair["prompt"], pair[side])
+            truncated += len(tokens["input_ids"]) > max_length
+            row[f"{side}_input_ids"] = tokens["input_ids"][:max_length]
+            row[f"{side}_answer_mask"] = tokens["answer_mask"][:max_length]
+        rows.append(row)
+    kept = [row for row in rows if any(row["chosen_answer_mask"]) and any(row["rejected_answer_mask"])]
+    if truncated:
+        logger.warning(
+            "%d answers are longer than %d tokens with their prompt and were truncated; %d of %d pairs lost a "
+            "whole answer and were dropped.",
+            truncated,
+            max_length,
+            len(rows) - len(kept),
+            len(rows),
+        )
+    if not kept:
+        raise ValueError(f"No pair has both answers within {max_length} tokens; raise --max-length or shorten the data.")
+    return datasets.Dataset.from_list(kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The collator, the loss and the model the loop trains
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PreferenceCollator:
+    """Pads B pairs into one batch of 2B sequences: the B chosen ones, then the B rejected ones.
+
+    `labels` are the input ids on answer tokens and -100 elsewhere (prompt and padding).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        sequences = [(row["chosen_input_ids"], row["chosen_answer_mask"]) for row in rows]
+        sequences += [(row["rejected_input_ids"], row["rejected_answer_mask"]) for row in rows]
+        length = max(len(ids) for ids, _ in sequences)
+        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+        for i, (ids, answer_mask) in enumerate(sequences):
+            ids = torch.as_tensor(ids, dtype=torch.long)
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+            labels[i, : len(ids)] = ids.masked_fill(torch.as_tensor(answer_mask) == 0, IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(answer | prompt) of each sequence: the sum over its answer tokens of log p(token).
+
+    logits (N, T, V) and labels (N, T), -100 where a token is not part of the answer. The logits
+    at position t predict the token at t + 1, so both are shifted by one, as in the LM loss.
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    is_answer = labels != IGNORE_INDEX
+    log_probs = torch.log_softmax(logits, dim=-1)  # (N, T-1, V)
+    token_logps = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, T-1)
+    return torch.where(is_answer, token_logps, 0.0).sum(dim=-1)  # (N,)
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float):
+    """The DPO loss of each pair and the two implicit rewards, from answer log-probabilities (B,)."""
+    chosen_rewards = beta * (policy_chosen - reference_chosen)
+    rejected_rewards = beta * (policy_rejected - reference_rejected)
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    return losses, chosen_rewards, rejected_rewards
+
+
+@dataclass
+class DPOOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # the mean DPO loss of the batch
+    chosen_rewards: torch.Tensor | None = None  # (B,) detached
+    rejected_rewards: torch.Tensor | None = None  # (B,) detached
+
+
+class DPOModel(nn.Module):
+    """The policy being trained next to its frozen reference; `forward` returns the DPO loss.
+
+    The reference is a copy of the policy as it starts, without gradients and always in eval
+    mode. For a LoRA policy (a PEFT model) it is the same model with its adapters disabled, so
+    no second copy of the weights exists. Saving saves the policy only; any other attribute the
+    loop or a user asks for (`config`, `generation_config`, `generate`, `merge_and_unload`, ...)
+    is the policy's.
+    """
+
+    def __init__(self, policy: nn.Module, beta: float = 0.1):
+        super().__init__()
+        self.policy = policy
+        self.beta = beta
+        self.reference = None if isinstance(policy, PeftModel) else copy.deepcopy(policy).requires_grad_(False).eval()
+
+    def forward(self, input_ids, attention_mask, labels) -> DPOOutput:
+        """input_ids, attention_mask, labels: (2B, T), the B chosen sequences then the B rejected ones."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        policy_logps = answer_logprobs(self.policy(**inputs).logits, labels)
+        with torch.no_grad():
+            reference_logps = answer_logprobs(self.reference_logits(inputs), labels)
+        policy_chosen, policy_rejected = policy_logps.chunk(2)
+        reference_chosen, reference_rejected = reference_logps.chunk(2)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.beta
+        )
+        return DPOOutput(loss=losses.mean(), chosen_rewards=chosen_rewards.detach(), rejected_rewards=rejected_rewards.detach())
+
+    def reference_logits(self, inputs: dict) -> torch.Tensor:
+        if self.reference is None:
+            with self.policy.disable_adapter():  # the LoRA base model: the policy without its adapters
+                return self.policy(**inputs).logits
+        return self.reference(**inputs).logits
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # the reference never drops out
+        return self
+
+    def save_pretrained(self, folder, state_dict=None, **kwargs) -> None:
+        """The policy's `save_pretrained` (a model folder, or an adapter folder for LoRA)."""
+        if state_dict is not None:  # the wrapper's: keep the policy's tensors, under the policy's names
+            state_dict = {key.removeprefix("policy."): value for key, value in state_dict.items() if key.startswith("policy.")}
+        self.policy.save_pretrained(folder, state_dict=state_dict, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers and submodules
+        except AttributeError:
+            if name == "policy":
+                raise
+            return getattr(self.policy, name)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off (TRL does the same by default): with it, the policy would score a pair unlike the
+    reference even before any step, and the loss would not start at ln 2. The saved config says so."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Metrics of an evaluation
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def preference_metrics(model, loader, accelerator, max_batches: int | None = None) -> dict[str, float]:
+    """DPO loss, reward margin, reward accuracy and mean rewards over the pairs of `loader`."""
+    chosen, rejected = [], []
+    for index, batch in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        output = model(**batch)
+        rewards = accelerator.gather_for_metrics((output.chosen_rewards, output.rejected_rewards))
+        chosen.append(rewards[0].float())
+        rejected.append(rewards[1].float())
+    chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+    margins = chosen - rejected
+    return {
+        "loss": (-F.logsigmoid(margins)).mean().item(),  # the DPO loss of each pair, from its two rewards
+        "reward_margin": margins.mean().item(),
+        "reward_accuracy": (margins > 0).float().mean().item(),
+        "chosen_reward": chosen.mean().item(),
+        "rejected_reward": rejected.mean().item(),
+    }
+
+
+def evaluate_with_training_pairs(train_probe, collate_fn, config):
+    """The loop's `evaluate_fn`: metrics on the held-out pairs (`eval_...`; the loss is the loop's
+    `eval_loss`) and on `train_probe`, a fixed set of training pairs (`train_pairs_...`)."""
+    probe_loader = None
+
+    def evaluate(model, eval_loader, accelerator) -> dict[str, float]:
+        nonlocal probe_loader
+        if probe_loader is None:
+            probe_loader = accelerator.prepare(make_loader(train_probe, config.eval_batch_size or config.batch_size, collate_fn))
+        held_out = preference_metrics(model, eval_loader, accelerator, config.eval_max_batches)
+        training = preference_metrics(model, probe_loader, accelerator, config.eval_max_batches)
+        return {
+            "loss": held_out.pop("loss"),
+            **{f"eval_{key}": value for key, value in held_out.items()},
+            **{f"train_pairs_{key}": value for key, value in training.items()},
+        }
+
+    return evaluate
+
+
+# ----------------------------------------------------------------------------------------------
+# finetune-dpo
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = build_finetune_parser(
+        "scratch-gpt finetune-dpo",
+        "Preference-tune an instruction-tuned causal LM with DPO on pairs of chosen and rejected answers.",
+        data_help="a .json / .jsonl file of records {instruction, input?, chosen, rejected} (the book's) or "
+        "{prompt, chosen, rejected} (TRL's: lists of messages, or text), or a Hub dataset name",
+        num_epochs=1,
+        learning_rate=5e-6,
+        weight_decay=0.01,
+        batch_size=8,
+    )
+    dpo = parser.add_argument_group("DPO")
+    dpo.add_argument("--beta", type=float, default=0.1, help="how far the policy may move from the reference (default: 0.1)")
+    dpo.add_argument(
+        "--skip-identical",
+        action="store_true",
+        help="skip records whose chosen and rejected answers are the same (6 of the book's 1,100), with a warning",
+    )
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv, finetune_dpo)
+
+
+def make_trainable(model, args: argparse.Namespace):
+    """LoRA adapters with `--lora`, else every weight trains."""
+    return get_peft_model(model, lora_config_from_args(args, task="causal")) if args.lora else model
+
+
+def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
+    """The whole command; returns its metrics."""
+    check_lora_arguments(args)
+    if not 0.0 < args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
+    if args.beta <= 0:
+        raise ValueError(f"--beta must be positive, got {args.beta}.")
+    config = from_args(args)
+    state = process_state()
+    tokenizer = load_base_tokenizer(args.model)
+
+    # 1-2. records -> pairs -> tokens, all checked before the model loads
+    records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
+    if not records:
+        raise ValueError(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
+    skipped = set(identical_pairs(records)) if args.skip_identical else set()
+    if skipped:
+        logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
+    pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
+    if needs_chat_template(pairs) and tokenizer.chat_template is None:
+        raise ValueError(
+            f"The tokenizer of {args.model!r} has no chat template to render the prompts with; add one "
+            "(tokenizer.chat_template = scratch_gpt.tokenizer.CHAT_TEMPLATE, then save_pretrained), "
+            "or give plain-text prompt/chosen/rejected records whose prompt carries its own format."
+        )
+    model_config = AutoConfig.from_pretrained(args.model)
+    check_fits(tokenizer, model_config, f"the model in {args.model!r}")
+    context = model_config.max_position_embeddings
+    rows = tokenize_pairs(tokenizer, pairs, min(args.max_length or context, context))
+
+    n_val = round(len(rows) * args.val_fraction)
+    if n_val < 1 or n_val == len(rows):
+        raise ValueError(
+            f"{len(rows)} pairs are too few to hold out {args.val_fraction:.0%}; add data or change --val-fraction."
+        )
+    rows = rows.shuffle(seed=args.seed)
+    train_set, val_set = rows.select(range(n_val, len(rows))), rows.select(range(n_val))
+    train_probe = train_set.select(range(min(n_val, len(train_set))))  # training pairs measured like the held-out
+    state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
+
+    # 3. the policy (the model, or its LoRA adapters) and the reference, in one module
+    set_seed(args.seed)
+    policy = AutoModelForCausalLM.from_pretrained(args.model)
+    disable_dropout(policy)
+    policy = make_trainable(policy, args)
+    state.print(describe_trainable(policy))
+    model = DPOModel(policy, beta=args.beta)
+
+    def write_generation_config(folder: Path) -> None:  # an adapter folder gets it too
+        policy.generation_config.save_pretrained(folder)
+
+    collate_fn = PreferenceCollator(tokenizer.pad_token_id)
+    metrics = train(
+        model,
+        train_set,
+        val_set,
+        config,
+        collate_fn=collate_fn,
+        evaluate_fn=evaluate_with_training_pairs(train_probe, collate_fn, config),
+        tokenizer=tokenizer,
+        final_dir=config.output_dir,
+        on_save=card_writer(args, "dpo", extra=write_generation_config),
+        merge_adapters=args.save_merged,
+    )
+    state.print(
+        f"held-out DPO loss {metrics['initial_eval_loss']:.4f} -> {metrics['eval_loss']:.4f}, "
+        f"reward margin {metrics['initial_eval_reward_margin']:.4f} -> {metrics['eval_reward_margin']:.4f}, "
+        f"reward accuracy {metrics['initial_eval_reward_accuracy']:.2%} -> {metrics['eval_reward_accuracy']:.2%}"
+    )
+    state.print(f"saved to {config.output_dir}")
+    return metrics
