@@ -56,6 +56,10 @@ def world_template(tmp_path_factory, tiny_tokenizer):
                                 {"role": "assistant", "content": "hello"}]}
     (root / "late_system.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [records[0], late_system]))
     (root / "not_json.jsonl").write_text("{not json\n")
+    prefs = [{"instruction": f"Say {w}", "chosen": w, "rejected": w.upper()} for w in WORDS]
+    (root / "prefs.json").write_text(json.dumps(prefs))
+    (root / "prefs_no_rejected.json").write_text(json.dumps(prefs[:2] + [{"instruction": "Say a", "chosen": "a"}]))
+    (root / "prefs_same.json").write_text(json.dumps(prefs[:3] + [{"instruction": "Say b", "chosen": "b", "rejected": "b"}]))
     (root / "wrong_shape.jsonl").write_text('{"question": "a", "answer": "b"}\n')
     (root / "empty.json").write_text("[]")
     (root / "bad.yaml").write_text("max-steps: [1\n")
@@ -143,6 +147,13 @@ CASES = [
     ("exp-missing-source", ["export-gpt2", "nope", "gpt2"], "neither a local folder nor a Hub id"),
     ("exp-unwritable-output", ["export-gpt2", "base", "data.csv/gpt2"], "inside the file"),
     ("exp-classifier", ["export-gpt2", "classifier3", "gpt2"], "not a causal LM"),
+    # finetune-dpo
+    ("dpo-output-is-model", ["finetune-dpo", "--model", "base", "--data", "prefs.json", "--output-dir", "base", *FT], "is the input"),
+    ("dpo-output-users", ["finetune-dpo", "--model", "base", "--data", "prefs.json", "--output-dir", "mine", *FT], "not written by scratch-gpt"),
+    ("dpo-missing-rejected", ["finetune-dpo", "--model", "base", "--data", "prefs_no_rejected.json", "--output-dir", "out", *FT], "Record 2"),
+    ("dpo-same-answers", ["finetune-dpo", "--model", "base", "--data", "prefs_same.json", "--output-dir", "out", *FT], "--skip-identical"),
+    ("dpo-bad-beta", ["finetune-dpo", "--model", "base", "--data", "prefs.json", "--output-dir", "out", "--beta", "0", *FT], "--beta must be positive"),
+    ("dpo-missing-data", ["finetune-dpo", "--model", "base", "--data", "nope.json", "--output-dir", "out", *FT], "does not exist"),
     # import-book
     ("ib-missing-checkpoint", ["import-book", "nope.pth", "out", "--num-heads", "2"], "does not exist"),
     ("ib-not-a-state-dict", ["import-book", "data.csv", "out", "--num-heads", "2"], "is not a state dict"),

@@ -11,6 +11,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from scratch_gpt.lora import lora_config
+from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training import dpo, instruct
 from scratch_gpt.training.dpo import (
     DPOModel,
@@ -227,17 +228,21 @@ def test_bad_preference_files_fail_before_training(base_dir, tmp_path, capsys, r
     assert not (tmp_path / "o").exists()
 
 
-def test_a_tokenizer_without_a_chat_template_is_told_how_to_add_one(base_dir, tmp_path, capsys):
-    for name in ("chat_template.jinja",):
-        (base_dir / name).unlink(missing_ok=True)
+def test_a_tokenizer_without_a_chat_template_gets_the_books_prompt(base_dir):
+    """As GPT-2's tokenizer comes: the command completes it with the Alpaca template (the book's prompt)."""
+    from scratch_gpt.tokenizer import CHAT_TEMPLATE
+    from scratch_gpt.training.finetune import load_base_tokenizer
+
+    (base_dir / "chat_template.jinja").unlink(missing_ok=True)
     config = json.loads((base_dir / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (base_dir / "tokenizer_config.json").write_text(json.dumps(config))
     assert AutoTokenizer.from_pretrained(base_dir).chat_template is None
-    (tmp_path / "p.json").write_text(json.dumps(toy_preferences(10)))
-    code, out = run(dpo.cli, ["--model", base_dir, "--data", tmp_path / "p.json", "--output-dir", tmp_path / "o"], capsys)
-    assert code == 2 and "has no chat template" in out.err and "CHAT_TEMPLATE" in out.err
-    assert "plain-text" in out.err and "Traceback" not in out.err
+    tokenizer = load_base_tokenizer(base_dir)
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    rows = dpo.tokenize_pairs(tokenizer, [dpo.to_pair(BOOK, 0, "book")], 256)
+    prompt = tokenizer.apply_chat_template(format_alpaca_messages(BOOK)[:1], add_generation_prompt=True, tokenize=False)
+    assert tokenizer.decode(rows[0]["chosen_input_ids"]).startswith(prompt)
 
 
 @pytest.mark.slow

@@ -40,14 +40,16 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+from transformers import set_seed
 from transformers.utils import ModelOutput
 
+from scratch_gpt import ScratchGPTForCausalLM
+from scratch_gpt.convert import load_config, load_pretrained
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
 from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
 from scratch_gpt.training.instruct import read_instruction_records
-from scratch_gpt.training.loop import make_loader, process_state, train
+from scratch_gpt.training.loop import check_output_dir, make_loader, process_state, train
 from scratch_gpt.training.options import from_args, run_command
 
 logger = logging.getLogger(__name__)
@@ -111,10 +113,6 @@ def is_messages(value) -> bool:
     return isinstance(value, list) and all(
         isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in value
     )
-
-
-def needs_chat_template(pairs: list[dict]) -> bool:
-    return any(isinstance(pair["prompt"], list) for pair in pairs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,8 +379,9 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     if args.beta <= 0:
         raise ValueError(f"--beta must be positive, got {args.beta}.")
     config = from_args(args)
+    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()
-    tokenizer = load_base_tokenizer(args.model)
+    tokenizer = load_base_tokenizer(args.model)  # GPT-2's gains a pad token and the Alpaca chat template
 
     # 1-2. records -> pairs -> tokens, all checked before the model loads
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
@@ -392,13 +391,7 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     if skipped:
         logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
     pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
-    if needs_chat_template(pairs) and tokenizer.chat_template is None:
-        raise ValueError(
-            f"The tokenizer of {args.model!r} has no chat template to render the prompts with; add one "
-            "(tokenizer.chat_template = scratch_gpt.tokenizer.CHAT_TEMPLATE, then save_pretrained), "
-            "or give plain-text prompt/chosen/rejected records whose prompt carries its own format."
-        )
-    model_config = AutoConfig.from_pretrained(args.model)
+    model_config = load_config(args.model)
     check_fits(tokenizer, model_config, f"the model in {args.model!r}")
     context = model_config.max_position_embeddings
     rows = tokenize_pairs(tokenizer, pairs, min(args.max_length or context, context))
@@ -415,7 +408,7 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
 
     # 3. the policy (the model, or its LoRA adapters) and the reference, in one module
     set_seed(args.seed)
-    policy = AutoModelForCausalLM.from_pretrained(args.model)
+    policy = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model)  # GPT-2 is converted on the way in
     disable_dropout(policy)
     policy = make_trainable(policy, args)
     state.print(describe_trainable(policy))
