@@ -83,6 +83,7 @@ def write_model_card(
     license: str = "apache-2.0",
     language: str | None = "en",
     tags=(),
+    labels: dict | None = None,
 ) -> Path:
     """Render the `kind` card ("base", "classifier", "instruct" or "dpo") into `output_dir/README.md`.
 
@@ -128,7 +129,7 @@ def write_model_card(
         data_names=data_names,
         num_parameters=_human_count(count_parameters(folder)),
         architecture=_architecture(config),
-        labels=config.get("id2label", {}),
+        labels=labels or config.get("id2label", {}),  # an adapter folder's config has none: the run passes them
         hyperparameters=_table(_public_hyperparameters(hyperparameters)),
         metrics=_table(metrics),
         loss_curve=LOSS_CURVE if (folder / LOSS_CURVE).is_file() else None,

@@ -292,3 +292,34 @@ def test_lora_classifier_saves_merged_model_or_adapter(base_dir, tmp_path, capsy
         assert logits.shape == (1, 2)
         # the same seed trained the same adapter: merged into the weights it gives the same logits
         torch.testing.assert_close(merged.eval()(**inputs).logits, logits, rtol=1e-4, atol=1e-5)
+
+
+def card_snippet(folder) -> str:
+    """The Python block of the folder's model card, pointed at the folder itself."""
+    card = (folder / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    return code.replace('"OWNER/NAME"', repr(str(folder)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("classes", [2, 5])
+def test_the_cards_own_snippet_loads_every_classifier_folder_with_its_labels(base_dir, tmp_path, capsys, classes):
+    names = ["ham", "spam", "promo", "alert", "news"][:classes]
+    rng = random.Random(0)
+    rows = [{"text": f"{' '.join(rng.choices(WORDS, k=4))} {names[i % classes]}", "label": names[i % classes]} for i in range(40)]
+    data = write_csv(tmp_path / "d.csv", rows)
+    common = ["--model", base_dir, "--data", data, "--max-steps", "1", "--batch-size", "4", "--no-progress"]
+    variants = {"full": ["--trainable", "all"], "adapter": ["--lora"], "merged": ["--lora", "--save-merged"]}
+    for name, flags in variants.items():
+        code, printed = run_cli([*common, *flags, "--output-dir", tmp_path / name], capsys)
+        assert code == 0, printed.err
+        namespace = {}
+        exec(card_snippet(tmp_path / name), namespace)  # the snippet as a user copies it
+        assert namespace["model"].config.id2label == dict(enumerate(sorted(names))), name  # ids in sorted order
+        assert printed_label(capsys) in names, name
+
+
+def printed_label(capsys) -> str:
+    """The label the snippet printed last (`pipeline`'s answer is a list with one dict)."""
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    return eval(last)[0]["label"]  # noqa: S307  (our own printed repr)

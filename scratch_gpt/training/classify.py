@@ -357,7 +357,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         evaluate_fn=classification_metrics,
         tokenizer=tokenizer,
         final_dir=config.output_dir,
-        on_save=card_writer(args, "classifier"),
+        on_save=card_writer(args, "classifier", labels=dict(enumerate(label_names))),
         merge_adapters=args.save_merged,
     )
     for name in ("perplexity", "initial_perplexity", "test_perplexity"):  # exp(cross-entropy over classes) means little

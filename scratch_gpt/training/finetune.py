@@ -38,8 +38,9 @@ def load_base_tokenizer(model: str):
     return complete_tokenizer(load_pretrained(AutoTokenizer.from_pretrained, model))
 
 
-def card_writer(args: argparse.Namespace, kind: str, extra=None):
-    """The `on_save` of a fine-tuning run: `extra(folder)` adds files, then the model card is written."""
+def card_writer(args: argparse.Namespace, kind: str, extra=None, **card):
+    """The `on_save` of a fine-tuning run: `extra(folder)` adds files, then the model card is written
+    (`card`: more arguments of `write_model_card`, e.g. the labels of a classifier)."""
     from scratch_gpt.hub import write_model_card
 
     def write(folder: Path, metrics: dict) -> None:
@@ -53,6 +54,7 @@ def card_writer(args: argparse.Namespace, kind: str, extra=None):
             datasets=[args.data],
             base_model=args.model,
             model_name=Path(args.output_dir).name,
+            **card,
         )
 
     return write
