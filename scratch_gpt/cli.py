@@ -15,6 +15,7 @@ COMMANDS = {
     "finetune-classifier": ("scratch_gpt.training.classify:cli", "fine-tune a classification head (stage 7.1)"),
     "finetune-instruct": ("scratch_gpt.training.instruct:cli", "instruction fine-tuning (stage 7.2)"),
     "chat": ("scratch_gpt.training.instruct:chat_cli", "chat with an instruction-tuned model"),
+    "export": ("scratch_gpt.convert:export_any_cli", "write a model folder as a native GPT-2, Llama or Qwen3 folder"),
     "export-gpt2": ("scratch_gpt.convert:export_cli", "write a model folder as a standard GPT2LMHeadModel"),
     "push": ("scratch_gpt.hub:push_cli", "upload an output folder to the Hugging Face Hub"),
 }

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import get_peft_model
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+from transformers import DataCollatorWithPadding, set_seed
 
+from scratch_gpt import ScratchGPTForSequenceClassification
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits
@@ -296,7 +297,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
     if args.balance:
         records = balance_by_undersampling(records, args.seed)
     set_seed(args.seed)  # the new head (and LoRA) start the same way every run
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = ScratchGPTForSequenceClassification.from_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted
         args.model,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),

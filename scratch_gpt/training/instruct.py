@@ -27,6 +27,7 @@ import torch
 from peft import AutoPeftModelForCausalLM, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
+from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
@@ -282,7 +283,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
 
     set_seed(args.seed)  # LoRA adapters start the same way every run
-    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = ScratchGPTForCausalLM.from_pretrained(args.model)  # converted on the way in, when GPT-2 / Llama / Qwen
     model.generation_config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         do_sample=False,
