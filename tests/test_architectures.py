@@ -99,6 +99,15 @@ def test_presets_have_the_published_parameter_counts(preset):
         assert getattr(converted, name) == getattr(ours.config, name), name
 
 
+def test_llama3_rope_scaling_matches_transformers():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from scratch_gpt.modeling_scratch_gpt import rope_inv_freq
+
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](PUBLISHED["llama-3.2-1b"][0], "cpu")
+    torch.testing.assert_close(rope_inv_freq(ScratchGPTConfig.from_preset("llama-3.2-1b")), expected, atol=0, rtol=1e-6)
+
+
 def test_inconsistent_shapes_raise_at_construction_with_the_numbers():
     with pytest.raises(ValueError, match=r"num_attention_heads \(12\) must be divisible by num_key_value_heads \(5\)"):
         ScratchGPTConfig(num_key_value_heads=5)
