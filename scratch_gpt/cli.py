@@ -17,7 +17,8 @@ COMMANDS = {
     "finetune-dpo": ("scratch_gpt.training.dpo:cli", "preference tuning with DPO (stage 7.3)"),
     "chat": ("scratch_gpt.training.instruct:chat_cli", "chat with an instruction-tuned model"),
     "import-book": ("scratch_gpt.convert:import_book_cli", "turn the book's GPTModel model.pth into a model folder"),
-    "export-gpt2": ("scratch_gpt.convert:export_cli", "write a model folder as a standard GPT2LMHeadModel"),
+    "export": ("scratch_gpt.convert:export_cli", "write a model folder as a native GPT-2, Llama or Qwen3 folder"),
+    "export-gpt2": ("scratch_gpt.convert:export_gpt2_cli", "write a model folder as a standard GPT2LMHeadModel"),
     "push": ("scratch_gpt.hub:push_cli", "upload an output folder to the Hugging Face Hub"),
 }
 

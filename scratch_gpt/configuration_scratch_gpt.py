@@ -21,8 +21,20 @@ BOOK_ALIASES = {
     "context_length": "max_position_embeddings",
 }
 
+# What turns the GPT-2 block into a Llama block (each switch is explained where modeling_scratch_gpt.py uses it).
+LLAMA_SWITCHES = dict(
+    position_embedding_type="rope",
+    norm_type="rmsnorm",
+    mlp_type="swiglu",
+    hidden_act="silu",
+    qkv_bias=False,
+    attention_bias=False,
+    mlp_bias=False,
+)
+
 # GPT-2's published sizes. Parameter counts (with the tied LM head, vocab 50257, context 1024):
-# small 124M, medium 355M, large 774M, xl 1558M.
+# small 124M, medium 355M, large 774M, xl 1558M. Then three published Llama-style shapes (tied LM head):
+# SmolLM2-135M 134,515,008; Qwen3-0.6B 596,049,920; Llama-3.2-1B 1,235,814,400 parameters.
 PRESETS = {
     "gpt2-small": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
     "gpt2-medium": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
@@ -39,7 +51,62 @@ PRESETS = {
         eos_token_id=0,
         pad_token_id=1,
     ),
+    "smollm2-135m": dict(
+        **LLAMA_SWITCHES,
+        vocab_size=49152,
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        intermediate_size=1536,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        bos_token_id=0,
+        eos_token_id=0,
+    ),
+    "qwen3-0.6b": dict(
+        **LLAMA_SWITCHES,
+        qk_norm=True,
+        vocab_size=151936,
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    ),
+    "llama-3.2-1b": dict(
+        **LLAMA_SWITCHES,
+        vocab_size=128256,
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+        ),
+        rms_norm_eps=1e-5,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
 }
+
+# The choices of each switch; the first is GPT-2's.
+SWITCHES = {
+    "position_embedding_type": ("learned", "rope"),
+    "norm_type": ("layernorm", "rmsnorm"),
+    "mlp_type": ("gelu", "swiglu"),
+}
+ROPE_TYPES = ("default", "llama3")
 
 ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "relu", "silu")
 
@@ -65,6 +132,19 @@ class ScratchGPTConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         qkv_bias: bool = True,
         tie_word_embeddings: bool = True,
+        # The switches from GPT-2 to Llama 3 / Qwen3; the defaults are GPT-2.
+        position_embedding_type: str = "learned",
+        rope_theta: float = 10000.0,
+        rope_scaling: dict | None = None,
+        rope_parameters: dict | None = None,
+        norm_type: str = "layernorm",
+        rms_norm_eps: float = 1e-6,
+        mlp_type: str = "gelu",
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        qk_norm: bool = False,
+        attention_bias: bool = True,
+        mlp_bias: bool = True,
         use_cache: bool = True,
         bos_token_id: int = 50256,
         eos_token_id: int = 50256,
@@ -98,6 +178,22 @@ class ScratchGPTConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.qkv_bias = qkv_bias
+        self.position_embedding_type = position_embedding_type
+        if position_embedding_type == "rope":  # transformers' one dict: {"rope_type", "rope_theta", scaling...}
+            self.rope_parameters = dict(rope_parameters or {"rope_type": "default", "rope_theta": rope_theta, **(rope_scaling or {})})
+        self.norm_type = norm_type
+        self.rms_norm_eps = rms_norm_eps
+        self.mlp_type = mlp_type
+        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else self.num_attention_heads
+        if head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"ScratchGPTConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}), or head_dim given."
+            )
+        self.head_dim = head_dim if head_dim is not None else self.hidden_size // self.num_attention_heads
+        self.qk_norm = qk_norm
+        self.attention_bias = attention_bias
+        self.mlp_bias = mlp_bias
         self.use_cache = use_cache
         self.tie_word_embeddings = tie_word_embeddings
         self._validate()
@@ -105,16 +201,33 @@ class ScratchGPTConfig(PretrainedConfig):
             bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs
         )
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ScratchGPTConfig":
-        """A named size: `gpt2-small`, `gpt2-medium`, `gpt2-large`, `gpt2-xl` or `tiny`."""
+        """A named shape: `gpt2-small` ... `gpt2-xl`, `tiny`, `smollm2-135m`, `qwen3-0.6b`, `llama-3.2-1b`.
+
+        Overriding the width or the heads keeps the preset's proportions for what is not overridden:
+        head_dim becomes hidden_size / num_attention_heads, the key/value heads keep the preset's
+        group size (query heads per key/value head), the MLP keeps its width relative to hidden_size.
+        """
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-        return cls(**{**PRESETS[name], **overrides})
+        preset = PRESETS[name]
+        values = {**preset, **overrides}
+        if "hidden_size" in overrides or "num_attention_heads" in overrides:
+            if "head_dim" not in overrides:
+                values.pop("head_dim", None)
+            if "num_key_value_heads" in preset and "num_key_value_heads" not in overrides:
+                group = preset["num_attention_heads"] // preset["num_key_value_heads"]
+                if values["num_attention_heads"] % group:
+                    raise ValueError(
+                        f"Preset {name!r} shares each key/value head among {group} query heads, which does not divide "
+                        f"{values['num_attention_heads']} heads; give the number of key/value heads too."
+                    )
+                values["num_key_value_heads"] = values["num_attention_heads"] // group
+        if "intermediate_size" in preset and "hidden_size" in overrides and "intermediate_size" not in overrides:
+            ratio = preset["intermediate_size"] / preset["hidden_size"]
+            values["intermediate_size"] = -(-round(ratio * overrides["hidden_size"]) // 8) * 8  # a multiple of 8
+        return cls(**values)
 
     def _validate(self) -> None:
         for field in (
@@ -124,15 +237,26 @@ class ScratchGPTConfig(PretrainedConfig):
             "num_attention_heads",
             "intermediate_size",
             "max_position_embeddings",
+            "num_key_value_heads",
+            "head_dim",
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ScratchGPTConfig.{field} must be a positive integer, got {value!r}.")
-        if self.hidden_size % self.num_attention_heads:
+        if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
-                f"ScratchGPTConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})."
+                f"ScratchGPTConfig.num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads}): each key/value head serves a whole group of query heads."
             )
+        for field, choices in SWITCHES.items():
+            if getattr(self, field) not in choices:
+                raise ValueError(f"ScratchGPTConfig.{field} {getattr(self, field)!r} is not supported; use one of {', '.join(choices)}.")
+        if self.position_embedding_type == "rope":
+            rope_type = self.rope_parameters.get("rope_type", self.rope_parameters.get("type", "default"))
+            if rope_type not in ROPE_TYPES:
+                raise ValueError(f"ScratchGPT does not implement the RoPE type {rope_type!r}; it implements {', '.join(ROPE_TYPES)}.")
+            if self.head_dim % 2:
+                raise ValueError(f"ScratchGPTConfig.head_dim ({self.head_dim}) must be even: RoPE rotates pairs of dimensions.")
         for field in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
@@ -141,8 +265,8 @@ class ScratchGPTConfig(PretrainedConfig):
             raise ValueError(
                 f"ScratchGPTConfig.hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(ACTIVATIONS)}."
             )
-        if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
-            raise ValueError("ScratchGPTConfig.layer_norm_eps and initializer_range must be positive.")
+        if self.layer_norm_eps <= 0 or self.rms_norm_eps <= 0 or self.initializer_range <= 0:
+            raise ValueError("ScratchGPTConfig.layer_norm_eps, rms_norm_eps and initializer_range must be positive.")
 
 
 __all__ = ["ScratchGPTConfig", "PRESETS"]

@@ -16,11 +16,10 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .io_utils import atomic_directory, check_output
@@ -119,23 +118,27 @@ def load_pretrained(load, source, *args, **kwargs):
 
 
 def load_config(source: str | os.PathLike, **download_kwargs) -> ScratchGPTConfig:
-    """The ScratchGPT config of a checkpoint (a ScratchGPT or GPT-2 folder or Hub id), without its
-    weights: what a command checks its tokenizer and data against before loading the model."""
+    """The ScratchGPT config of a checkpoint (a ScratchGPT, GPT-2, Llama or Qwen folder or Hub id),
+    without its weights: what a command checks its tokenizer and data against before loading the model."""
+    from transformers import CONFIG_MAPPING
+
     config_dict, _ = load_pretrained(ScratchGPTConfig.get_config_dict, source, **download_kwargs)
     model_type = config_dict.get("model_type")
-    if model_type == "gpt2":
-        return config_from_gpt2(GPT2Config.from_dict(config_dict))
-    if model_type != ScratchGPTConfig.model_type:
+    if model_type == ScratchGPTConfig.model_type:
+        return ScratchGPTConfig.from_dict(config_dict)
+    readers = {"gpt2": config_from_gpt2, **dict.fromkeys(LLAMA_FAMILY, config_from_llama)}
+    if model_type not in readers:
         raise ValueError(
-            f"{str(source)!r} holds a checkpoint of model type {model_type!r}; it reads scratch_gpt, gpt2 "
-            "(GPT2LMHeadModel checkpoints such as openai-community/gpt2)."
+            f"{str(source)!r} holds a checkpoint of model type {model_type!r}; it reads scratch_gpt, "
+            f"{', '.join(readers)} (e.g. openai-community/gpt2, HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B)."
         )
-    return ScratchGPTConfig.from_dict(config_dict)
+    return readers[model_type](CONFIG_MAPPING[model_type].from_dict(config_dict))
 
 
 def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     """The same network under GPT-2's names and layout."""
     config = model.config
+    check_gpt2_shape(config)
     gpt2_config = GPT2Config(**{theirs: getattr(config, ours) for ours, theirs in GPT2_CONFIG_NAMES.items()})
     gpt2 = GPT2LMHeadModel(gpt2_config).to(model.dtype)
     state = {gpt2_name(name): conv1d_layout(gpt2_name(name), tensor) for name, tensor in model.state_dict().items()}
@@ -148,57 +151,6 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
         raise RuntimeError(f"GPT-2 export left weights unset: {sorted(missing)}")
     gpt2.generation_config = model.generation_config
     return gpt2.eval()
-
-
-def export_gpt2(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, trust_remote_code: bool = False) -> Path:
-    """Write the causal LM `model_dir` (a ScratchGPT or GPT-2 folder or Hub id) as a standard GPT-2
-    folder `out_dir`, its tokenizer included.
-
-    The model loads through the registered ScratchGPT class; code shipped in the folder runs only
-    with `trust_remote_code=True`. `out_dir` is checked first (see `io_utils.check_output`).
-    """
-    out_dir = Path(out_dir)
-    check_output(out_dir, inputs=[model_dir], overwrite=overwrite, what="output folder", flag="OUT_DIR")
-    if Path(model_dir).is_dir():
-        if not (Path(model_dir) / "config.json").is_file():
-            raise FileNotFoundError(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
-        if not any(Path(model_dir).glob("*.safetensors")):
-            raise FileNotFoundError(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
-    if trust_remote_code:
-        model = load_pretrained(AutoModelForCausalLM.from_pretrained, model_dir, trust_remote_code=True)
-    else:
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir)  # our class: no code from the folder runs
-    architectures = model.config.architectures or ["ScratchGPTForCausalLM"]
-    if "ScratchGPTForCausalLM" not in architectures:
-        raise ValueError(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")
-    gpt2 = to_gpt2(model)
-    tokenizer = None
-    with contextlib.suppress(OSError, ValueError):  # a model folder without a tokenizer exports without one
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    with atomic_directory(out_dir) as tmp:
-        gpt2.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-    return Path(out_dir)
-
-
-def export_cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt export-gpt2",
-        description="Write a ScratchGPT model folder as a GPT2LMHeadModel folder (loads without trust_remote_code).",
-    )
-    parser.add_argument("model_dir", help="a causal LM: ScratchGPT or GPT-2 folder (save_pretrained) or Hub id")
-    parser.add_argument("out_dir", help="where to write the GPT-2 folder (replaced atomically)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR that scratch-gpt did not write")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model code shipped in MODEL_DIR")
-    args = parser.parse_args(argv)
-    try:
-        out = export_gpt2(args.model_dir, args.out_dir, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
-    except (ValueError, OSError) as error:
-        print(f"scratch-gpt export-gpt2: error: {error}", file=sys.stderr)
-        return 2
-    print(f"Wrote GPT2LMHeadModel to {out}")
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,6 +304,237 @@ def import_book_checkpoint(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Llama (SmolLM2, Llama 3.x), Qwen2 and Qwen3: the Llama-switched ScratchGPT under other names. The
+# names agree except the norms and attention's; ScratchGPT fuses q_proj, k_proj, v_proj into qkv_proj.
+# ----------------------------------------------------------------------------------------------
+LLAMA_NAMES = {  # ScratchGPT name part -> LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM name part
+    ".ln_1.": ".input_layernorm.",
+    ".ln_2.": ".post_attention_layernorm.",
+    ".attn.out_proj.": ".self_attn.o_proj.",
+    ".attn.q_norm.": ".self_attn.q_norm.",
+    ".attn.k_norm.": ".self_attn.k_norm.",
+}
+LLAMA_CONFIG_NAMES = (  # the same name in ScratchGPTConfig and in the Llama / Qwen configs
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "max_position_embeddings",
+    "hidden_act",
+    "rms_norm_eps",
+    "initializer_range",
+    "tie_word_embeddings",
+    "rope_parameters",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
+# model_type -> (class name, what of ScratchGPT's switches the family fixes)
+LLAMA_FAMILY = {
+    "llama": ("LlamaForCausalLM", dict(qk_norm=False)),
+    "qwen2": ("Qwen2ForCausalLM", dict(qk_norm=False, qkv_bias=True, attention_bias=False, mlp_bias=False)),
+    "qwen3": ("Qwen3ForCausalLM", dict(qk_norm=True, mlp_bias=False)),
+}
+
+
+def unsupported_feature(hf_config) -> str | None:
+    """The first feature of a Llama/Qwen config that ScratchGPT's switches do not cover, in words."""
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    layer_types = set(getattr(hf_config, "layer_types", None) or ["full_attention"])
+    checks = [
+        (getattr(hf_config, "use_sliding_window", False) or layer_types != {"full_attention"}, "sliding-window attention"),
+        (getattr(hf_config, "num_experts", 0) or getattr(hf_config, "num_local_experts", 0), "mixture-of-experts layers"),
+        (rope.get("rope_type", "default") not in ("default", "llama3"), f"the RoPE type {rope.get('rope_type')!r}"),
+        (rope.get("partial_rotary_factor", 1.0) != 1.0, "partial rotary embeddings"),
+        (getattr(hf_config, "attn_logit_softcapping", None), "attention logit softcapping"),
+        (getattr(hf_config, "final_logit_softcapping", None), "final logit softcapping"),
+        ((getattr(hf_config, "pretraining_tp", 1) or 1) > 1, "pretraining_tp > 1"),
+        (hf_config.hidden_act not in ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu"), f"the activation {hf_config.hidden_act!r}"),
+    ]
+    return next((feature for present, feature in checks if present), None)
+
+
+def config_from_llama(hf_config) -> ScratchGPTConfig:
+    """A Llama, Qwen2 or Qwen3 config as ScratchGPT switches; refuses what they do not cover."""
+    model_type = hf_config.model_type
+    feature = unsupported_feature(hf_config)
+    if feature is not None:
+        raise ValueError(f"ScratchGPT cannot load this {model_type} checkpoint: it uses {feature}, which ScratchGPT does not implement.")
+    values = {name: getattr(hf_config, name, None) for name in LLAMA_CONFIG_NAMES}  # Qwen2 has no head_dim: None
+    bias = bool(getattr(hf_config, "attention_bias", False))  # Llama / Qwen3: on q, k, v and o together
+    switches = dict(qkv_bias=bias, attention_bias=bias, mlp_bias=bool(getattr(hf_config, "mlp_bias", False)))
+    switches.update(LLAMA_FAMILY[model_type][1])
+    return ScratchGPTConfig(
+        position_embedding_type="rope",
+        norm_type="rmsnorm",
+        mlp_type="swiglu",
+        attn_pdrop=float(getattr(hf_config, "attention_dropout", 0.0) or 0.0),
+        **switches,
+        **values,
+    )
+
+
+def name_from_llama(name: str) -> str:
+    for ours, theirs in LLAMA_NAMES.items():
+        name = name.replace(theirs, ours)
+    return name
+
+
+def llama_name(name: str) -> str:
+    for ours, theirs in LLAMA_NAMES.items():
+        name = name.replace(ours, theirs)
+    return name
+
+
+def convert_llama(source, **download_kwargs):
+    """A Llama, Qwen2 or Qwen3 causal-LM checkpoint (Hub id, folder, or a loaded model) as a ScratchGPT
+    config and state dict: the converter `from_pretrained` uses for those `model_type`s."""
+    from transformers import AutoConfig
+
+    if isinstance(source, PreTrainedModel):
+        hf_config, model = source.config, source
+    else:
+        hf_config = AutoConfig.from_pretrained(source, **download_kwargs)
+    config = config_from_llama(hf_config)  # refuses before any weight is read
+    if not isinstance(source, PreTrainedModel):
+        model = AutoModelForCausalLM.from_pretrained(source, config=hf_config, **download_kwargs)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if ".self_attn.q_proj." in name:  # q, k, v -> one fused qkv_proj (weights and biases alike)
+            k, v = (model.state_dict()[name.replace("q_proj", other)] for other in ("k_proj", "v_proj"))
+            state[name_from_llama(name).replace(".self_attn.q_proj.", ".attn.qkv_proj.")] = torch.cat([tensor, k, v])
+        elif ".self_attn.k_proj." not in name and ".self_attn.v_proj." not in name:
+            state[name_from_llama(name)] = tensor
+    return config, state
+
+
+for _model_type in LLAMA_FAMILY:
+    register_converter(_model_type, convert_llama)
+
+
+def to_llama(model: ScratchGPTForCausalLM, model_type: str = "llama") -> PreTrainedModel:
+    """The same network as a native `LlamaForCausalLM` ("llama") or `Qwen3ForCausalLM` ("qwen3")."""
+    import transformers
+
+    config = model.config
+    class_name, fixed = LLAMA_FAMILY[model_type]
+    needed = dict(position_embedding_type="rope", norm_type="rmsnorm", mlp_type="swiglu", **fixed)
+    needed.setdefault("qkv_bias", config.attention_bias)  # one bias switch for q, k, v and o in these classes
+    wrong = {name: getattr(config, name) for name, value in needed.items() if getattr(config, name) != value}
+    if wrong:
+        raise ValueError(
+            f"This ScratchGPT cannot be written as {class_name}: it needs {needed}, but has {wrong}; "
+            "export it --to the family it was built as (a GPT-2-shaped model: --to gpt2)."
+        )
+    config_class = getattr(transformers, class_name.replace("ForCausalLM", "Config"))
+    values = {name: getattr(config, name) for name in LLAMA_CONFIG_NAMES}
+    values.update(attention_bias=config.attention_bias, attention_dropout=config.attn_pdrop)
+    if model_type == "llama":
+        values["mlp_bias"] = config.mlp_bias
+    native = getattr(transformers, class_name)(config_class(**values)).to(model.dtype)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if ".attn.qkv_proj." in name:
+            sizes = model.model.layers[0].attn.sizes
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.split(sizes)):
+                state[name.replace(".attn.qkv_proj.", f".self_attn.{part}.")] = piece.contiguous()
+        else:
+            state[llama_name(name)] = tensor
+    native.load_state_dict(state, strict=True)
+    native.generation_config = model.generation_config
+    return native.eval()
+
+
+def check_gpt2_shape(config: ScratchGPTConfig) -> None:
+    """Refuse, in one sentence, a ScratchGPT whose switches GPT2LMHeadModel cannot express."""
+    gpt2 = dict(position_embedding_type="learned", norm_type="layernorm", mlp_type="gelu", qk_norm=False, attention_bias=True, mlp_bias=True)
+    gpt2["num_key_value_heads"] = config.num_attention_heads
+    gpt2["head_dim"] = config.hidden_size // config.num_attention_heads
+    wrong = {name: getattr(config, name) for name, value in gpt2.items() if getattr(config, name) != value}
+    if wrong:
+        raise ValueError(f"This ScratchGPT cannot be written as GPT2LMHeadModel: it needs {gpt2}, but has {wrong}; export it --to llama or qwen3.")
+
+
+# ----------------------------------------------------------------------------------------------
+# `scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3`: a folder of the native class, which
+# anything serving GPT-2, Llama or Qwen3 runs without remote code. `export-gpt2` is `--to gpt2`.
+# ----------------------------------------------------------------------------------------------
+NATIVE_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+EXPORT_TARGETS = tuple(NATIVE_CLASSES)
+
+
+def export_model(
+    model_dir: str | Path, out_dir: str | Path, to: str = "gpt2", *, overwrite: bool = False, trust_remote_code: bool = False
+) -> Path:
+    """Write the causal LM `model_dir` (a ScratchGPT folder or Hub id, or a checkpoint it converts) as a
+    folder of the native transformers class `to`, `out_dir`, its tokenizer included.
+
+    The model loads through the registered ScratchGPT class; code shipped in the folder runs only
+    with `trust_remote_code=True`. `out_dir` is checked first (see `io_utils.check_output`).
+    """
+    if to not in EXPORT_TARGETS:
+        raise ValueError(f"Cannot export to {to!r}; choose one of {', '.join(EXPORT_TARGETS)}.")
+    out_dir = Path(out_dir)
+    check_output(out_dir, inputs=[model_dir], overwrite=overwrite, what="output folder", flag="OUT_DIR")
+    if Path(model_dir).is_dir():
+        if not (Path(model_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
+        if not any(Path(model_dir).glob("*.safetensors")):
+            raise FileNotFoundError(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
+    if trust_remote_code:
+        model = load_pretrained(AutoModelForCausalLM.from_pretrained, model_dir, trust_remote_code=True)
+    else:
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir)  # our class: no code from the folder runs
+    architectures = model.config.architectures or ["ScratchGPTForCausalLM"]
+    if "ScratchGPTForCausalLM" not in architectures:
+        raise ValueError(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")
+    native = to_gpt2(model) if to == "gpt2" else to_llama(model, to)
+    tokenizer = None
+    with contextlib.suppress(OSError, ValueError):  # a model folder without a tokenizer exports without one
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with atomic_directory(out_dir) as tmp:
+        native.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def export_gpt2(model_dir: str | Path, out_dir: str | Path, **options) -> Path:
+    """`export_model(model_dir, out_dir, "gpt2")`: a plain GPT2LMHeadModel folder."""
+    return export_model(model_dir, out_dir, "gpt2", **options)
+
+
+def export_cli(argv: list[str] | None = None, *, to: str | None = None) -> int:
+    """`scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3`; `export-gpt2` is the same, `--to gpt2`."""
+    from .training.options import run_command
+
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt export" if to is None else f"scratch-gpt export-{to}",
+        description="Write a model folder as a native GPT-2, Llama or Qwen3 folder (loads without trust_remote_code).",
+    )
+    parser.add_argument("model_dir", help="a causal LM: a ScratchGPT, GPT-2, Llama or Qwen folder (save_pretrained) or Hub id")
+    parser.add_argument("out_dir", help="where to write the folder (replaced atomically)")
+    if to is None:
+        parser.add_argument("--to", required=True, choices=EXPORT_TARGETS, help="the transformers class to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR that scratch-gpt did not write")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model code shipped in MODEL_DIR")
+
+    def body(args):
+        target = to or args.to
+        out = export_model(args.model_dir, args.out_dir, target, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+        print(f"Wrote a {NATIVE_CLASSES[target]} folder to {out}")
+
+    return run_command(parser, argv, body)
+
+
+def export_gpt2_cli(argv: list[str] | None = None) -> int:
+    return export_cli(argv, to="gpt2")
 
 
 def import_book_cli(argv: list[str] | None = None) -> int:

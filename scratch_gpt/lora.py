@@ -19,7 +19,11 @@ import sys
 
 from torch import nn
 
-DEFAULT_TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")
+DEFAULT_TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")  # GPT-2's MLP (mlp_type "gelu")
+SWIGLU_TARGETS = ("qkv_proj", "out_proj", "gate_proj", "up_proj", "down_proj")  # Llama / Qwen's MLP ("swiglu")
+# What the commands and PEFT's table use: every projection name of both MLPs. PEFT adapts the names
+# a model has and skips the others, as long as at least one is found (qkv_proj always is).
+ALL_TARGETS = tuple(dict.fromkeys(DEFAULT_TARGETS + SWIGLU_TARGETS))
 TASK_TYPES = {"causal": "CAUSAL_LM", "classification": "SEQ_CLS"}  # peft's TaskType values
 PEFT_TARGETS_MODULE = "peft.utils.constants"  # where PEFT keeps its default targets per model type
 
@@ -32,7 +36,7 @@ def register_with_peft() -> None:
     """
     table = sys.modules.get(PEFT_TARGETS_MODULE)
     if table is not None:
-        table.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault("scratch_gpt", list(DEFAULT_TARGETS))
+        table.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault("scratch_gpt", list(ALL_TARGETS))
     elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _AfterImport(PEFT_TARGETS_MODULE, register_with_peft))
 
@@ -58,6 +62,11 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+def default_targets(config) -> tuple[str, ...]:
+    """The projections LoRA adapts in a model of this config: attention's two, and its MLP's."""
+    return SWIGLU_TARGETS if getattr(config, "mlp_type", "gelu") == "swiglu" else DEFAULT_TARGETS
+
+
 def lora_config(
     task: str = "causal",
     r: int = 8,
@@ -74,10 +83,10 @@ def lora_config(
         raise ValueError(f"The LoRA rank must be a positive integer, got {r}.")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"The LoRA dropout must be in [0, 1), got {dropout}.")
-    unknown = sorted(set(targets) - set(DEFAULT_TARGETS))
+    unknown = sorted(set(targets) - set(ALL_TARGETS))
     if unknown or not targets:
         raise ValueError(
-            f"Unknown LoRA target modules {unknown or list(targets)}; choose among {', '.join(DEFAULT_TARGETS)}."
+            f"Unknown LoRA target modules {unknown or list(targets)}; choose among {', '.join(ALL_TARGETS)}."
         )
     return LoraConfig(
         task_type=TASK_TYPES[task],
@@ -112,8 +121,8 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter input (default: 0)")
     group.add_argument(
         "--lora-targets",
-        default=",".join(DEFAULT_TARGETS),
-        help=f"comma-separated projections to adapt (default: {','.join(DEFAULT_TARGETS)})",
+        default=",".join(ALL_TARGETS),
+        help=f"comma-separated projections to adapt (default: those of {','.join(ALL_TARGETS)} the model has)",
     )
     group.add_argument(
         "--save-merged",
@@ -135,6 +144,9 @@ def lora_config_from_args(args: argparse.Namespace, task: str):
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "SWIGLU_TARGETS",
+    "ALL_TARGETS",
+    "default_targets",
     "lora_config",
     "count_parameters",
     "describe_trainable",

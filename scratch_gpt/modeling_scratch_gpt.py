@@ -8,8 +8,14 @@ Read it top to bottom, in the order the stages build it:
               ──► final LayerNorm                                              (stage 5)
               ──► LM head (tied to the token embedding) ──► logits, or a classification head
 
-Shapes in comments: B batch, T new tokens, S tokens attended to (past + new), H heads,
-D head size, C hidden size (= H * D), V vocabulary.
+From GPT-2 to Llama 3 and Qwen3 is a handful of config switches, each a few lines below, marked
+"# switch:" with the model that introduced it: rotary positions instead of learned ones (RoPE),
+RMSNorm instead of LayerNorm, a SwiGLU MLP, fewer key/value heads than query heads (GQA/MQA),
+RMSNorm on queries and keys (QK-norm), which projections have biases, a head size of its own.
+The defaults are GPT-2; the `smollm2-135m`, `qwen3-0.6b` and `llama-3.2-1b` presets turn them on.
+
+Shapes in comments: B batch, T new tokens, S tokens attended to (past + new), H query heads,
+K key/value heads (H for GPT-2), D head size, C hidden size (H * D for GPT-2), V vocabulary.
 
 This file imports only torch, transformers and its configuration module, so it is copied next to
 the weights by `save_pretrained` and loads with `trust_remote_code=True` where the `scratch_gpt`
@@ -75,20 +81,84 @@ def position_ids_for(attention_mask: torch.Tensor | None, past_length: int, leng
     return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)
 
 
+# RoPE (RoFormer, 2021; Llama): no position table. Each query and key is rotated by an angle
+# proportional to its position, pair of dimensions by pair, so that q·k depends on how far apart
+# two tokens are, not where they are. Pair i turns at `inv_freq[i]` radians per position.
+def rope_inv_freq(config: ScratchGPTConfig) -> torch.Tensor:
+    """Rotation speed of each pair of head dimensions: theta^(-2i/D), i = 0 .. D/2 - 1."""
+    rope = config.rope_parameters
+    dims = torch.arange(0, config.head_dim, 2, dtype=torch.int64).float()
+    inv_freq = 1.0 / rope["rope_theta"] ** (dims / config.head_dim)  # (D/2,)
+    if rope.get("rope_type", "default") == "llama3":  # switch: Llama 3.1's long-context scaling
+        # Wavelengths (positions per full turn) longer than the pre-training context / low_freq_factor
+        # are slowed down by `factor`, those shorter than context / high_freq_factor are kept, and
+        # in between the two are blended, so short-range order stays as trained.
+        context, factor = rope["original_max_position_embeddings"], rope["factor"]
+        turns_in_context = context * inv_freq / (2 * torch.pi)  # = context / wavelength
+        keep = ((turns_in_context - rope["low_freq_factor"]) / (rope["high_freq_factor"] - rope["low_freq_factor"])).clamp(0, 1)
+        inv_freq = keep * inv_freq + (1 - keep) * inv_freq / factor
+    return inv_freq
+
+
+class ScratchGPTRotaryEmbedding(nn.Module):
+    """Cosines and sines of every position's rotation angles, shared by all blocks."""
+
+    def __init__(self, config: ScratchGPTConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.LongTensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, D/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (B, T, D): dimension i pairs with i + D/2
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + D/2]) of (B, heads, T, D) by its angle: cos/sin are (B, T, D)."""
+    first, second = x.chunk(2, dim=-1)
+    rotated_quarter_turn = torch.cat((-second, first), dim=-1)
+    return x * cos.unsqueeze(1) + rotated_quarter_turn * sin.unsqueeze(1)
+
+
+# RMSNorm (Zhang & Sennrich 2019; Llama): LayerNorm without the mean and the shift, x / rms(x) * weight.
+class ScratchGPTRMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()  # in fp32 for stability, as Llama does
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def make_norm(config: ScratchGPTConfig, size: int) -> nn.Module:
+    if config.norm_type == "rmsnorm":  # switch: RMSNorm, no mean subtraction and no bias: Llama
+        return ScratchGPTRMSNorm(size, eps=config.rms_norm_eps)
+    return nn.LayerNorm(size, eps=config.layer_norm_eps)
+
+
 # ----------------------------------------------------------------------------------------------
 # Stage 4: attention
 # ----------------------------------------------------------------------------------------------
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,  # (B, H, T, D)
-    key: torch.Tensor,  # (B, H, S, D)
-    value: torch.Tensor,  # (B, H, S, D)
+    key: torch.Tensor,  # (B, K, S, D)
+    value: torch.Tensor,  # (B, K, S, D)
     attention_mask: torch.Tensor | None,  # (B, 1, T, S): bool (True = may attend) or additive (0 / very negative)
     scaling: float,
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention, spelled out. The `sdpa` and flash paths compute the same thing."""
+    # 0. With grouped key/value heads, each one serves `num_key_value_groups` query heads: repeat it.
+    if module.num_key_value_groups > 1:
+        key = key.repeat_interleave(module.num_key_value_groups, dim=1)  # (B, H, S, D)
+        value = value.repeat_interleave(module.num_key_value_groups, dim=1)
     # 1. Attention scores: how much each query position matches each key position.
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling  # (B, H, T, S)
     # 2. Causal (and padding) mask: a position may only look at itself and earlier, real tokens.
@@ -117,27 +187,41 @@ class ScratchGPTAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx  # which slot of the KV cache this layer writes
         self.num_heads = config.num_attention_heads
-        self.head_dim = config.head_dim
+        self.head_dim = config.head_dim  # switch: a head size of its own, not C / H: Qwen3 (and Gemma)
+        # switch: fewer key/value heads than query heads, each serving a group: GQA (Llama 2 70B); one: MQA.
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads  # also read by sdpa / flex
         self.scaling = self.head_dim**-0.5
         self.is_causal = True  # read by the sdpa / flash attention functions
-        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.sizes = [self.num_heads * self.head_dim, *2 * [self.num_key_value_heads * self.head_dim]]  # q, k, v
+        # switch: `qkv_bias` (GPT-2 and Qwen2: yes; Llama, Qwen3: no), `attention_bias` on the output (GPT-2 only).
+        self.qkv_proj = nn.Linear(config.hidden_size, sum(self.sizes), bias=config.qkv_bias)
+        self.out_proj = nn.Linear(self.sizes[0], config.hidden_size, bias=config.attention_bias)
         self.out_proj.is_residual_projection = True  # scaled at init, see `_init_weights`
+        if config.qk_norm:  # switch: RMSNorm over each head's queries and keys, before RoPE: Qwen3 (after OLMo 2)
+            self.q_norm = ScratchGPTRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = ScratchGPTRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(
         self,
         hidden_states: torch.Tensor,  # (B, T, C)
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,  # RoPE's (cos, sin), each (B, T, D)
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
-        # (B, T, 3C) -> three (B, T, C) -> split C into H heads of size D -> (B, H, T, D)
-        query, key, value = self.qkv_proj(hidden_states).split(self.config.hidden_size, dim=-1)
-        query, key, value = (x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2) for x in (query, key, value))
+        # (B, T, (H + 2K) * D) -> query (B, T, H * D), key and value (B, T, K * D) -> heads of size D
+        query, key, value = self.qkv_proj(hidden_states).split(self.sizes, dim=-1)
+        query, key, value = (x.view(batch, length, -1, self.head_dim) for x in (query, key, value))
+        if self.config.qk_norm:
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # (B, H or K, T, D)
+        if position_embeddings is not None:  # switch: rotate queries and keys by their positions (RoPE): Llama
+            query, key = apply_rope(query, *position_embeddings), apply_rope(key, *position_embeddings)
 
         if cache is not None:
-            # Append this step's keys/values to the cache and get back everything seen so far: (B, H, S, D).
+            # Append this step's keys/values to the cache and get back everything seen so far: (B, K, S, D).
             key, value = cache.update(key, value, self.layer_idx)
 
         # Eager is the readable reference; "sdpa" (default), "flash_attention_2", "flex_attention"
@@ -166,13 +250,28 @@ class ScratchGPTMLP(nn.Module):
 
     def __init__(self, config: ScratchGPTConfig):
         super().__init__()
-        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.act = ACT2FN[config.hidden_act]
-        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.fc_out.is_residual_projection = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc_out(self.act(self.fc_in(hidden_states)))
+
+
+class ScratchGPTGatedMLP(nn.Module):
+    """SwiGLU (Shazeer 2020; PaLM, Llama): a second expansion gates the first, element by element."""
+
+    def __init__(self, config: ScratchGPTConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.act = ACT2FN[config.hidden_act]  # SiLU (= Swish) in Llama and Qwen
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.down_proj.is_residual_projection = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
 
 
 class ScratchGPTBlock(GradientCheckpointingLayer):
@@ -180,15 +279,16 @@ class ScratchGPTBlock(GradientCheckpointingLayer):
 
     def __init__(self, config: ScratchGPTConfig, layer_idx: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ln_1 = make_norm(config, config.hidden_size)
         self.attn = ScratchGPTAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = ScratchGPTMLP(config)
+        self.ln_2 = make_norm(config, config.hidden_size)
+        # switch: a gated SiLU MLP (gate_proj, up_proj, down_proj) instead of Linear-GELU-Linear: Llama
+        self.mlp = ScratchGPTGatedMLP(config) if config.mlp_type == "swiglu" else ScratchGPTMLP(config)
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: Cache | None = None, **kwargs
-    ) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+    ) -> torch.Tensor:  # (B, T, C) -> (B, T, C); kwargs carry RoPE's `position_embeddings`
         attn_output, _ = self.attn(self.ln_1(hidden_states), attention_mask, cache=cache, **kwargs)
         hidden_states = hidden_states + self.dropout(attn_output)
         return hidden_states + self.dropout(self.mlp(self.ln_2(hidden_states)))  # (B, T, C)
@@ -227,6 +327,10 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, ScratchGPTRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, ScratchGPTRotaryEmbedding):
+            init.copy_(module.inv_freq, rope_inv_freq(self.config))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -287,7 +391,7 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         return commit
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs (forward + backward) per token: 6 * matmul weights + 12 * layers * C * T.
+        """Training FLOPs (forward + backward) per token: 6 * matmul weights + 12 * layers * H * D * T.
 
         Matmul weights are every block weight plus the LM head (the embedding lookups cost no
         matmul); the second term is attention's scores and weighted sum over a context of T.
@@ -297,7 +401,8 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         seq_len = seq_len or config.max_position_embeddings
         block_weights = sum(p.numel() for name, p in self.named_parameters() if ".layers." in f".{name}")
         matmul_weights = block_weights + config.vocab_size * config.hidden_size
-        return 6 * matmul_weights + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+        attention_width = config.num_attention_heads * config.head_dim  # C in GPT-2
+        return 6 * matmul_weights + 12 * config.num_hidden_layers * attention_width * seq_len
 
 
 class ScratchGPTModel(ScratchGPTPreTrainedModel):
@@ -307,10 +412,13 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         super().__init__(config)
         # Stage 3: token embeddings plus learned absolute position embeddings.
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        if config.position_embedding_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        else:  # switch: no position table; attention rotates queries and keys instead (RoPE): Llama
+            self.rotary_emb = ScratchGPTRotaryEmbedding(config)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.layers = nn.ModuleList(ScratchGPTBlock(config, i) for i in range(config.num_hidden_layers))
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = make_norm(config, config.hidden_size)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -358,7 +466,11 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         if position_ids is None:
             position_ids = position_ids_for(attention_mask, past_length, length, inputs_embeds.device)
 
-        hidden_states = self.drop(inputs_embeds + self.embed_positions(position_ids))  # stage 3: (B, T, C)
+        if config.position_embedding_type == "learned":
+            hidden_states = self.drop(inputs_embeds + self.embed_positions(position_ids))  # stage 3: (B, T, C)
+        else:  # RoPE: the blocks get each position's (cos, sin) and rotate queries and keys with them
+            hidden_states = self.drop(inputs_embeds)
+            kwargs["position_embeddings"] = self.rotary_emb(position_ids, inputs_embeds.dtype)
         causal_mask = create_causal_mask(
             config=config,
             inputs_embeds=inputs_embeds,

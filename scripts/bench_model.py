@@ -1,24 +1,30 @@
-"""Benchmark ScratchGPT against transformers' GPT2LMHeadModel with identical dimensions.
+"""Benchmark ScratchGPT against transformers' own class with identical dimensions and weights:
+GPT2LMHeadModel (`--arch gpt2`, the default) or LlamaForCausalLM (`--arch llama`: RoPE, RMSNorm,
+SwiGLU, grouped key/value heads, no biases).
 
 Rows: training step (forward + backward + AdamW) tokens/s and peak memory, and generation
 tokens/s with the KV cache at batch 1 and batch 8. Both models are built in this process with
 the same weights, run on the same batches, alternately (each goes first in every other
-repeat), best of `--repeats`; the ratio column
-is ScratchGPT / GPT-2 (above 1.0 means ScratchGPT is faster, or for memory, uses more).
+repeat), median of `--repeats`; the ratio column
+is ScratchGPT / peer (above 1.0 means ScratchGPT is faster, or for memory, uses more).
 
     python scripts/bench_model.py                      # CPU, small dimensions
+    python scripts/bench_model.py --arch llama --kv-heads 2 --repeats 5
     python scripts/bench_model.py --preset gpt2-small --seq-len 1024 --batch 8 --device cuda --dtype bfloat16
+    python scripts/bench_model.py --arch llama --preset smollm2-135m --seq-len 1024 --device cuda --dtype bfloat16
 """
 
 import argparse
 import gc
 import os
+import statistics
 import threading
 import time
 
 import torch
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-from scratch_gpt.convert import to_gpt2
+from scratch_gpt.configuration_scratch_gpt import LLAMA_SWITCHES
+from scratch_gpt.convert import to_gpt2, to_llama
 
 
 class PeakMemory:
@@ -103,6 +109,8 @@ def main():
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--arch", default="gpt2", choices=["gpt2", "llama"], help="the shape, and the peer class")
+    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads with --arch llama (default: heads / 2)")
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
@@ -117,8 +125,11 @@ def main():
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = dict(max_position_embeddings=max(args.seq_len, 1024), bos_token_id=0, eos_token_id=0)
+    if args.arch == "llama":
+        shape.update(LLAMA_SWITCHES, num_key_value_heads=args.kv_heads or max(1, args.heads // 2))
+        shape["intermediate_size"] = 8 * args.hidden_size // 3  # SwiGLU's three matrices ~ GPT-2's two at 4C
     if args.preset:
-        config = ScratchGPTConfig.from_preset(args.preset, **shape)
+        config = ScratchGPTConfig.from_preset(args.preset, **{"max_position_embeddings": shape["max_position_embeddings"]})
     else:
         config = ScratchGPTConfig(
             vocab_size=args.vocab_size,
@@ -129,9 +140,10 @@ def main():
         )
     torch.manual_seed(0)
     ours = ScratchGPTForCausalLM(config)
-    theirs = to_gpt2(ours)  # identical dimensions and weights
+    peer_name = "Llama" if config.mlp_type == "swiglu" else "GPT-2"
+    theirs = to_llama(ours) if peer_name == "Llama" else to_gpt2(ours)  # identical dimensions and weights
     models = {}
-    for name, model in (("ScratchGPT", ours), ("GPT-2", theirs)):
+    for name, model in (("ScratchGPT", ours), (peer_name, theirs)):
         model.set_attn_implementation(args.attn)
         models[name] = model.to(device=device, dtype=dtype)
 
@@ -149,19 +161,20 @@ def main():
             rate, memory = train_step_rate(model, batch, args.steps, device, args.compile)
             model.load_state_dict(state)
             row = results[name]
-            row["train tokens/s"] = max(row.get("train tokens/s", 0), rate)
-            row["train peak MB"] = min(row.get("train peak MB", float("inf")), memory)
+            row.setdefault("train tokens/s", []).append(rate)
+            row.setdefault("train peak MB", []).append(memory)
             for label, prompt in (("generate tokens/s (batch 1)", prompt1), ("generate tokens/s (batch 8)", prompt8)):
-                row[label] = max(row.get(label, 0), generate_rate(model, prompt, args.new_tokens, device))
+                row.setdefault(label, []).append(generate_rate(model, prompt, args.new_tokens, device))
 
     print(
         f"\ndevice={device} dtype={args.dtype} attn={args.attn} compile={args.compile} "
-        f"hidden={config.hidden_size} layers={config.num_hidden_layers} heads={config.num_attention_heads} "
+        f"arch={args.arch} hidden={config.hidden_size} layers={config.num_hidden_layers} heads={config.num_attention_heads} "
+        f"kv_heads={config.num_key_value_heads} repeats={args.repeats} (medians) "
         f"vocab={config.vocab_size} seq={args.seq_len} batch={args.batch} params={ours.num_parameters() / 1e6:.1f}M"
     )
-    print(f"{'metric':<30}{'ScratchGPT':>14}{'GPT-2':>14}{'ratio':>10}")
+    print(f"{'metric':<30}{'ScratchGPT':>14}{peer_name:>14}{'ratio':>10}")
     for metric in results["ScratchGPT"]:
-        a, b = results["ScratchGPT"][metric], results["GPT-2"][metric]
+        a, b = (statistics.median(results[name][metric]) for name in ("ScratchGPT", peer_name))
         print(f"{metric:<30}{a:>14.1f}{b:>14.1f}{a / b if b else float('nan'):>10.3f}")
 
 

@@ -154,6 +154,11 @@ CASES = [
     ("dpo-same-answers", ["finetune-dpo", "--model", "base", "--data", "prefs_same.json", "--output-dir", "out", *FT], "--skip-identical"),
     ("dpo-bad-beta", ["finetune-dpo", "--model", "base", "--data", "prefs.json", "--output-dir", "out", "--beta", "0", *FT], "--beta must be positive"),
     ("dpo-missing-data", ["finetune-dpo", "--model", "base", "--data", "nope.json", "--output-dir", "out", *FT], "does not exist"),
+    # export (export-gpt2 is export --to gpt2)
+    ("export-unknown-target", ["export", "base", "out", "--to", "bert"], "invalid choice"),
+    ("export-no-target", ["export", "base", "out"], "required: --to"),
+    ("export-wrong-family", ["export", "base", "out", "--to", "llama"], "cannot be written as LlamaForCausalLM"),
+    ("export-output-is-source", ["export", "base", "base", "--to", "gpt2"], "is the input"),
     # import-book
     ("ib-missing-checkpoint", ["import-book", "nope.pth", "out", "--num-heads", "2"], "does not exist"),
     ("ib-not-a-state-dict", ["import-book", "data.csv", "out", "--num-heads", "2"], "is not a state dict"),

@@ -324,7 +324,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         records = balance_by_undersampling(records, args.seed)
     check_head_size(args.model, len(label_names))
     set_seed(args.seed)  # the new head (and LoRA) start the same way every run
-    model = load_pretrained(  # a ScratchGPT, or GPT-2 converted on the way in
+    model = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
         ScratchGPTForSequenceClassification.from_pretrained,
         args.model,
         num_labels=len(label_names),

@@ -283,7 +283,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
 
     set_seed(args.seed)  # LoRA adapters start the same way every run
-    model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model)  # GPT-2 is converted on the way in
+    model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model)  # GPT-2 / Llama / Qwen are converted on the way in
     model.generation_config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         do_sample=False,

@@ -129,7 +129,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
             action.required = True
     missing = [action.option_strings[0] for action in required if getattr(args, action.dest, None) is None]
     if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)} (on the command line or in --config)")
+        where = " (on the command line or in --config)" if "--config" in parser._option_string_actions else ""
+        parser.error(f"the following arguments are required: {', '.join(missing)}{where}; see --help.")
     return args
 
 

@@ -52,6 +52,7 @@ def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.Arg
     model.add_argument("--hidden-size", type=int)
     model.add_argument("--num-layers", type=int)
     model.add_argument("--num-heads", type=int)
+    model.add_argument("--num-kv-heads", type=int, help="key/value heads (GQA); default: the preset's share of --num-heads")
     model.add_argument("--intermediate-size", type=int)
     model.add_argument("--dropout", type=float, default=0.0)
     model.add_argument("--model-vocab-size", type=int, help="embedding rows (default: the tokenizer's size, rounded up to 64)")
@@ -99,7 +100,7 @@ def build_model(args, tokenizer):
     from scratch_gpt.convert import load_pretrained
     from scratch_gpt.tokenizer import check_fits, model_vocab_size
 
-    if args.init_from:  # a ScratchGPT folder or Hub id, or a GPT-2 one converted on the way in
+    if args.init_from:  # a ScratchGPT folder or Hub id, or a GPT-2 / Llama / Qwen one converted on the way in
         model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from)
         where = f"the model in {args.init_from!r}"
     else:
@@ -107,6 +108,7 @@ def build_model(args, tokenizer):
             "hidden_size": args.hidden_size,
             "num_hidden_layers": args.num_layers,
             "num_attention_heads": args.num_heads,
+            "num_key_value_heads": args.num_kv_heads,
             "intermediate_size": args.intermediate_size,
         }
         config = ScratchGPTConfig.from_preset(
