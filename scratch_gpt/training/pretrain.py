@@ -84,9 +84,7 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
             raise FileNotFoundError(
                 f"{source!r} holds no tokenizer; pass the one the model was trained with as --tokenizer."
             ) from None
-    elif state.num_processes == 1:
-        tokenizer = train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False)
-    else:
+    else:  # the run folder keeps it (the same files whatever the number of processes)
         if state.is_main_process:
             train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False).save_pretrained(output_dir / "tokenizer")
         state.wait_for_everyone()
