@@ -48,10 +48,10 @@ def folder(tmp_path_factory):
     return root
 
 
-def launch(folder: Path, *argv, processes: int = 2) -> str:
-    """`accelerate launch` of `scratch-gpt ARGV` on CPU processes (gloo); returns stdout."""
+def launch(folder: Path, *argv, config_file: str | None = None) -> str:
+    """`accelerate launch` of `scratch-gpt ARGV` on two CPU processes (gloo); returns stdout."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
+    launcher = ["--config_file", str(ROOT / "scripts" / config_file)] if config_file else ["--multi_gpu", "--num_processes", "2"]
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "scratch_gpt.cli", *map(str, argv)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=folder, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -131,9 +131,11 @@ def test_ddp_pretrain_resumes_bitwise(folder):
 
 @pytest.mark.slow
 def test_a_new_model_under_fsdp_is_initialised_in_its_slices(folder):
-    flags = pretrain_flags("new", "--batch-size", "2", "--fsdp", "--max-steps", "2", "--save-every", "0")
+    # FSDP switched on by the README's CPU recipe (an accelerate FSDP config) rather than --fsdp
+    flags = pretrain_flags("new", "--batch-size", "2", "--max-steps", "2", "--save-every", "0")
     flags[flags.index("--init-from") : flags.index("--init-from") + 2] = ["--tokenizer", "base", "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2"]
-    sizes = shard_sizes(launch(folder, *flags))
+    sizes = shard_sizes(launch(folder, *flags, config_file="accelerate_fsdp_cpu.yaml"))
+    assert sorted(sizes) == [0, 1]
     assert all(abs(held - total / 2) <= 0.01 * total for held, total in sizes.values())
     embedding = load_file(folder / "new" / "model" / "model.safetensors")["model.embed_tokens.weight"]
     first, second = embedding.chunk(2)  # the slices of process 0 and 1: drawn independently
