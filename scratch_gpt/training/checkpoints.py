@@ -1,6 +1,7 @@
 """Checkpoints of a training run: `OUTPUT_DIR/checkpoints/step-XXXXXXXX/`.
 
-Each is accelerate's `save_state` (model, optimizer, scheduler, RNG states, one set per process)
+Each is accelerate's `save_state` (model, optimizer, scheduler, RNG states, one set per process;
+under FSDP the model and optimizer are `sharding.save_sharded`'s slices in `sharded/` instead)
 written into a temporary folder, plus `trainer_state.json` (the position in the data and the size
 of every file), then renamed into place: a kill never leaves a half-written `step-*` folder, and a
 folder whose files do not match their recorded sizes is skipped when resuming.
@@ -13,6 +14,8 @@ import warnings
 from pathlib import Path
 
 from accelerate import Accelerator
+
+from scratch_gpt.training import sharding
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -44,8 +47,9 @@ def read_checkpoint_state(checkpoint: Path) -> dict:
     return state
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
-    """Write checkpoint `state["step"]` (every process takes part), then keep only the newest `keep`."""
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int, shards=None) -> None:
+    """Write checkpoint `state["step"]` (every process takes part), then keep only the newest `keep`.
+    `shards`: the (model, optimizer) of a sharded run, which every process writes its slices of."""
     folder = output_dir / "checkpoints"
     final = folder / checkpoint_name(state["step"])
     tmp = folder / f".tmp-{final.name}"  # the same name on every process: all of them write into it
@@ -54,6 +58,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if shards is not None:
+        sharding.save_sharded(*shards, tmp / sharding.SHARDS_FOLDER)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -95,12 +101,13 @@ def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> Non
         )
 
 
-def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature: dict | None = None) -> dict:
+def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature: dict | None = None, shards=None) -> dict:
     """Restore the newest complete checkpoint of the run in `output_dir`; skip damaged ones with a warning.
 
     Each checkpoint is checked before any state is touched: its files against their recorded sizes,
     then (with `signature`, see `model_signature`) its model against this one. Another model is an
-    error, not a reason to skip; no checkpoint at all, or none loadable, is an error too.
+    error, not a reason to skip; no checkpoint at all, or none loadable, is an error too. `shards`:
+    the (model, optimizer) of a sharded run, read from the checkpoint's slices.
     """
     checkpoints = checkpoint_dirs(output_dir)
     if not checkpoints:
@@ -116,8 +123,16 @@ def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature
             continue
         if signature is not None:
             check_compatible(checkpoint, state.get("model"), signature)
+        if state.get("sharded", False) != (shards is not None):
+            written, now = ("with", "without") if shards is None else ("without", "with")
+            raise ValueError(
+                f"The checkpoint {str(checkpoint)!r} was written {written} FSDP and this run is {now} it; "
+                "resume with the same launch configuration (--fsdp or the FSDP accelerate config)."
+            )
         try:
             accelerator.load_state(str(checkpoint))
+            if shards is not None:
+                sharding.load_sharded(*shards, checkpoint / sharding.SHARDS_FOLDER)
         except Exception as error:  # damaged contents of the right size: torch/safetensors raise many kinds
             warnings.warn(f"Skipping checkpoint {checkpoint.name}: {error}. Trying the previous one.", stacklevel=3)
             continue

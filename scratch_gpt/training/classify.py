@@ -34,6 +34,7 @@ from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits
 from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
 from scratch_gpt.training.loop import check_output_dir, process_state, train
+from scratch_gpt.training.sharding import build_context, fsdp_enabled
 from scratch_gpt.training.options import from_args, run_command
 
 logger = logging.getLogger(__name__)
@@ -324,14 +325,15 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         records = balance_by_undersampling(records, args.seed)
     check_head_size(args.model, len(label_names))
     set_seed(args.seed)  # the new head (and LoRA) start the same way every run
-    model = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
-        ScratchGPTForSequenceClassification.from_pretrained,
-        args.model,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
+        model = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
+            ScratchGPTForSequenceClassification.from_pretrained,
+            args.model,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            pad_token_id=tokenizer.pad_token_id,
+        )
     check_fits(tokenizer, model.config, f"the model in {args.model!r}")
     context = model.config.max_position_embeddings
     max_length = min(args.max_length or context, context)

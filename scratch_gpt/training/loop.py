@@ -18,7 +18,11 @@
   The test set, when given, is evaluated once at the end, its metrics prefixed `test_`.
 - `tokenizer` + `config.sample_prompts`: sample generations are printed at each evaluation.
 - `final_dir`: the trained model is saved there by `save_model`, the one save path of every
-  command (see there); `on_save(folder, metrics)` adds files (a model card) before it appears.
+  command (see there); `on_save(folder, metrics)` adds files (a model card) before it appears,
+  on the main process; `before_save(model)` runs first on every process (work that needs the
+  trained model, such as generating: under FSDP each process holds a slice, all must take part).
+- FSDP (`config.fsdp` or an accelerate FSDP config, more than one process): the model is sharded
+  by `sharding.shard_model` instead of copied to each device; see `sharding.py`.
 - Returns a dict of final metrics: `step`, `tokens`, `train_loss`, `eval_loss`, `perplexity`,
   `bits_per_byte` (when known), the `evaluate_fn` metrics, `runtime_s`, and the metrics of the
   evaluation before the first step, prefixed `initial_` (with `eval_at_start`).
@@ -47,7 +51,7 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, patch_environment, set_seed
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
@@ -61,6 +65,7 @@ from scratch_gpt.training.checkpoints import (
     save_checkpoint,
 )
 from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
+from scratch_gpt.training import sharding
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,6 +79,7 @@ class TrainingConfig:
     num_epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 8  # per process; the global batch is batch_size * processes * accumulation
+    global_batch_size: int | None = None  # if set, batch_size = global_batch_size / (processes * accumulation)
     eval_batch_size: int | None = None  # default: batch_size
     gradient_accumulation_steps: int = 1
     # AdamW, linear warmup then cosine decay down to min_lr_ratio * learning_rate.
@@ -87,6 +93,7 @@ class TrainingConfig:
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
     compile: bool = False  # torch.compile the model (inductor)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (see sharding.py)
     seed: int = 0
     shuffle: bool = True
     # Evaluation: every `eval_every` steps (0: only at the end), on at most `eval_max_batches` batches.
@@ -112,7 +119,7 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainingConfig.{name} must be at least 1, got {getattr(self, name)!r}.")
-        for name in ("max_steps", "eval_batch_size", "eval_max_batches"):
+        for name in ("max_steps", "eval_batch_size", "eval_max_batches", "global_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainingConfig.{name} must be at least 1 (or unset), got {getattr(self, name)!r}.")
         for name in ("eval_every", "save_every", "warmup_steps"):
@@ -135,6 +142,35 @@ def cpu_processes() -> bool:
     telling it `cpu=True` gives the gloo backend, so the same command works on CPU (and in CI).
     """
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def world_size() -> int:
+    """How many processes `accelerate launch` (or torchrun) started; 1 without a launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_process_batch_size(config: TrainingConfig) -> int:
+    """`batch_size`, or with `global_batch_size` its share per process and accumulation step;
+    ValueError when the processes cannot split it evenly (checked before any work)."""
+    if config.global_batch_size is None:
+        return config.batch_size
+    share = world_size() * config.gradient_accumulation_steps
+    if config.global_batch_size % share:
+        raise ValueError(
+            f"--global-batch-size {config.global_batch_size} does not split evenly over {world_size()} processes x "
+            f"{config.gradient_accumulation_steps} accumulation steps; make it a multiple of {share} or launch other process counts."
+        )
+    return config.global_batch_size // share
+
+
+def check_fsdp_options(config: TrainingConfig) -> None:
+    """The options the sharded loop does not support, as one sentence each (before any work)."""
+    if not sharding.fsdp_enabled(config.fsdp):
+        return
+    if config.mixed_precision == "fp16":
+        raise ValueError("FSDP trains in bf16 or fp32 here (fp16 would need a sharded gradient scaler); use --mixed-precision bf16.")
+    if config.compile:
+        raise ValueError("--compile is not supported with FSDP yet; drop --compile or train without FSDP.")
 
 
 def process_state() -> PartialState:
@@ -259,6 +295,7 @@ def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device) -> 
             top_k=40,
             temperature=0.8,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            synced_gpus=sharding.is_sharded(model),  # under FSDP every process runs each step, until all are done
         )
         texts.append(tokenizer.decode(output[0], skip_special_tokens=True))
     model.train()
@@ -307,11 +344,14 @@ class Run:
     loss_sum: torch.Tensor | None = None
     loss_count: int = 0
     pending_tokens: int = 0  # tokens of the micro-batches of the optimizer step in progress
+    sharded: bool = False  # FSDP: model and optimizer state are slices (sharding.py)
 
 
 def check_output_dir(config: TrainingConfig, inputs=()) -> Path:
     """A command's check of its output folder before any work: not an input nor containing one,
     ours or `--overwrite` (see `io_utils.check_output`), and no other run's checkpoints in it."""
+    per_process_batch_size(config)
+    check_fsdp_options(config)
     output_dir = check_output(config.output_dir, inputs=inputs, overwrite=config.overwrite)
     check_no_other_run(config, output_dir)
     return output_dir
@@ -333,20 +373,26 @@ def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool)
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
-    return Accelerator(
-        cpu=cpu_processes(),
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        dynamo_backend="inductor" if config.compile else None,
-        log_with="tensorboard" if tensorboard else None,
-        project_dir=str(output_dir),
-        step_scheduler_with_optimizer=False,  # one schedule step per optimizer step, whatever the process count
-        dataloader_config=DataLoaderConfiguration(even_batches=True),
-    )
+    # The loop shards the model itself (sharding.py): accelerate, told of an FSDP config, would
+    # wrap the model again; it runs as plain multi-process here.
+    with patch_environment(ACCELERATE_USE_FSDP="false"):
+        return Accelerator(
+            cpu=cpu_processes(),
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=config.mixed_precision,
+            dynamo_backend="inductor" if config.compile else None,
+            log_with="tensorboard" if tensorboard else None,
+            project_dir=str(output_dir),
+            step_scheduler_with_optimizer=False,  # one schedule step per optimizer step, whatever the process count
+            dataloader_config=DataLoaderConfiguration(even_batches=True),
+        )
 
 
 def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConfig, collate_fn) -> Run:
     """Step 1: the accelerator, the data loaders, the optimizer and the schedule, all prepared."""
+    config = replace(config, batch_size=per_process_batch_size(config))
+    check_fsdp_options(config)
+    sharded = sharding.fsdp_enabled(config.fsdp)
     output_dir = check_writable(config.output_dir)
     check_no_other_run(config, output_dir)
     tensorboard = use_tensorboard(config.report_to)
@@ -377,7 +423,12 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(accelerator.device)
+    if sharded:  # each process keeps its slices only; new weights are initialised after sharding
+        sharding.shard_model(model, accelerator.device, seed=config.seed, mixed_precision=config.mixed_precision)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"FSDP: process {accelerator.process_index} holds {sharding.local_numel(model):,} of {total:,} parameters", flush=True)
+    else:
+        model.to(accelerator.device)
     model.train()
     optimizer = build_optimizer(model, config)
     train_loader = accelerator.prepare(train_loader)  # sharded first: its length fixes the schedule
@@ -385,7 +436,10 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
     total_steps = config.max_steps or config.num_epochs * math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     schedule = partial(lr_factor, warmup_steps=config.warmup_steps, total_steps=total_steps, min_lr_ratio=config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if sharded:  # accelerate would wrap the sharded model in DDP; model and optimizer stay as they are
+        scheduler = accelerator.prepare(scheduler)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     eval_loader, test_loader = (accelerator.prepare(loader) if loader is not None else None for loader in (eval_loader, test_loader))
     if tensorboard:
         hyperparameters = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
@@ -409,6 +463,7 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
         flops_per_token=flops_per_token(accelerator.unwrap_model(model), seq_len),
         peak_flops=config.peak_flops or peak_flops(accelerator.device, config.mixed_precision),
         loss_sum=torch.zeros((), device=accelerator.device),
+        sharded=sharded,
     )
 
 
@@ -416,7 +471,8 @@ def restore(run: Run) -> None:
     """Step 2: with `resume`, load the newest checkpoint and continue from its position."""
     if run.config.resume:
         signature = model_signature(run.accelerator.unwrap_model(run.model, keep_torch_compile=False))
-        state = load_newest_checkpoint(run.accelerator, run.output_dir, signature)
+        shards = (run.model, run.optimizer) if run.sharded else None
+        state = load_newest_checkpoint(run.accelerator, run.output_dir, signature, shards)
         run.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
         run.last_checkpoint = checkpoint_name(run.position.step)
     if run.accelerator.is_main_process:
@@ -435,12 +491,15 @@ def run_epoch(run: Run) -> None:
     batches = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
     for batch in batches:
         with accelerator.accumulate(run.model):
+            if run.sharded:  # reduce the gradients only on the last micro-batch of a step
+                run.model.set_requires_gradient_sync(accelerator.sync_gradients)
             loss = run.model(**batch).loss
             accelerator.backward(loss)
-            if accelerator.sync_gradients and run.config.max_grad_norm:
-                accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                if run.config.max_grad_norm:
+                    accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
         position.batches_in_epoch += 1
         run.loss_sum += loss.detach().float()
         run.loss_count += 1
@@ -513,7 +572,9 @@ def evaluate(run: Run) -> dict[str, float]:
     model = run.accelerator.unwrap_model(run.model)
     if run.tokenizer is not None and run.config.sample_prompts and hasattr(model, "generate"):
         config = run.config
-        for sample in generate_samples(model, run.tokenizer, config.sample_prompts, config.sample_max_new_tokens, run.accelerator.device):
+        with sharding.gathered_root(model):  # under FSDP every process generates, in step
+            samples = generate_samples(model, run.tokenizer, config.sample_prompts, config.sample_max_new_tokens, run.accelerator.device)
+        for sample in samples:
             run.accelerator.print(f"  sample: {sample!r}")
     return metrics
 
@@ -524,8 +585,10 @@ def checkpoint(run: Run) -> None:
     position = run.position
     epoch_done = position.batches_in_epoch == run.batches_per_epoch
     state = asdict(position) | ({"epoch": position.epoch + 1, "batches_in_epoch": 0} if epoch_done else {})
+    state["sharded"] = run.sharded
     state["model"] = model_signature(run.accelerator.unwrap_model(run.model, keep_torch_compile=False))
-    save_checkpoint(run.accelerator, run.output_dir, state, run.config.keep_checkpoints)
+    shards = (run.model, run.optimizer) if run.sharded else None
+    save_checkpoint(run.accelerator, run.output_dir, state, run.config.keep_checkpoints, shards)
     run.last_checkpoint = checkpoint_name(position.step)
 
 
@@ -541,6 +604,7 @@ def train(
     tokenizer=None,
     final_dir: str | os.PathLike | None = None,
     on_save: Callable[[Path, dict], None] | None = None,
+    before_save: Callable[[torch.nn.Module], None] | None = None,
     merge_adapters: bool = False,
 ) -> dict[str, Any]:
     """Train `model` on `train_dataset`; see the module docstring for the contract."""
@@ -572,6 +636,8 @@ def train(
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
         run.log.plot(run.output_dir / "loss_curve.png")
+    if before_save is not None:  # every process: under FSDP even generating is collective
+        before_save(run.accelerator.unwrap_model(run.model, keep_torch_compile=False))
     if final_dir is not None:
         save_model(
             run.accelerator,
@@ -622,12 +688,17 @@ def save_model(
     when `folder` is the run folder itself, its `metrics.jsonl` and TensorBoard logs), then
     whatever `on_save(tmp_folder, metrics)` adds.
     """
-    state_dict = None if merge_adapters else accelerator.get_state_dict(model)  # collective under FSDP
+    if sharding.is_sharded(model):  # the full weights on the main process' CPU, in an ordinary model
+        full = sharding.full_state_dict(model)  # collective
+        unwrapped = sharding.unsharded_copy(model, full) if accelerator.is_main_process else None
+        state_dict = unwrapped.state_dict() if unwrapped is not None and not merge_adapters else None  # head tied again
+    else:
+        state_dict = None if merge_adapters else accelerator.get_state_dict(model)  # collective under DeepSpeed
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if state_dict is not None:
         state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
     folder = Path(folder)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         with atomic_directory(folder) as tmp:
             if merge_adapters:  # on a copy: the trained model stays as it is for whatever follows
                 copy.deepcopy(unwrapped).merge_and_unload().save_pretrained(tmp)

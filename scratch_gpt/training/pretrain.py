@@ -16,6 +16,7 @@ from pathlib import Path
 
 from scratch_gpt.configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from scratch_gpt.training.loop import check_output_dir, process_state, train
+from scratch_gpt.training.sharding import build_context, fsdp_enabled
 from scratch_gpt.sources import add_data_arguments
 from scratch_gpt.training.options import add_training_options, from_args, public_options, run_command
 
@@ -98,8 +99,10 @@ def build_model(args, tokenizer):
     from scratch_gpt.convert import load_pretrained
     from scratch_gpt.tokenizer import check_fits, model_vocab_size
 
+    fsdp = fsdp_enabled(args.fsdp)  # then only the shapes here; the loop fills the slices of each process
     if args.init_from:  # a ScratchGPT folder or Hub id, or a GPT-2 / Llama / Qwen one converted on the way in
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from)
+        with build_context(fsdp, load=True):
+            model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from)
         where = f"the model in {args.init_from!r}"
     else:
         sizes = {
@@ -119,7 +122,8 @@ def build_model(args, tokenizer):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        model = ScratchGPTForCausalLM(config)
+        with build_context(fsdp, load=False):
+            model = ScratchGPTForCausalLM(config)
         where = "--model-vocab-size"
     check_fits(tokenizer, model.config, where)
     if args.block_size > model.config.max_position_embeddings:

@@ -1,0 +1,205 @@
+"""FSDP2 on two CPU processes (gloo): each holds half the model, trains like one process, saves one
+full folder and resumes bitwise; the fine-tuning commands under FSDP and DDP."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+from scratch_gpt.tokenizer import config_kwargs, train_tokenizer
+from scratch_gpt.training import classify, pretrain
+from scratch_gpt.training.loop import TrainingConfig, check_output_dir
+from scratch_gpt.training.sharding import block_classes
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the a model token learns reads writes returns each every small large list value key name file".split()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A corpus, a tiny base model (context 16 and 128) with its tokenizer, and fine-tuning records."""
+    import random
+
+    root = tmp_path_factory.mktemp("sharding")
+    rng = random.Random(0)
+    texts = [". ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) for _ in range(3)) + "." for _ in range(200)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    tokenizer = train_tokenizer(texts, vocab_size=300, show_progress=False)
+    for name, context in (("base", 16), ("base128", 128)):
+        config = ScratchGPTConfig.from_preset(
+            "tiny", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=context, **config_kwargs(tokenizer)
+        )
+        torch.manual_seed(0)
+        ScratchGPTForCausalLM(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    words = ["fox", "dog", "cat", "owl"] * 8
+    (root / "instructions.jsonl").write_text("".join(json.dumps({"instruction": f"Say {w}.", "output": w}) + "\n" for w in words))
+    labelled = [{"text": ("good nice fine " if i % 2 else "bad awful poor ") + w, "label": i % 2} for i, w in enumerate(words * 2)]
+    (root / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled))
+    return root
+
+
+def launch(folder: Path, *argv, config_file: str | None = None) -> str:
+    """`accelerate launch` of `scratch-gpt ARGV` on two CPU processes (gloo); returns stdout."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launcher = ["--config_file", str(ROOT / "scripts" / config_file)] if config_file else ["--multi_gpu", "--num_processes", "2"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "scratch_gpt.cli", *map(str, argv)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=folder, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def pretrain_flags(output_dir, *extra):
+    return [
+        "pretrain", "--data", "corpus.jsonl", "--init-from", "base", "--block-size", "16", "--max-steps", "10",
+        "--warmup-steps", "2", "--lr", "3e-3", "--eval-every", "5", "--eval-batches", "4", "--log-every", "1",
+        "--save-every", "5", "--report-to", "none", "--no-progress", "--output-dir", str(output_dir), *extra,
+    ]  # fmt: skip
+
+
+def train_losses(run: Path) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
+
+
+def shard_sizes(stdout: str) -> dict[int, tuple[int, int]]:
+    """{process: (parameters it holds, parameters of the model)} as each process reported its slices."""
+    found = re.findall(r"FSDP: process (\d) holds ([\d,]+) of ([\d,]+) parameters", stdout)
+    return {int(p): (int(held.replace(",", "")), int(total.replace(",", ""))) for p, held, total in found}
+
+
+def resume_from_first_checkpoint(run: Path, copy: Path, *launch_args) -> None:
+    """Copy `run`, keep only its first checkpoint, resume to the end: the end must be `run`'s, bitwise."""
+    shutil.copytree(run, copy)
+    for checkpoint in sorted((copy / "checkpoints").iterdir())[1:]:
+        shutil.rmtree(checkpoint)
+    shutil.rmtree(copy / "model")
+    stdout = launch(*launch_args, "--resume")
+    assert "Resumed from" in stdout and "step-00000005" in stdout
+    straight, resumed = load_file(run / "model" / "model.safetensors"), load_file(copy / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+@pytest.mark.slow
+def test_fsdp_pretrain_shards_trains_like_one_process_saves_one_folder_and_resumes_bitwise(folder, monkeypatch):
+    monkeypatch.chdir(folder)
+    one = folder / "one"
+    assert pretrain.cli([*pretrain_flags(one), "--batch-size", "4"][1:]) == 0  # one process, in this one
+    stdout = launch(folder, *pretrain_flags("fsdp", "--batch-size", "2", "--fsdp"))
+    run = folder / "fsdp"
+
+    # each process holds half of the parameters, counted from its own slices (DTensor.to_local)
+    sizes = shard_sizes(stdout)
+    assert sorted(sizes) == [0, 1] and sizes[0][1] == sum(p.numel() for p in ScratchGPTForCausalLM.from_pretrained(folder / "base").parameters())
+    assert all(abs(held - total / 2) <= 0.01 * total for held, total in sizes.values())
+
+    # the same losses as one process with the same global batch
+    assert len(train_losses(run)) == 10
+    assert train_losses(run) == pytest.approx(train_losses(one), rel=1e-5)
+
+    # one full folder, laid out as one process saves it, holding the gathered weights
+    saved, one_saved = load_file(run / "model" / "model.safetensors"), load_file(one / "model" / "model.safetensors")
+    assert saved.keys() == one_saved.keys()
+    assert json.loads((run / "model" / "config.json").read_text())["architectures"] == ["ScratchGPTForCausalLM"]
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(run / "checkpoints" / "step-00000010" / "sharded", folder / "gathered.pt")  # the slices, joined
+    gathered = torch.load(folder / "gathered.pt", weights_only=False)["model"]
+    loaded = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert all(torch.equal(tensor, gathered[name]) for name, tensor in loaded.state_dict().items())
+    assert all(torch.allclose(saved[name], one_saved[name], atol=1e-5) for name in saved)
+
+    # interrupted after the checkpoint of step 5, resumed from its slices: the same final weights
+    resume_from_first_checkpoint(run, folder / "fsdp-resumed", folder, *pretrain_flags("fsdp-resumed", "--batch-size", "2", "--fsdp"))
+
+
+@pytest.mark.slow
+def test_ddp_pretrain_resumes_bitwise(folder):
+    launch(folder, *pretrain_flags("ddp", "--batch-size", "2"))
+    resume_from_first_checkpoint(folder / "ddp", folder / "ddp-resumed", folder, *pretrain_flags("ddp-resumed", "--batch-size", "2"))
+
+
+@pytest.mark.slow
+def test_a_new_model_under_fsdp_is_initialised_in_its_slices(folder):
+    # FSDP switched on by the README's CPU recipe (an accelerate FSDP config) rather than --fsdp
+    flags = pretrain_flags("new", "--batch-size", "2", "--max-steps", "2", "--save-every", "0")
+    flags[flags.index("--init-from") : flags.index("--init-from") + 2] = ["--tokenizer", "base", "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2"]
+    sizes = shard_sizes(launch(folder, *flags, config_file="accelerate_fsdp_cpu.yaml"))
+    assert sorted(sizes) == [0, 1]
+    assert all(abs(held - total / 2) <= 0.01 * total for held, total in sizes.values())
+    embedding = load_file(folder / "new" / "model" / "model.safetensors")["model.embed_tokens.weight"]
+    first, second = embedding.chunk(2)  # the slices of process 0 and 1: drawn independently
+    assert not torch.allclose(first, second, atol=1e-3)
+    assert 0.01 < embedding.std().item() < 0.04  # N(0, 0.02), moved by two steps
+
+
+@pytest.mark.slow
+def test_fsdp_instruct_generates_on_every_process_and_saves_one_adapter(folder):
+    flags = ["finetune-instruct", "--model", folder / "base128", "--data", "instructions.jsonl", "--output-dir", "instruct",
+             "--max-steps", "2", "--batch-size", "2", "--no-progress", "--max-new-tokens", "4", "--max-answers", "3"]  # fmt: skip
+    stdout = launch(folder, *flags, "--fsdp", "--lora")
+    assert stdout.count("saved to") == 1 and len(shard_sizes(stdout)) == 2
+    out = folder / "instruct"
+    assert {"adapter_model.safetensors", "answers.jsonl", "generation_config.json", "README.md"} <= {p.name for p in out.iterdir()}
+    # the answers are those of the saved adapter, generated by one process
+    from scratch_gpt.training.instruct import generate_answers, load_for_chat
+
+    model, tokenizer, generation_config = load_for_chat(str(out))
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    conversations = [[*r["messages"], {"role": "assistant", "content": r["reference"]}] for r in records]
+    assert [r["answer"] for r in records] == generate_answers(model, tokenizer, conversations, generation_config, batch_size=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharded", [True, False], ids=["fsdp", "ddp"])
+def test_classifier_under_two_processes_evaluates_every_example_like_one_process(folder, sharded, monkeypatch):
+    monkeypatch.chdir(folder)
+    flags = ["finetune-classifier", "--model", "base", "--data", "labels.jsonl", "--max-steps", "3", "--no-progress", "--lr", "1e-3"]
+    name = "classifier-fsdp" if sharded else "classifier-ddp"
+    if not (folder / "classifier-one").exists():
+        assert classify.cli([*flags[1:], "--batch-size", "4", "--output-dir", str(folder / "classifier-one")]) == 0
+    stdout = launch(folder, *flags, "--batch-size", "2", "--output-dir", name, *(["--fsdp"] if sharded else []))
+    assert stdout.count("saved to") == 1 and len(shard_sizes(stdout)) == (2 if sharded else 0)
+    one = json.loads((folder / "classifier-one" / "metrics.json").read_text())
+    two = json.loads((folder / name / "metrics.json").read_text())
+    for key in ("test_loss", "test_accuracy", "initial_eval_loss", "eval_loss", "accuracy", "train_loss"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    saved = load_file(folder / name / "model.safetensors")
+    assert saved.keys() == load_file(folder / "classifier-one" / "model.safetensors").keys()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one sentence, before any work.
+
+
+def test_fsdp_needs_a_model_made_of_blocks():
+    with pytest.raises(ValueError, match="names no block class to shard"):
+        block_classes(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    assert [cls.__name__ for cls in block_classes(ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")))] == ["ScratchGPTBlock"]
+
+
+def test_a_global_batch_the_processes_cannot_split_fails_before_any_work(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.chdir(folder)
+    assert pretrain.cli(pretrain_flags(str(tmp_path / "run"), "--global-batch-size", "8")[1:]) == 2
+    assert "--global-batch-size 8 does not split evenly over 3 processes x 1 accumulation steps" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = TrainingConfig(output_dir=str(tmp_path / "ok"), global_batch_size=8, gradient_accumulation_steps=2)
+    check_output_dir(config)  # 8 = 2 processes x 2 steps x 2 examples
+
+
+def test_fsdp_refuses_fp16_in_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="use --mixed-precision bf16"):
+        check_output_dir(TrainingConfig(output_dir=str(tmp_path / "x"), fsdp=True, mixed_precision="fp16"))
