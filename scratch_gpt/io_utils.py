@@ -29,15 +29,34 @@ def kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def mark_output(folder: str | os.PathLike) -> None:
-    """Create `folder` (if needed) and mark it as an output of this package."""
+def mark_output(folder: str | os.PathLike, files: list[str] | None = None) -> None:
+    """Create `folder` (if needed) and mark it as an output of this package; `files`, when given,
+    are all the files it wrote there (a later replacement must not delete any other)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text(json.dumps({"written_by": "scratch_gpt"}) + "\n")
+    record = {"written_by": "scratch_gpt", **({"files": sorted(files)} if files is not None else {})}
+    (folder / MARKER).write_text(json.dumps(record) + "\n")
 
 
 def is_our_output(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MARKER).is_file()
+
+
+def files_added_since(folder: str | os.PathLike) -> list[str]:
+    """Files in a folder `atomic_directory` wrote that it did not write (the user's): replacing the
+    folder would delete them."""
+    folder = Path(folder)
+    try:
+        written = json.loads((folder / MARKER).read_text()).get("files")
+    except (OSError, ValueError):
+        return []
+    if written is None:  # a run folder, marked when its run started: it is added to, never replaced
+        return []
+    return sorted(set(_files_in(folder)) - set(written) - {MARKER})
+
+
+def _files_in(folder: Path) -> list[str]:
+    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
 
 
 def recover(path: str | os.PathLike) -> None:
@@ -76,6 +95,7 @@ def atomic_directory(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    mark_output(tmp, files=_files_in(tmp))  # what it holds now is ours; anything added later is not
     kill_point("written")  # the new folder is complete, the old one still in place
     if path.exists():
         # Two renames: the old folder is moved aside, the new one moved in, then the old one removed.
@@ -141,4 +161,12 @@ def check_output(output, *, inputs=(), overwrite: bool = False, what: str = "out
             f"The {what} {str(path)!r} already exists and was not written by scratch-gpt; choose another {flag}, "
             "or pass --overwrite to replace it."
         )
+    for folder in [path, *(p.parent for p in path.glob(f"*/{MARKER}"))]:  # it, and folders of ours inside it
+        added = [] if overwrite else files_added_since(folder)
+        if added:
+            raise FileExistsError(
+                f"The folder {str(folder)!r} was written by scratch-gpt but now also holds files it did not write "
+                f"({', '.join(added[:3])}{', ...' if len(added) > 3 else ''}), which replacing it would delete; "
+                "move them out, or pass --overwrite to replace it anyway."
+            )
     return path

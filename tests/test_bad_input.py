@@ -68,6 +68,15 @@ def world_template(tmp_path_factory, tiny_tokenizer):
     mine = root / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("the user's own notes")
+    from scratch_gpt.io_utils import atomic_directory, mark_output
+
+    with atomic_directory(root / "ours") as tmp:  # an output of ours, to which the user then added a file
+        tiny_tokenizer.save_pretrained(tmp)
+    (root / "ours" / "notes.txt").write_text("the user's notes on this tokenizer")
+    mark_output(root / "run_with_notes")  # a pre-training run folder whose model folder got a user's file
+    with atomic_directory(root / "run_with_notes" / "model") as tmp:
+        (tmp / "config.json").write_text("{}")
+    (root / "run_with_notes" / "model" / "notes.txt").write_text("the user's notes on this model")
     return root
 
 
@@ -93,6 +102,7 @@ CASES = [
     ("tok-output-is-data", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "corpus"], "is the input"),
     ("tok-output-holds-data", ["train-tokenizer", "--data", "corpus/a.txt", "--vocab-size", "300", "--output", "corpus"], "contains the input"),
     ("tok-output-holds-glob", ["train-tokenizer", "--data", "corpus/*.txt", "--vocab-size", "300", "--output", "corpus"], "contains the input"),
+    ("tok-user-file-in-our-output", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "ours"], "notes.txt"),
     ("tok-output-users", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "mine"], "not written by scratch-gpt"),
     ("tok-output-file", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "data.csv"], "is a file"),
     ("tok-output-in-file", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "data.csv/tok"], "inside the file"),
@@ -104,6 +114,7 @@ CASES = [
     ("pt-output-is-data", ["pretrain", "--data", "corpus", "--output-dir", "corpus", *PT], "is the input"),
     ("pt-output-is-init", ["pretrain", "--init-from", "base", "--output-dir", "base", *PT], "is the input"),
     ("pt-output-holds-tokenizer", ["pretrain", "--data", "corpus", "--tokenizer", "base", "--output-dir", ".", *PT], "contains the input"),
+    ("pt-user-file-in-our-model", ["pretrain", "--data", "corpus", "--output-dir", "run_with_notes", *PT], "also holds files it did not write"),
     ("pt-output-users", ["pretrain", "--data", "corpus", "--output-dir", "mine", *PT], "not written by scratch-gpt"),
     ("pt-model-vocab-0", ["pretrain", "--data", "corpus", "--output-dir", "run", "--model-vocab-size", "0", *PT], "--model-vocab-size"),
     ("pt-eval-batches-0", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--eval-batches", "0"], "--eval-batches must be"),
@@ -122,6 +133,7 @@ CASES = [
     ("cls-output-is-model", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "base", *FT], "is the input"),
     ("cls-output-is-data", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "data.csv", *FT], "is the input"),
     ("cls-output-holds-model", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", ".", *FT], "contains the input"),
+    ("cls-user-file-in-our-output", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "ours", *FT], "move them out"),
     ("cls-output-users", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "mine", *FT], "not written by scratch-gpt"),
     ("cls-missing-data", ["finetune-classifier", "--model", "base", "--data", "nope.csv", "--output-dir", "out", *FT], "does not exist"),
     ("cls-blank-label", ["finetune-classifier", "--model", "base", "--data", "blank_label.csv", "--output-dir", "out", *FT], "record 6"),

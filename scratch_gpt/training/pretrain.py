@@ -12,6 +12,7 @@ curve: load it with `AutoModelForCausalLM.from_pretrained` or `pipeline("text-ge
 
 import argparse
 import itertools
+import shutil
 from pathlib import Path
 
 from scratch_gpt.configuration_scratch_gpt import PRESETS, ScratchGPTConfig
@@ -68,7 +69,7 @@ def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.Arg
 def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     """`--tokenizer`, else the tokenizer of `--init-from` (its ids are the model's), else a new one
     trained on the training documents only (never on validation text), by the main process; the
-    others wait and load what it saved in `output_dir/tokenizer`. A tokenizer without a pad token
+    others wait and load what it saved in `output_dir/.tokenizer`. A tokenizer without a pad token
     or chat template (GPT-2's) is completed (`complete_tokenizer`) and saved so with the model."""
     from transformers import AutoTokenizer
 
@@ -85,11 +86,17 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
             raise FileNotFoundError(
                 f"{source!r} holds no tokenizer; pass the one the model was trained with as --tokenizer."
             ) from None
-    else:  # the run folder keeps it (the same files whatever the number of processes)
+    elif state.num_processes == 1:
+        tokenizer = train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False)
+    else:  # handed from the main process to the others through a hidden folder, removed once all have it
+        handed = output_dir / ".tokenizer"
         if state.is_main_process:
-            train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False).save_pretrained(output_dir / "tokenizer")
+            train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False).save_pretrained(handed)
         state.wait_for_everyone()
-        tokenizer = AutoTokenizer.from_pretrained(output_dir / "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(handed)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shutil.rmtree(handed)
     tokenizer.model_max_length = args.block_size
     return tokenizer
 
