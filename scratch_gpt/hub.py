@@ -31,7 +31,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 
-from .io_utils import atomic_directory
+from .io_utils import atomic_directory, kill_point
 from .modeling_scratch_gpt import register_push_to_hub
 
 TEMPLATES = files("scratch_gpt.model_cards")  # the top-level model_cards/ folder, shipped in the package
@@ -383,6 +383,7 @@ def push_model(model, repo_id: str, *, tokenizer=None, max_shard_size="50GB", ta
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / repo_id.split("/")[-1]  # the card's model name
         model.save_pretrained(folder, max_shard_size=max_shard_size)
+        kill_point("staged")  # tests: the staging folder is half-filled, nothing is uploaded yet
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         for name, path in _companion_files(model).items():

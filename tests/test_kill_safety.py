@@ -1,7 +1,8 @@
 """A SIGKILL while a command writes its folder leaves the previous output (or none), never a
 half-written one. `SCRATCH_GPT_KILL_AT=<point>` makes `io_utils.atomic_directory` kill its own
 process at a named point: `written` (new folder complete, not yet renamed) and `swapped` (old folder
-moved aside, new one not yet in place); the next command (or `io_utils.recover`) restores it."""
+moved aside, new one not yet in place); the next command (or `io_utils.recover`) restores it.
+`push` stages its upload in a temporary folder of its own: killed there (`staged`) it changes nothing."""
 
 import hashlib
 import json
@@ -68,3 +69,20 @@ def test_a_kill_while_saving_leaves_the_previous_output(make_base_dir, tmp_path,
     recover(folder)  # what the next command does first
     assert hashes(folder) == previous
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))] == []
+
+
+@pytest.mark.slow
+def test_a_kill_while_push_stages_the_folder_touches_nothing_of_the_users(make_base_dir, tmp_path):
+    """`model.push_to_hub` stages a fresh save in a temporary folder of its own; killed there, the
+    model folder it was loaded from is unchanged and nothing was sent."""
+    base = make_base_dir(max_position_embeddings=64)
+    previous = hashes(base)
+    code = (
+        "import sys, scratch_gpt; from transformers import AutoModelForCausalLM\n"
+        f"AutoModelForCausalLM.from_pretrained({str(base)!r}).push_to_hub('me/model', token='hf_not_a_real_token')"
+    )
+    env = {**os.environ, KILL_ENV: "staged", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert hashes(base) == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # nothing written beside it either
