@@ -60,18 +60,21 @@ GPT2_CONFIG_NAMES = {  # ScratchGPTConfig field -> GPT2Config field
 }
 
 
+def renamed(name: str, names: dict[str, str], *, to_ours: bool = False) -> str:
+    """`name` with each of our name parts in `names` replaced by theirs (or, `to_ours`, back)."""
+    for ours, theirs in names.items():
+        name = name.replace(theirs, ours) if to_ours else name.replace(ours, theirs)
+    return name
+
+
 def gpt2_name(name: str) -> str:
     """`model.layers.3.attn.qkv_proj.weight` -> `transformer.h.3.attn.c_attn.weight`."""
-    for ours, theirs in GPT2_NAMES.items():
-        name = name.replace(ours, theirs)
-    return name
+    return renamed(name, GPT2_NAMES)
 
 
 def name_from_gpt2(name: str) -> str:
     """`transformer.h.3.attn.c_attn.weight` -> `model.layers.3.attn.qkv_proj.weight`."""
-    for ours, theirs in GPT2_NAMES.items():
-        name = name.replace(theirs, ours)
-    return name
+    return renamed(name, GPT2_NAMES, to_ours=True)
 
 
 def conv1d_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -381,15 +384,11 @@ def config_from_llama(hf_config) -> ScratchGPTConfig:
 
 
 def name_from_llama(name: str) -> str:
-    for ours, theirs in LLAMA_NAMES.items():
-        name = name.replace(theirs, ours)
-    return name
+    return renamed(name, LLAMA_NAMES, to_ours=True)
 
 
 def llama_name(name: str) -> str:
-    for ours, theirs in LLAMA_NAMES.items():
-        name = name.replace(ours, theirs)
-    return name
+    return renamed(name, LLAMA_NAMES)
 
 
 def convert_llama(source, **download_kwargs):

@@ -38,17 +38,17 @@ from pathlib import Path
 import datasets
 import torch
 import torch.nn.functional as F
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from torch import nn
 from transformers import set_seed
 from transformers.utils import ModelOutput
 
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.convert import load_config, load_pretrained
-from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.lora import check_lora_arguments, describe_trainable
 from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
 from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
-from scratch_gpt.training.instruct import read_instruction_records
+from scratch_gpt.training.instruct import make_trainable, read_instruction_records
 from scratch_gpt.training.loop import check_output_dir, make_loader, process_state, train
 from scratch_gpt.training.options import from_args, run_command
 
@@ -364,11 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), argv, finetune_dpo)
-
-
-def make_trainable(model, args: argparse.Namespace):
-    """LoRA adapters with `--lora`, else every weight trains."""
-    return get_peft_model(model, lora_config_from_args(args, task="causal")) if args.lora else model
 
 
 def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
