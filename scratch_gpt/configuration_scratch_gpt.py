@@ -110,6 +110,11 @@ ROPE_TYPES = ("default", "llama3")
 
 ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "relu", "silu")
 
+# How new weights are drawn (`init_style`): "gpt2" is GPT-2's N(0, 0.02) with scaled residual
+# projections; "pytorch" is what the book's GPTModel gets from torch's own layer defaults
+# (embeddings N(0, 1), linear layers uniform in +-1/sqrt(fan_in)), for reproducing its figures.
+INIT_STYLES = ("gpt2", "pytorch")
+
 
 class ScratchGPTConfig(PretrainedConfig):
     model_type = "scratch_gpt"
@@ -130,6 +135,7 @@ class ScratchGPTConfig(PretrainedConfig):
         resid_pdrop: float = 0.0,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        init_style: str = "gpt2",
         qkv_bias: bool = True,
         tie_word_embeddings: bool = True,
         # The switches from GPT-2 to Llama 3 / Qwen3; the defaults are GPT-2.
@@ -177,6 +183,7 @@ class ScratchGPTConfig(PretrainedConfig):
         self.resid_pdrop = resid_pdrop
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
+        self.init_style = init_style
         self.qkv_bias = qkv_bias
         self.position_embedding_type = position_embedding_type
         if position_embedding_type == "rope":  # transformers' one dict: {"rope_type", "rope_theta", scaling...}
@@ -265,6 +272,8 @@ class ScratchGPTConfig(PretrainedConfig):
             raise ValueError(
                 f"ScratchGPTConfig.hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(ACTIVATIONS)}."
             )
+        if self.init_style not in INIT_STYLES:
+            raise ValueError(f"ScratchGPTConfig.init_style must be one of {', '.join(INIT_STYLES)}, got {self.init_style!r}.")
         if self.layer_norm_eps <= 0 or self.rms_norm_eps <= 0 or self.initializer_range <= 0:
             raise ValueError("ScratchGPTConfig.layer_norm_eps, rms_norm_eps and initializer_range must be positive.")
 

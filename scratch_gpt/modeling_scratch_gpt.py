@@ -313,7 +313,10 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     _can_record_outputs = {"hidden_states": ScratchGPTBlock, "attentions": ScratchGPTAttention}
 
     def _init_weights(self, module: nn.Module) -> None:
-        """GPT-2 initialisation: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * layers)."""
+        """GPT-2 initialisation: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * layers).
+        With `init_style="pytorch"`, the book's: torch's layer defaults (see `_init_weights_pytorch`)."""
+        if getattr(self.config, "init_style", "gpt2") == "pytorch":
+            return self._init_weights_pytorch(module)
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             if getattr(module, "is_residual_projection", False):
@@ -331,6 +334,20 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
         elif isinstance(module, ScratchGPTRotaryEmbedding):
             init.copy_(module.inv_freq, rope_inv_freq(self.config))
+
+    def _init_weights_pytorch(self, module: nn.Module) -> None:
+        """The book's GPTModel keeps torch's defaults: embeddings N(0, 1), linear weights and biases
+        uniform in +-1/sqrt(fan_in) (`nn.Linear.reset_parameters`), layer norms ones and zeros."""
+        if isinstance(module, nn.Linear):
+            bound = 1 / module.in_features**0.5
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

@@ -85,6 +85,7 @@ class TrainingConfig:
     # AdamW, linear warmup then cosine decay down to min_lr_ratio * learning_rate.
     learning_rate: float = 3e-4
     weight_decay: float = 0.1
+    weight_decay_all: bool = False  # decay biases, norms and embeddings too (torch's AdamW on all parameters, as the book)
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = 1e-8
     warmup_steps: int = 0
@@ -100,6 +101,8 @@ class TrainingConfig:
     eval_every: int = 0
     eval_max_batches: int | None = None
     eval_at_start: bool = True  # the metrics before training, for comparison
+    train_eval_batches: int = 0  # also `train_eval_loss`: eval mode, the first N training batches (the book's training loss)
+    book_figures: dict[str, float] | None = None  # published figures, {our metric name: value}, printed beside ours at the end
     bytes_per_token: float | None = None  # enables bits per byte
     sample_prompts: tuple[str, ...] = ()
     sample_max_new_tokens: int = 40
@@ -122,7 +125,7 @@ class TrainingConfig:
         for name in ("max_steps", "eval_batch_size", "eval_max_batches", "global_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainingConfig.{name} must be at least 1 (or unset), got {getattr(self, name)!r}.")
-        for name in ("eval_every", "save_every", "warmup_steps"):
+        for name in ("eval_every", "save_every", "warmup_steps", "train_eval_batches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainingConfig.{name} must be 0 or more, got {getattr(self, name)!r}.")
         if self.learning_rate <= 0:
@@ -183,14 +186,16 @@ def process_state() -> PartialState:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW on the trainable parameters; no weight decay on biases, norms and embeddings."""
+    """AdamW on the trainable parameters; no weight decay on biases, norms and embeddings, unless
+    `config.weight_decay_all` (the book's `torch.optim.AdamW(model.parameters(), weight_decay=0.1)`)."""
     embedding_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     decay, no_decay, seen = [], [], set()
     for param in model.parameters():
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        (no_decay if param.ndim < 2 or id(param) in embedding_params else decay).append(param)
+        exempt = (param.ndim < 2 or id(param) in embedding_params) and not config.weight_decay_all
+        (no_decay if exempt else decay).append(param)
     if not seen:
         raise ValueError("The model has no parameter with requires_grad=True; there is nothing to train.")
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -326,6 +331,7 @@ class Run:
     train_loader: DataLoader
     eval_loader: DataLoader | None
     test_loader: DataLoader | None
+    train_eval_loader: DataLoader | None  # the training data in order, for `train_eval_loss`
     sampler: EpochShuffleSampler | None
     total_steps: int
     batches_per_epoch: int | None  # per process; None for a stream
@@ -441,6 +447,9 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
     else:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     eval_loader, test_loader = (accelerator.prepare(loader) if loader is not None else None for loader in (eval_loader, test_loader))
+    train_eval_loader = None
+    if config.train_eval_batches:  # unshuffled: "the first N training batches" are the same ones at every evaluation
+        train_eval_loader = accelerator.prepare(make_loader(train_dataset, eval_size, collate_fn, seed=config.seed))
     if tensorboard:
         hyperparameters = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("tensorboard", config=hyperparameters)
@@ -456,6 +465,7 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
         train_loader=train_loader,
         eval_loader=eval_loader,
         test_loader=test_loader,
+        train_eval_loader=train_eval_loader,
         sampler=sampler,
         total_steps=total_steps,
         batches_per_epoch=batches_per_epoch,
@@ -567,6 +577,11 @@ def check_finite(run: Run, loss: torch.Tensor) -> None:
 def evaluate(run: Run) -> dict[str, float]:
     """Step 4: the validation metrics now, logged and printed (with samples when asked for)."""
     metrics = measure(run.model, run.eval_loader, run.accelerator, run.config, run.evaluate_fn)
+    if run.train_eval_loader is not None:  # the book's training loss: no dropout, the first N batches
+        run.model.eval()
+        metrics["train_eval_loss"] = evaluate_loss(run.model, run.train_eval_loader, run.accelerator, run.config.train_eval_batches)
+        run.model.train()
+    run.results["best_eval_loss"] = min(metrics["eval_loss"], run.results.get("best_eval_loss", math.inf))
     run.log.log(run.position.step, metrics)
     run.accelerator.print(f"step {run.position.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     model = run.accelerator.unwrap_model(run.model)
@@ -577,6 +592,18 @@ def evaluate(run: Run) -> dict[str, float]:
         for sample in samples:
             run.accelerator.print(f"  sample: {sample!r}")
     return metrics
+
+
+def compare_with_book(run: Run) -> None:
+    """Print each published figure beside ours ("book: X, ours: Y") and log both (`book_*`, `ours_*`)."""
+    record = {}
+    for name, book in run.config.book_figures.items():
+        ours = run.results.get(name)
+        run.accelerator.print(f"{name}: book: {book:.4g}, ours: " + ("not measured" if ours is None else f"{ours:.4g}"))
+        record[f"book_{name}"] = book
+        if ours is not None:
+            record[f"ours_{name}"] = ours
+    run.log.log(run.position.step, record)
 
 
 def checkpoint(run: Run) -> None:
@@ -633,6 +660,8 @@ def train(
         test = measure(run.model, run.test_loader, run.accelerator, config, evaluate_fn)
         run.results.update({f"test_{k.removeprefix('eval_')}": v for k, v in test.items()})
     run.results.update(step=run.position.step, tokens=run.position.tokens, runtime_s=time.perf_counter() - start)
+    if config.book_figures:
+        compare_with_book(run)
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
         run.log.plot(run.output_dir / "loss_curve.png")

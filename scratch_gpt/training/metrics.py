@@ -111,10 +111,10 @@ class MetricsLog:
 
         records = [json.loads(line) for line in self.path.read_text().splitlines()]
         figure, axis = plt.subplots(figsize=(7, 4))
-        for key in ("train_loss", "eval_loss"):
+        for key in ("train_loss", "train_eval_loss", "eval_loss"):  # train_eval_loss: with --train-eval-batches
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
-                axis.plot(*zip(*points), marker="." if key == "eval_loss" else None, label=key)
+                axis.plot(*zip(*points), marker=None if key == "train_loss" else ".", label=key)
         axis.set_xlabel("optimizer step")
         axis.set_ylabel("loss (nats/token)")
         axis.legend()

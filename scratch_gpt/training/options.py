@@ -19,6 +19,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from scratch_gpt.training.loop import TrainingConfig, TrainingDiverged
 
@@ -28,10 +29,20 @@ class Option:
     flag: str
     field: str  # the TrainingConfig field it sets
     help: str
-    value_type: type | None = None  # None: an on/off switch
+    value_type: type | Callable | None = None  # None: an on/off switch
+    nargs: int | None = None  # a fixed number of values (--adam-betas 0.9 0.999)
     choices: tuple[str, ...] | None = None
     aliases: tuple[str, ...] = ()  # older spellings, accepted but not shown in --help
     repeat: bool = False  # may be given more than once (a list)
+
+
+def figures_mapping(value) -> dict:
+    """`--book-figures`: a mapping of our metric names to numbers, from YAML or a JSON string."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
+        raise ValueError("--book-figures takes a mapping of metric names to numbers, e.g. {\"eval_loss\": 6.12}")
+    return {str(k): float(v) for k, v in value.items()}
 
 
 OPTIONS = (
@@ -44,6 +55,8 @@ OPTIONS = (
            aliases=("--grad-accum",)),
     Option("--lr", "learning_rate", "peak learning rate (AdamW)", float),
     Option("--weight-decay", "weight_decay", "AdamW weight decay", float),
+    Option("--weight-decay-all", "weight_decay_all", "weight decay on every parameter, biases, norms and embeddings too (as the book)"),
+    Option("--adam-betas", "adam_betas", "AdamW betas (the book: torch's 0.9 0.999)", float, nargs=2),
     Option("--warmup-steps", "warmup_steps", "steps of linear warmup", int),
     Option("--min-lr-ratio", "min_lr_ratio", "the cosine schedule ends at this share of --lr", float),
     Option("--max-grad-norm", "max_grad_norm", "clip gradients to this norm (0: no clipping)", float),
@@ -54,6 +67,8 @@ OPTIONS = (
     Option("--seed", "seed", "seed for the data order, the splits and new weights", int),
     Option("--eval-every", "eval_every", "steps between evaluations (0: only at the end)", int),
     Option("--eval-batches", "eval_max_batches", "at most this many batches per evaluation", int),
+    Option("--train-eval-batches", "train_eval_batches",
+           "at each evaluation, also the loss on the first N training batches in eval mode (train_eval_loss, the book's training loss)", int),
     Option("--log-every", "log_every", "steps between training-loss logs", int),
     Option("--save-every", "save_every", "steps between checkpoints (0: none)", int),
     Option("--keep-checkpoints", "keep_checkpoints", "how many checkpoints to keep", int),
@@ -64,7 +79,11 @@ OPTIONS = (
     Option("--peak-flops", "peak_flops", "peak FLOP/s of one device, for MFU (default: measured or looked up)", float),
     Option("--report-to", "report_to", "experiment tracker", str, choices=("auto", "tensorboard", "none")),
     Option("--no-progress", "progress", "no progress bars (ours, transformers' and datasets')"),
+    # Config-file key (or JSON on the command line): published figures printed beside ours at the end.
+    Option("--book-figures", "book_figures", "published figures to compare with at the end, {metric: value} (YAML mapping or JSON)",
+           figures_mapping),
 )
+
 
 def add_training_options(parser: argparse.ArgumentParser, **defaults) -> None:
     """Add `--config` and every training flag; `defaults` are TrainingConfig fields (the command's own)."""
@@ -84,7 +103,7 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults) -> None:
         elif option.repeat:
             kwargs = dict(action="append", type=option.value_type, default=list(default))
         else:
-            kwargs = dict(type=option.value_type, choices=option.choices, default=default)
+            kwargs = dict(type=option.value_type, choices=option.choices, default=default, nargs=option.nargs)
         required = option.field == "output_dir" and default is None
         help_ = f"{option.help} (required)" if required else f"{option.help} (default: %(default)s)"
         group.add_argument(option.flag, dest=option.field, help=help_, **kwargs)
@@ -173,14 +192,17 @@ def _config_value(action: argparse.Action, key, value, path: str):
         if not isinstance(value, bool):
             raise ValueError(f"Option {key!r} in {path!r} is a switch; give it true or false.")
         return action.dest, action.const if value else action.default
-    many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*") or isinstance(action.nargs, int)
     items = value if isinstance(value, list) else [value]  # one string for a list option is one item
     if not many and isinstance(value, list):
         raise ValueError(f"Option {key!r} in {path!r} takes one value, got a list.")
     try:
         items = [action.type(item) if action.type and item is not None else item for item in items]
     except (TypeError, ValueError):
-        raise ValueError(f"Option {key!r} in {path!r} has the value {value!r}, which is not a valid {action.type.__name__}.") from None
+        kind = "mapping" if action.type is figures_mapping else action.type.__name__
+        raise ValueError(f"Option {key!r} in {path!r} has the value {value!r}, which is not a valid {kind}.") from None
+    if isinstance(action.nargs, int) and len(items) != action.nargs:
+        raise ValueError(f"Option {key!r} in {path!r} takes {action.nargs} values, got {value!r}.")
     if action.choices is not None and any(item not in action.choices for item in items):
         raise ValueError(f"Option {key!r} in {path!r} must be one of {', '.join(map(str, action.choices))}, got {value!r}.")
     return action.dest, items if many else items[0]

@@ -15,7 +15,7 @@ import itertools
 import shutil
 from pathlib import Path
 
-from scratch_gpt.configuration_scratch_gpt import PRESETS, ScratchGPTConfig
+from scratch_gpt.configuration_scratch_gpt import INIT_STYLES, PRESETS, ScratchGPTConfig
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.sharding import build_context, fsdp_enabled
 from scratch_gpt.sources import add_data_arguments
@@ -58,6 +58,10 @@ def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.Arg
     model.add_argument("--intermediate-size", type=int)
     model.add_argument("--dropout", type=float, default=0.0)
     model.add_argument("--model-vocab-size", type=int, help="embedding rows (default: the tokenizer's size, rounded up to 64)")
+    # The book's GPTModel differs from GPT-2's defaults in three ways; scripts/book/ch05.yaml sets them.
+    model.add_argument("--untied-head", action="store_true", help="an output head of its own (default: tied to the token embedding)")
+    model.add_argument("--no-qkv-bias", action="store_true", help="no bias in the query/key/value projection")
+    model.add_argument("--init-style", choices=INIT_STYLES, default="gpt2", help="gpt2: N(0, 0.02); pytorch: torch's layer defaults, as the book's model")
     model.add_argument("--init-from", help="continue pre-training a saved causal-LM folder instead of a new model")
     add_training_options(parser, **{**TRAINING_DEFAULTS, **defaults})
     return parser
@@ -125,6 +129,9 @@ def build_model(args, tokenizer):
             vocab_size=args.model_vocab_size or model_vocab_size(tokenizer),
             max_position_embeddings=args.block_size,
             drop_rate=args.dropout,
+            tie_word_embeddings=not args.untied_head,
+            qkv_bias=not args.no_qkv_bias,
+            init_style=args.init_style,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
