@@ -60,3 +60,31 @@ def test_without_gradients_and_without_labels():
         unlabelled = model(input_ids=input_ids, loss_chunk_size=5)  # nothing to chunk: the usual logits
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-6)
     assert unlabelled.loss is None and unlabelled.logits.shape[-1] == model.config.vocab_size
+
+
+def test_the_loop_chunks_the_loss_of_scratch_gpt_only():
+    from accelerate import Accelerator
+
+    from scratch_gpt import ScratchGPTForSequenceClassification
+    from scratch_gpt.training.loop import TrainingConfig, loss_kwargs
+
+    accelerator, config = Accelerator(cpu=True), TrainingConfig(output_dir="unused", loss_chunk_size=64)
+    assert loss_kwargs(make_model(), accelerator, config) == {"loss_chunk_size": 64}
+    assert loss_kwargs(make_model(), accelerator, TrainingConfig(output_dir="unused", loss_chunk_size=0)) == {}
+    classifier = ScratchGPTForSequenceClassification(ScratchGPTConfig.from_preset("tiny", num_labels=2))
+    assert loss_kwargs(classifier, accelerator, config) == {}
+    assert loss_kwargs(torch.nn.Linear(2, 2), accelerator, config) == {}
+
+
+def test_training_with_and_without_chunks_ends_with_the_same_weights(tmp_path):
+    from scratch_gpt.training.loop import TrainingConfig, train
+
+    data = [{"input_ids": row, "labels": row} for row in torch.randint(0, 512, (8, 16)).tolist()]
+    models = []
+    for chunk in (0, 10):
+        model = make_model().train()
+        options = dict(batch_size=4, max_steps=2, shuffle=False, progress=False, report_to="none")
+        train(model, data, data[:4], TrainingConfig(output_dir=str(tmp_path / str(chunk)), loss_chunk_size=chunk, **options))
+        models.append(model.state_dict())
+    for name, weight in models[0].items():
+        torch.testing.assert_close(models[1][name], weight, rtol=1e-4, atol=1e-5, msg=name)
