@@ -510,7 +510,8 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
         for start in range(0, hidden.shape[0], chunk_size):
             h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
-            log_probs = (h @ weight.T).float().log_softmax(-1)  # (n, V): the only logits that exist
+            logits = (h @ weight.T).float()  # (n, V): the only logits that exist
+            log_probs = logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax, in place: no second (n, V)
             total += F.nll_loss(log_probs, y, ignore_index=-100, reduction="sum")
             if needs_grad:
                 grad_logits = log_probs.exp_()  # softmax, in place
