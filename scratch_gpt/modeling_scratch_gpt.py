@@ -503,6 +503,63 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
 # ----------------------------------------------------------------------------------------------
 # The heads: next-token prediction and sequence classification
 # ----------------------------------------------------------------------------------------------
+class ChunkedLMHeadLoss(torch.autograd.Function):
+    """The LM head and the cross-entropy together, a chunk of tokens at a time (Liger-Kernel's
+    fused linear cross-entropy, in plain PyTorch).
+
+    Why: the logits are tokens x V floats (8 x 1024 x 50257 x 4 bytes = 1.6 GB for one GPT-2
+    batch), and the usual path keeps them, their log-softmax and their gradient alive at once;
+    for a small model that is most of the training memory. Here each chunk's logits exist only
+    while that chunk is processed. The gradient of the loss is computed right then, in forward
+    (for a chunk it is softmax - one_hot(label), times 1/denominator), and pushed through the
+    head at once, so backward never needs the logits again and nothing is recomputed:
+    backward only scales the stored gradients by the incoming one.
+
+    hidden (N, C), weight (V, C), labels (N,) already shifted (-100: skipped); the loss is the
+    sum over the kept tokens divided by `denominator`.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_size: int, denominator):
+        needs_grad = any(ctx.needs_input_grad[:2])  # False under no_grad (evaluation)
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.zeros_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
+            logits = (h @ weight.T).float()  # (n, V): the only logits that exist
+            log_probs = logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax, in place: no second (n, V)
+            total += F.nll_loss(log_probs, y, ignore_index=-100, reduction="sum")
+            if needs_grad:
+                grad_logits = log_probs.exp_()  # softmax, in place
+                grad_logits[torch.arange(len(y), device=y.device), y.clamp(min=0)] -= 1  # - one_hot(label)
+                grad_logits *= (y != -100).unsqueeze(1)  # skipped tokens: no gradient
+                grad_logits = grad_logits.to(h.dtype)
+                grad_hidden[start : start + chunk_size] = grad_logits @ weight
+                grad_weight += grad_logits.T @ h
+        if needs_grad:
+            ctx.grads = (grad_hidden / denominator, (grad_weight / denominator).to(weight.dtype))
+        return total / denominator
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.grads
+        del ctx.grads
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None, None
+
+
+def chunked_lm_loss(hidden_states, lm_head_weight, labels, chunk_size: int, num_items_in_batch=None, **kwargs):
+    """The same loss as transformers' `ForCausalLMLoss` on `lm_head(hidden_states)` (labels shifted
+    left by one, -100 skipped, mean over the kept tokens or sum / `num_items_in_batch`), without
+    ever holding all the logits. (B, T, C) hidden states, (B, T) labels."""
+    labels = F.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1).to(hidden_states.device)  # token t predicts t+1
+    denominator = (labels != -100).sum() if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(denominator):
+        denominator = denominator.to(hidden_states.device)
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    return ChunkedLMHeadLoss.apply(hidden, lm_head_weight, labels, chunk_size, denominator)
+
+
 class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     """GPT body + LM head. `generate`, the KV cache and `pipeline("text-generation")` come from transformers."""
 
@@ -538,6 +595,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,  # (B, T); the model shifts them, -100 is ignored
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,  # e.g. 1 during generation: only the last position's logits
+        loss_chunk_size: int | None = None,  # with labels: the loss this many tokens at a time, no logits (None)
         **kwargs,  # output_hidden_states, output_attentions, attention-kernel arguments, the loss's num_items_in_batch
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
@@ -547,6 +605,12 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             hidden_states = hidden_states[:, keep, :]
+        if labels is not None and loss_chunk_size and type(self.lm_head) is nn.Linear:  # not a LoRA-wrapped head
+            # Training without the (B, T, V) logits: see ChunkedLMHeadLoss. The output has no logits.
+            loss = chunked_lm_loss(hidden_states, self.lm_head.weight, labels, loss_chunk_size, **kwargs)
+            return CausalLMOutputWithPast(
+                loss=loss, logits=None, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            )
         logits = self.lm_head(hidden_states)  # (B, T, V)
 
         loss = None

@@ -3,12 +3,20 @@ GPT2LMHeadModel (`--arch gpt2`, the default) or LlamaForCausalLM (`--arch llama`
 SwiGLU, grouped key/value heads, no biases).
 
 Rows: training step (forward + backward + AdamW) tokens/s and peak memory, and generation
-tokens/s with the KV cache at batch 1 and batch 8. Both models are built in this process with
-the same weights, run on the same batches, alternately (each goes first in every other
-repeat), median of `--repeats`; the ratio column
-is ScratchGPT / peer (above 1.0 means ScratchGPT is faster, or for memory, uses more).
+tokens/s with the KV cache at batch 1 and batch 8, for ScratchGPT, ScratchGPT with the chunked
+loss (`loss_chunk_size`: no full logits), and the peer.
+
+Every measurement runs in a fresh child process that builds its one model (same seed, same
+weights), so no model's memory or allocator state leaks into another's. Peak training memory is
+the high-water mark above the memory held once the model is loaded: on CUDA,
+`max_memory_allocated` after `reset_peak_memory_stats`; on CPU, the process's
+`getrusage(RUSAGE_SELF).ru_maxrss` read at the end minus its resident size after loading (the
+kernel's own high-water mark, not a sample). Repeats alternate the order (each model goes first
+in turn); the table shows medians and the spread (min-max). The ratio column is
+model / peer: above 1.0 means faster, or for memory, more.
 
     python scripts/bench_model.py                      # CPU, small dimensions
+    python scripts/bench_model.py --vocab-size 50257 --batch 4 --repeats 5 --no-generate
     python scripts/bench_model.py --arch llama --kv-heads 2 --repeats 5
     python scripts/bench_model.py --preset gpt2-small --seq-len 1024 --batch 8 --device cuda --dtype bfloat16
     python scripts/bench_model.py --arch llama --preset smollm2-135m --seq-len 1024 --device cuda --dtype bfloat16
@@ -16,9 +24,9 @@ is ScratchGPT / peer (above 1.0 means ScratchGPT is faster, or for memory, uses 
 
 import argparse
 import gc
-import os
+import multiprocessing
+import resource
 import statistics
-import threading
 import time
 
 import torch
@@ -27,43 +35,17 @@ from scratch_gpt.configuration_scratch_gpt import LLAMA_SWITCHES
 from scratch_gpt.convert import to_gpt2, to_llama
 
 
-class PeakMemory:
-    """Peak memory during a block: CUDA's allocator counter, or the process RSS sampled every ms on CPU."""
+def resident_bytes() -> int:
+    """The process's memory in RAM now (VmRSS)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
-    def __init__(self, device: torch.device):
-        self.device = device
 
-    def __enter__(self):
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = self.peak = self._rss()
-            self.running = True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self.running = False
-            self.thread.join()
-        self.megabytes = (self.peak - self.base) / 2**20
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.001)
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def peak_bytes(device: torch.device) -> int:
+    """The high-water mark so far: CUDA's allocator counter, or the kernel's maximum RSS (Linux: KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def sync(device):
@@ -71,24 +53,22 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def train_step_rate(model, batch, steps, device, compile_model) -> tuple[float, float]:
-    """Tokens/s and peak MB of forward + backward + AdamW, after two warm-up steps."""
+def train_step_rate(model, batch, steps, device, compile_model, loss_chunk_size) -> float:
+    """Tokens/s of forward + backward + AdamW, after two warm-up steps."""
     model.train()
     step_model = torch.compile(model) if compile_model else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    with PeakMemory(device) as memory:
-        for step in range(steps + 2):
-            if step == 2:
-                sync(device)
-                start = time.perf_counter()
-            loss = step_model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync(device)
-    elapsed = time.perf_counter() - start
-    del optimizer
-    return steps * batch.numel() / elapsed, memory.megabytes
+    extra = {"loss_chunk_size": loss_chunk_size} if loss_chunk_size else {}
+    for step in range(steps + 2):
+        if step == 2:
+            sync(device)
+            start = time.perf_counter()
+        loss = step_model(input_ids=batch, labels=batch, **extra).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    return steps * batch.numel() / (time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -101,6 +81,54 @@ def generate_rate(model, prompt, new_tokens, device) -> float:
     model.generate(prompt, **kwargs)
     sync(device)
     return prompt.shape[0] * new_tokens / (time.perf_counter() - start)
+
+
+def build_config(args) -> ScratchGPTConfig:
+    shape = dict(max_position_embeddings=max(args.seq_len, 1024), bos_token_id=0, eos_token_id=0)
+    if args.arch == "llama":
+        shape.update(LLAMA_SWITCHES, num_key_value_heads=args.kv_heads or max(1, args.heads // 2))
+        shape["intermediate_size"] = 8 * args.hidden_size // 3  # SwiGLU's three matrices ~ GPT-2's two at 4C
+    if args.preset:
+        return ScratchGPTConfig.from_preset(args.preset, **{"max_position_embeddings": shape["max_position_embeddings"]})
+    return ScratchGPTConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        **shape,
+    )
+
+
+def measure(name: str, args) -> dict:
+    """In a fresh child process: build one model, then time and measure its training step (and generation)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    config = build_config(args)
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(config)
+    if name == "peer":  # identical dimensions and weights
+        model = to_llama(model) if config.mlp_type == "swiglu" else to_gpt2(model)
+    model.set_attn_implementation(args.attn)
+    model = model.to(device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, config.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        loaded = torch.cuda.memory_allocated()
+    else:
+        loaded = resident_bytes()
+    chunk = args.loss_chunk_size if name == "ScratchGPT chunked" else None
+    row = {"train tokens/s": train_step_rate(model, batch, args.steps, device, args.compile, chunk)}
+    sync(device)
+    row["train peak MB"] = (peak_bytes(device) - loaded) / 2**20
+    if args.generate:
+        for label, prompt in (("generate tokens/s (batch 1)", batch[:1, :32]), ("generate tokens/s (batch 8)", batch[:8, :32])):
+            row[label] = generate_rate(model, prompt, args.new_tokens, device)
+    return row
 
 
 def main():
@@ -116,66 +144,43 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--loss-chunk-size", type=int, default=256, help="tokens per chunk in the chunked-loss row (0: no such row)")
+    parser.add_argument("--no-generate", dest="generate", action="store_false", help="only the training rows")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--attn", default="sdpa", help="attn_implementation for both models: eager, sdpa, ...")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models for the training rows")
     args = parser.parse_args()
 
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    shape = dict(max_position_embeddings=max(args.seq_len, 1024), bos_token_id=0, eos_token_id=0)
-    if args.arch == "llama":
-        shape.update(LLAMA_SWITCHES, num_key_value_heads=args.kv_heads or max(1, args.heads // 2))
-        shape["intermediate_size"] = 8 * args.hidden_size // 3  # SwiGLU's three matrices ~ GPT-2's two at 4C
-    if args.preset:
-        config = ScratchGPTConfig.from_preset(args.preset, **{"max_position_embeddings": shape["max_position_embeddings"]})
-    else:
-        config = ScratchGPTConfig(
-            vocab_size=args.vocab_size,
-            hidden_size=args.hidden_size,
-            num_hidden_layers=args.layers,
-            num_attention_heads=args.heads,
-            **shape,
-        )
-    torch.manual_seed(0)
-    ours = ScratchGPTForCausalLM(config)
+    config = build_config(args)
     peer_name = "Llama" if config.mlp_type == "swiglu" else "GPT-2"
-    theirs = to_llama(ours) if peer_name == "Llama" else to_gpt2(ours)  # identical dimensions and weights
-    models = {}
-    for name, model in (("ScratchGPT", ours), (peer_name, theirs)):
-        model.set_attn_implementation(args.attn)
-        models[name] = model.to(device=device, dtype=dtype)
-
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.randint(0, config.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
-    prompt1 = batch[:1, :32]
-    prompt8 = batch[:8, :32]
-
-    results = {name: {} for name in models}
+    names = ["ScratchGPT"] + (["ScratchGPT chunked"] if args.loss_chunk_size else []) + ["peer"]
+    results = {name: {} for name in names}
+    spawn = multiprocessing.get_context("spawn")
     for repeat in range(args.repeats):
-        order = list(models.items())[:: -1 if repeat % 2 else 1]  # alternate who goes first
-        for name, model in order:
-            # train on a copy so both models start every repeat from the same weights
-            state = {k: v.clone() for k, v in model.state_dict().items()}
-            rate, memory = train_step_rate(model, batch, args.steps, device, args.compile)
-            model.load_state_dict(state)
-            row = results[name]
-            row.setdefault("train tokens/s", []).append(rate)
-            row.setdefault("train peak MB", []).append(memory)
-            for label, prompt in (("generate tokens/s (batch 1)", prompt1), ("generate tokens/s (batch 8)", prompt8)):
-                row.setdefault(label, []).append(generate_rate(model, prompt, args.new_tokens, device))
+        for name in names[:: -1 if repeat % 2 else 1]:  # alternate who goes first
+            with spawn.Pool(1) as pool:
+                row = pool.apply(measure, (name, args))
+            for metric, value in row.items():
+                results[name].setdefault(metric, []).append(value)
+            print(f"repeat {repeat + 1} {name}: " + ", ".join(f"{k} {v:,.1f}" for k, v in row.items()), flush=True)
 
+    with torch.device("meta"):
+        params = ScratchGPTForCausalLM(config).num_parameters()
     print(
-        f"\ndevice={device} dtype={args.dtype} attn={args.attn} compile={args.compile} "
+        f"\ndevice={args.device} dtype={args.dtype} attn={args.attn} compile={args.compile} "
         f"arch={args.arch} hidden={config.hidden_size} layers={config.num_hidden_layers} heads={config.num_attention_heads} "
-        f"kv_heads={config.num_key_value_heads} repeats={args.repeats} (medians) "
-        f"vocab={config.vocab_size} seq={args.seq_len} batch={args.batch} params={ours.num_parameters() / 1e6:.1f}M"
+        f"kv_heads={config.num_key_value_heads} vocab={config.vocab_size} seq={args.seq_len} batch={args.batch} "
+        f"params={params / 1e6:.1f}M loss_chunk_size={args.loss_chunk_size} repeats={args.repeats} (median, min-max)"
     )
-    print(f"{'metric':<30}{'ScratchGPT':>14}{peer_name:>14}{'ratio':>10}")
-    for metric in results["ScratchGPT"]:
-        a, b = (statistics.median(results[name][metric]) for name in ("ScratchGPT", peer_name))
-        print(f"{metric:<30}{a:>14.1f}{b:>14.1f}{a / b if b else float('nan'):>10.3f}")
+    print(f"{'model':<20}{'metric':<30}{'median':>12}{'min-max':>24}{'/ ' + peer_name:>10}")
+    for name in names:
+        for metric, values in results[name].items():
+            median, peer = statistics.median(values), statistics.median(results["peer"][metric])
+            spread = f"{min(values):,.1f}-{max(values):,.1f}"
+            label = peer_name if name == "peer" else name
+            print(f"{label:<20}{metric:<30}{median:>12,.1f}{spread:>24}{median / peer if peer else float('nan'):>10.3f}")
 
 
 if __name__ == "__main__":

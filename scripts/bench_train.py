@@ -2,9 +2,12 @@
 
 Both models are trained by the same loop (`scratch_gpt.training.loop.train`) on the same random
 token blocks; each run happens in a fresh child process (so the peak memory is its own) and the
-two models alternate over `--rounds` rounds (the best round of each counts: the machine may be busy).
-Printed: tokens/s, MFU (against the matmul peak measured at the start of this run, with the same
-FLOPs-per-token formula for both) and peak memory, with the ratio ScratchGPT / GPT-2.
+two models alternate over `--rounds` rounds, each going first in turn. Printed: medians over the
+rounds with their spread (min-max) of tokens/s, MFU (against the best matmul peak measured during
+the run, with the same FLOPs-per-token formula for both) and peak memory, with the ratio
+ScratchGPT / GPT-2. Peak memory is the high-water mark above the memory held once the model is
+loaded: CUDA's `max_memory_allocated`, or on CPU `ru_maxrss` minus the resident size after loading.
+ScratchGPT trains with the loop's chunked loss (`--loss-chunk-size`, 0: the full logits).
 
     python scripts/bench_train.py                                   # small CPU model, fp32
     python scripts/bench_train.py --gpt2-124m --mixed-precision bf16 --batch-size 16   # on a GPU
@@ -13,6 +16,7 @@ FLOPs-per-token formula for both) and peak memory, with the ratio ScratchGPT / G
 import argparse
 import multiprocessing
 import resource
+import statistics
 import tempfile
 import time
 
@@ -30,7 +34,8 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30, help="measured optimizer steps")
     parser.add_argument("--warmup", type=int, default=5, help="steps run before measuring")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--loss-chunk-size", type=int, default=256, help="ScratchGPT's loss, chunk by chunk (0: off)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
@@ -98,14 +103,18 @@ def measure(kind: str, args) -> dict:
 
     transformers.logging.set_verbosity_error()
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # after the imports
     torch.manual_seed(0)
     model = build(kind, args)
     total = args.warmup + args.steps
     blocks = torch.randint(0, args.vocab_size, (total * args.batch_size, args.context)).tolist()
     data = [{"input_ids": ids, "labels": ids} for ids in blocks]
     if torch.cuda.is_available():
+        model.cuda()
         torch.cuda.reset_peak_memory_stats()
+        loaded = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/status") as status:  # resident size now, with the model loaded
+            loaded = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
     with tempfile.TemporaryDirectory() as folder:
         config = TrainingConfig(
             output_dir=folder,
@@ -117,15 +126,16 @@ def measure(kind: str, args) -> dict:
             progress=False,
             report_to="none",
             shuffle=False,
+            loss_chunk_size=args.loss_chunk_size,
         )
         train(model, data, None, config)
         records = [json.loads(line) for line in open(f"{folder}/metrics.jsonl")][args.warmup :]
     step_tokens = args.batch_size * args.context
     seconds = sum(step_tokens / r["tokens_per_s"] for r in records)
     if torch.cuda.is_available():
-        peak_memory = torch.cuda.max_memory_allocated()
+        peak_memory = torch.cuda.max_memory_allocated() - loaded
     else:
-        peak_memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # growth of the process
+        peak_memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - loaded  # the kernel's high-water mark
     return {"tokens_per_s": step_tokens * len(records) / seconds, "peak_memory": peak_memory, "loss": records[-1]["train_loss"]}
 
 
@@ -141,29 +151,34 @@ def main():
         f"context {args.context}, batch {args.batch_size}, {args.mixed_precision}, compile={args.compile}\n"
         f"{dtype} matmul peak: {peak / 1e12:.3f} TFLOP/s; {fpt / 1e6:.1f} MFLOP per token"
     )
-    best = {}
+    results = {"scratch_gpt": [], "gpt2": []}
     spawn = multiprocessing.get_context("spawn")
     for round_ in range(args.rounds):
         peak = max(peak, measured_matmul_peak(device, dtype))
-        for kind in ("scratch_gpt", "gpt2"):
+        for kind in list(results)[:: -1 if round_ % 2 else 1]:  # alternate who goes first
             with spawn.Pool(1) as pool:
                 result = pool.apply(measure, (kind, args))
-            print(f"round {round_ + 1} {kind}: {result['tokens_per_s']:,.0f} tokens/s")
-            if kind not in best or result["tokens_per_s"] > best[kind]["tokens_per_s"]:
-                best[kind] = result
+            print(f"round {round_ + 1} {kind}: {result['tokens_per_s']:,.0f} tokens/s, {result['peak_memory'] / 2**20:,.0f} MB", flush=True)
+            results[kind].append(result)
 
-    print(f"\nbest measured matmul peak: {peak / 1e12:.3f} TFLOP/s")
-    print(f"{'model':<14}{'tokens/s':>12}{'MFU':>9}{'peak memory':>14}{'final loss':>12}")
-    for kind, result in best.items():
-        mfu = result["tokens_per_s"] * fpt / peak
+    def median(kind, key):
+        return statistics.median(r[key] for r in results[kind])
+
+    def spread(kind, key, scale=1.0):
+        values = [r[key] * scale for r in results[kind]]
+        return f"{min(values):,.0f}-{max(values):,.0f}"
+
+    print(f"\nbest measured matmul peak: {peak / 1e12:.3f} TFLOP/s; medians over {args.rounds} rounds (min-max)")
+    print(f"{'model':<14}{'tokens/s':>12}{'(min-max)':>18}{'MFU':>8}{'peak MB':>10}{'(min-max)':>16}{'final loss':>12}")
+    for kind in results:
+        mfu = median(kind, "tokens_per_s") * fpt / peak
         print(
-            f"{kind:<14}{result['tokens_per_s']:>12,.0f}{mfu:>9.1%}{result['peak_memory'] / 2**20:>11,.0f} MB"
-            f"{result['loss']:>12.3f}"
+            f"{kind:<14}{median(kind, 'tokens_per_s'):>12,.0f}{spread(kind, 'tokens_per_s'):>18}{mfu:>8.1%}"
+            f"{median(kind, 'peak_memory') / 2**20:>10,.0f}{spread(kind, 'peak_memory', 2**-20):>16}{median(kind, 'loss'):>12.3f}"
         )
-    ratio = best["scratch_gpt"]["tokens_per_s"] / best["gpt2"]["tokens_per_s"]
-    memory = best["scratch_gpt"]["peak_memory"] / best["gpt2"]["peak_memory"]
-    print(f"ratio scratch_gpt / gpt2: {ratio:.2f}x tokens/s, {memory:.2f}x peak memory")
-
+    ratio = median("scratch_gpt", "tokens_per_s") / median("gpt2", "tokens_per_s")
+    memory = median("scratch_gpt", "peak_memory") / median("gpt2", "peak_memory")
+    print(f"ratio scratch_gpt / gpt2 (medians): {ratio:.2f}x tokens/s, {memory:.2f}x peak memory")
 
 if __name__ == "__main__":
     main()

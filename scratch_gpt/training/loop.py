@@ -39,6 +39,7 @@ many GPUs or nodes.
 """
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -94,6 +95,9 @@ class TrainingConfig:
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
     compile: bool = False  # torch.compile the model (inductor)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    # The causal-LM loss this many tokens at a time, fused with the LM head, so the (tokens x vocab)
+    # logits never exist (ScratchGPT's `loss_chunk_size`; other models ignore it). 0 or None: off.
+    loss_chunk_size: int | None = 256
     fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (see sharding.py)
     seed: int = 0
     shuffle: bool = True
@@ -254,14 +258,24 @@ def make_loader(dataset, batch_size, collate_fn, sampler=None, drop_last=False, 
 # Evaluation and samples.
 
 
+def loss_kwargs(model, accelerator: Accelerator, config: TrainingConfig) -> dict:
+    """What `model(**batch)` gets besides the batch: `loss_chunk_size` when the model's forward
+    takes it (ScratchGPT's causal LM: the loss without the full logits). PEFT wrappers,
+    classifiers and other models get nothing."""
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if config.loss_chunk_size and "loss_chunk_size" in inspect.signature(type(unwrapped).forward).parameters:
+        return {"loss_chunk_size": config.loss_chunk_size}
+    return {}
+
+
 @torch.no_grad()
-def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int | None) -> float:
+def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int | None, **forward_kwargs) -> float:
     """Mean loss over the evaluation batches (gathered over processes)."""
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             break
-        loss = model(**batch).loss.float()
+        loss = model(**batch, **forward_kwargs).loss.float()
         rows = next(iter(batch.values())).shape[0]
         total += loss * rows
         count += rows
@@ -276,7 +290,7 @@ def measure(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn)
         extra = dict(evaluate_fn(model, dataloader, accelerator)) if evaluate_fn is not None else {}
         loss = extra.pop("loss", None)
         if loss is None:
-            loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches)
+            loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches, **loss_kwargs(model, accelerator, config))
     model.train()
     metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     if config.bytes_per_token:
@@ -349,6 +363,7 @@ class Run:
     # the training loss since the last log, summed on the device (no host sync per step)
     loss_sum: torch.Tensor | None = None
     loss_count: int = 0
+    forward_kwargs: dict = field(default_factory=dict)  # see loss_kwargs
     pending_tokens: int = 0  # tokens of the micro-batches of the optimizer step in progress
     sharded: bool = False  # FSDP: model and optimizer state are slices (sharding.py)
 
@@ -474,6 +489,7 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
         peak_flops=config.peak_flops or peak_flops(accelerator.device, config.mixed_precision),
         loss_sum=torch.zeros((), device=accelerator.device),
         sharded=sharded,
+        forward_kwargs=loss_kwargs(model, accelerator, config),
     )
 
 
@@ -503,7 +519,7 @@ def run_epoch(run: Run) -> None:
         with accelerator.accumulate(run.model):
             if run.sharded:  # reduce the gradients only on the last micro-batch of a step
                 run.model.set_requires_gradient_sync(accelerator.sync_gradients)
-            loss = run.model(**batch).loss
+            loss = run.model(**batch, **run.forward_kwargs).loss
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 if run.config.max_grad_norm:

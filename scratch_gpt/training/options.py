@@ -63,6 +63,7 @@ OPTIONS = (
     Option("--mixed-precision", "mixed_precision", "mixed precision", str, choices=("no", "bf16", "fp16")),
     Option("--compile", "compile", "torch.compile the model"),
     Option("--gradient-checkpointing", "gradient_checkpointing", "recompute activations in the backward pass (less memory)"),
+    Option("--loss-chunk-size", "loss_chunk_size", "causal-LM loss this many tokens at a time, without the full logits (0: off)", int),
     Option("--fsdp", "fsdp", "shard weights, gradients and optimizer state over the processes (FSDP2; also on by an FSDP accelerate config)"),
     Option("--seed", "seed", "seed for the data order, the splits and new weights", int),
     Option("--eval-every", "eval_every", "steps between evaluations (0: only at the end)", int),
