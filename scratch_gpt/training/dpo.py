@@ -44,10 +44,16 @@ from transformers import set_seed
 from transformers.utils import ModelOutput
 
 from scratch_gpt import ScratchGPTForCausalLM
-from scratch_gpt.convert import load_config, load_pretrained
+from scratch_gpt.convert import load_pretrained
 from scratch_gpt.lora import check_lora_arguments, describe_trainable
-from scratch_gpt.tokenizer import check_fits, format_alpaca_messages
-from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
+from scratch_gpt.tokenizer import format_alpaca_messages
+from scratch_gpt.training.finetune import (
+    build_finetune_parser,
+    card_writer,
+    hold_out,
+    load_base_tokenizer,
+    max_length_for,
+)
 from scratch_gpt.training.instruct import make_trainable, read_instruction_records
 from scratch_gpt.training.loop import check_output_dir, make_loader, process_state, train
 from scratch_gpt.training.options import from_args, run_command
@@ -386,19 +392,9 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     if skipped:
         logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
     pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
-    model_config = load_config(args.model)
-    check_fits(tokenizer, model_config, f"the model in {args.model!r}")
-    context = model_config.max_position_embeddings
-    rows = tokenize_pairs(tokenizer, pairs, min(args.max_length or context, context))
-
-    n_val = round(len(rows) * args.val_fraction)
-    if n_val < 1 or n_val == len(rows):
-        raise ValueError(
-            f"{len(rows)} pairs are too few to hold out {args.val_fraction:.0%}; add data or change --val-fraction."
-        )
-    rows = rows.shuffle(seed=args.seed)
-    train_set, val_set = rows.select(range(n_val, len(rows))), rows.select(range(n_val))
-    train_probe = train_set.select(range(min(n_val, len(train_set))))  # training pairs measured like the held-out
+    rows = tokenize_pairs(tokenizer, pairs, max_length_for(args, tokenizer))
+    train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "pairs")
+    train_probe = train_set.select(range(min(len(val_set), len(train_set))))  # training pairs measured like the held-out
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
 
     # 3. the policy (the model, or its LoRA adapters) and the reference, in one module

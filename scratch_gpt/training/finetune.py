@@ -1,6 +1,7 @@
-"""What the fine-tuning commands (`finetune-classifier`, `finetune-instruct`) share beyond the loop:
-the base-model flags, the tokenizer of the base model, and the model card written into the folder
-that the loop's `save_model` produces. The training flags themselves are `options.py`'s."""
+"""What the fine-tuning commands (`finetune-classifier`, `finetune-instruct`, `finetune-dpo`) share
+beyond the loop: the base-model flags, the tokenizer of the base model, the token budget of a
+record, the held-out split, and the model card written into the folder that the loop's
+`save_model` produces. The training flags themselves are `options.py`'s."""
 
 import argparse
 from pathlib import Path
@@ -59,3 +60,24 @@ def card_writer(args: argparse.Namespace, kind: str, extra=None, **card):
 
     return write
 
+
+def max_length_for(args: argparse.Namespace, tokenizer) -> int:
+    """The token budget of one record: `--max-length`, at most the base model's context. The
+    tokenizer is checked against the model's embeddings first; both come from config.json, so
+    bad input fails before the weights load."""
+    from scratch_gpt.convert import load_config
+    from scratch_gpt.tokenizer import check_fits
+
+    config = load_config(args.model)  # a ScratchGPT's, or a GPT-2 / Llama / Qwen checkpoint's converted
+    check_fits(tokenizer, config, f"the model in {args.model!r}")
+    context = config.max_position_embeddings
+    return min(args.max_length or context, context)
+
+
+def hold_out(rows, fraction: float, seed: int, what: str):
+    """A seeded split of the Dataset `rows` into (training, held-out), `round(len * fraction)` held out."""
+    n_val = round(len(rows) * fraction)
+    if n_val < 1 or n_val == len(rows):
+        raise ValueError(f"{len(rows)} {what} are too few to hold out {fraction:.0%}; add data or change --val-fraction.")
+    rows = rows.shuffle(seed=seed)
+    return rows.select(range(n_val, len(rows))), rows.select(range(n_val))

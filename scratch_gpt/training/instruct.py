@@ -28,11 +28,17 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
 from scratch_gpt import ScratchGPTForCausalLM
-from scratch_gpt.convert import load_config, load_pretrained
+from scratch_gpt.convert import load_pretrained
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
-from scratch_gpt.tokenizer import check_fits, complete_tokenizer, format_alpaca_messages
-from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
+from scratch_gpt.tokenizer import complete_tokenizer, format_alpaca_messages
+from scratch_gpt.training.finetune import (
+    build_finetune_parser,
+    card_writer,
+    hold_out,
+    load_base_tokenizer,
+    max_length_for,
+)
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import from_args, run_command
 from scratch_gpt.training.sharding import build_context, fsdp_enabled, gathered_root, is_sharded
@@ -267,20 +273,10 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     if not records:
         raise ValueError(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
-    model_config = load_config(args.model)  # a ScratchGPT's, or a GPT-2 checkpoint's converted
-    check_fits(tokenizer, model_config, f"the model in {args.model!r}")
-    context = model_config.max_position_embeddings
-    rows = tokenize_conversations(tokenizer, conversations, min(args.max_length or context, context))
+    rows = tokenize_conversations(tokenizer, conversations, max_length_for(args, tokenizer))
 
     # 2. a seeded held-out split
-    n_val = round(len(rows) * args.val_fraction)
-    if n_val < 1 or n_val == len(rows):
-        raise ValueError(
-            f"{len(rows)} conversations are too few to hold out {args.val_fraction:.0%}; "
-            "add data or change --val-fraction."
-        )
-    rows = rows.shuffle(seed=args.seed)
-    train_set, val_set = rows.select(range(n_val, len(rows))), rows.select(range(n_val))
+    train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "conversations")
     answered = [conversations[index] for index in val_set["record"]][: args.max_answers]
     state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
 
