@@ -192,6 +192,8 @@ class ScratchGPTAttention(nn.Module):
         self.num_key_value_heads = config.num_key_value_heads
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads  # also read by sdpa / flex
         self.scaling = self.head_dim**-0.5
+        self.dropout = config.attn_pdrop  # on the attention weights, while training
+        self.qk_norm = config.qk_norm  # read once: a config attribute costs a lookup on every decoding step
         self.is_causal = True  # read by the sdpa / flash attention functions
         self.sizes = [self.num_heads * self.head_dim, *2 * [self.num_key_value_heads * self.head_dim]]  # q, k, v
         # switch: `qkv_bias` (GPT-2 and Qwen2: yes; Llama, Qwen3: no), `attention_bias` on the output (GPT-2 only).
@@ -214,7 +216,7 @@ class ScratchGPTAttention(nn.Module):
         # (B, T, (H + 2K) * D) -> query (B, T, H * D), key and value (B, T, K * D) -> heads of size D
         query, key, value = self.qkv_proj(hidden_states).split(self.sizes, dim=-1)
         query, key, value = (x.view(batch, length, -1, self.head_dim) for x in (query, key, value))
-        if self.config.qk_norm:
+        if self.qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
         query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # (B, H or K, T, D)
         if position_embeddings is not None:  # switch: rotate queries and keys by their positions (RoPE): Llama
@@ -234,7 +236,7 @@ class ScratchGPTAttention(nn.Module):
             key,
             value,
             attention_mask,
-            dropout=self.config.attn_pdrop if self.training else 0.0,
+            dropout=self.dropout if self.training else 0.0,
             scaling=self.scaling,
             **kwargs,
         )
@@ -251,7 +253,8 @@ class ScratchGPTMLP(nn.Module):
     def __init__(self, config: ScratchGPTConfig):
         super().__init__()
         self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.act = ACT2FN[config.hidden_act]
+        # GPT-2's "gelu_new" is GELU's tanh approximation; torch computes the same function in one fused op.
+        self.act = ACT2FN["gelu_pytorch_tanh" if config.hidden_act == "gelu_new" else config.hidden_act]
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.fc_out.is_residual_projection = True
 

@@ -199,6 +199,22 @@ def test_bad_input_is_one_sentence_and_changes_nothing(world, capsys, argv, expe
     assert tree_hashes(world) == before  # nothing changed, nothing added
 
 
+@pytest.mark.parametrize("command", ["pretrain", "finetune-instruct"])
+def test_bf16_on_a_machine_without_it_is_refused_before_any_work(world, capsys, monkeypatch, command):
+    from scratch_gpt.training import loop
+
+    monkeypatch.setattr(loop, "bf16_supported", lambda: False)
+    if command == "pretrain":
+        argv = ["pretrain", "--data", "corpus", "--output-dir", "run", *PT]
+    else:
+        argv = ["finetune-instruct", "--model", "base", "--data", "instr.jsonl", "--output-dir", "run", *FT]
+    before = tree_hashes(world)
+    assert main([*argv, "--mixed-precision", "bf16"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "bf16 support" in last and "--mixed-precision no" in last, last
+    assert tree_hashes(world) == before
+
+
 def test_the_battery_covers_every_command():
     from scratch_gpt.cli import COMMANDS
 

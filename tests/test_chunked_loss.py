@@ -88,3 +88,27 @@ def test_training_with_and_without_chunks_ends_with_the_same_weights(tmp_path):
         models.append(model.state_dict())
     for name, weight in models[0].items():
         torch.testing.assert_close(models[1][name], weight, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["bf16 weights", "bf16 autocast"])
+def test_chunked_loss_in_bf16(precision):
+    """In bf16 the two paths round differently, so they agree to bf16's precision, not fp32's; what
+    matters is that the chunked path is not worse: both are compared with the fp32 loss and gradients."""
+    model = make_model()
+    input_ids, labels = batch()
+    reference, reference_grads = loss_and_grads(model, input_ids=input_ids, labels=labels)
+    if precision == "bf16 weights":
+        model, context = model.to(torch.bfloat16), torch.autocast("cpu", enabled=False)
+    else:
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
+    with context:
+        full, full_grads = loss_and_grads(model, input_ids=input_ids, labels=labels)
+        chunked, chunked_grads = loss_and_grads(model, input_ids=input_ids, labels=labels, loss_chunk_size=7)
+    assert chunked.loss.dtype == full.loss.dtype and torch.isfinite(chunked.loss)
+    chunked_error = (chunked.loss.float() - reference.loss).abs()
+    assert chunked_error < 2e-2 and chunked_error <= 2 * (full.loss.float() - reference.loss).abs() + 1e-3
+    for name, grad in reference_grads.items():
+        scale = grad.abs().max()
+        chunked_grad_error = (chunked_grads[name].float() - grad).abs().max() / scale
+        full_grad_error = (full_grads[name].float() - grad).abs().max() / scale
+        assert chunked_grad_error < max(0.05, 2 * full_grad_error), (name, chunked_grad_error, full_grad_error)

@@ -136,10 +136,24 @@ class TrainingConfig:
             raise ValueError(f"TrainingConfig.learning_rate must be positive, got {self.learning_rate!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"TrainingConfig.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}.")
+        if self.mixed_precision == "bf16" and not bf16_supported():
+            raise ValueError(
+                "--mixed-precision bf16 needs bf16 support, which this machine's "
+                f"{'GPU' if torch.cuda.is_available() else 'CPU'} lacks; use --mixed-precision no"
+                f"{' (or fp16)' if torch.cuda.is_available() else ''}."
+            )
         if self.report_to not in ("auto", "tensorboard", "none"):
             raise ValueError(f"TrainingConfig.report_to must be 'auto', 'tensorboard' or 'none', got {self.report_to!r}.")
         self.adam_betas = tuple(self.adam_betas)
         self.sample_prompts = tuple(self.sample_prompts)
+
+
+def bf16_supported() -> bool:
+    """Whether the device training will run on computes in bf16: the GPU's own answer, or on CPU
+    whether oneDNN has bf16 kernels (AVX512-BF16 or AMX; elsewhere bf16 would only be emulated)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def cpu_processes() -> bool:
