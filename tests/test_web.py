@@ -8,6 +8,7 @@ never skips. Nothing here reaches the network: the page is served on 127.0.0.1.
 import os
 import socket
 import sys
+import threading
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no reports online
 
@@ -164,3 +165,18 @@ def test_browser_chat_page_streams_a_reply_and_takes_a_screenshot(model_dir, ser
         finally:
             browser.close()
     assert (tmp_path / "chat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_closing_the_reply_early_stops_generation(model_dir):
+    """The page's Stop button closes the reply generator; the model then stops within a step."""
+    model, tokenizer, saved_config = load_for_chat(str(model_dir))
+    steps = []
+    model.register_forward_hook(lambda module, inputs, output: steps.append(1))
+    config = chat_generation_config(saved_config, max_new_tokens=200)
+    config.eos_token_id = None  # no early end: only the stop can end it before 200 tokens
+    pieces = reply_pieces(model, tokenizer, [{"role": "user", "content": "Say fox."}], config)
+    next(pieces)
+    threads = threading.active_count()
+    pieces.close()  # stops generation and returns once the generating thread has ended
+    assert threading.active_count() == threads - 1
+    assert len(steps) < 20, len(steps)  # the first piece took a few tokens; then at most one more step

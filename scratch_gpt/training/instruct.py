@@ -27,7 +27,14 @@ from pathlib import Path
 import datasets
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
-from transformers import AutoTokenizer, GenerationConfig, TextIteratorStreamer, set_seed
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+    set_seed,
+)
 
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.convert import load_pretrained
@@ -373,14 +380,25 @@ def chat_generation_config(
     return config
 
 
+class StopWhenAsked(StoppingCriteria):
+    """Ends `generate` at its next step once `event` is set (the reader of the answer went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def reply_pieces(model, tokenizer, messages: list[dict], generation_config) -> Iterator[str]:
     """Yield the answer to `messages` in pieces (about a word each) while it is being generated.
 
     The conversation is rendered with the tokenizer's chat template. `generate` runs in a
     background thread and hands each new token to a `TextIteratorStreamer`, which decodes the
-    text and queues it; this generator reads that queue. Both `scratch-gpt chat` (the terminal)
-    and the web page (`scratch_gpt.web`) answer through here. ValueError if the conversation
-    leaves no room in the model's context.
+    text and queues it; this generator reads that queue. When the reader stops early (the Stop
+    button of the web page closes the generator), generation stops too. Both `scratch-gpt chat`
+    (the terminal) and the web page (`scratch_gpt.web`) answer through here. ValueError if the
+    conversation leaves no room in the model's context.
     """
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[1]
@@ -388,13 +406,16 @@ def reply_pieces(model, tokenizer, messages: list[dict], generation_config) -> I
     if room < 1:
         raise ValueError(f"The conversation ({prompt_length} tokens) fills the model's context; start a new one.")
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    failures = []
+    stop, failures = threading.Event(), []
 
     def generate() -> None:
         try:
             with torch.no_grad():
                 model.generate(
-                    **inputs.to(model.device), generation_config=fit_to_context(generation_config, room), streamer=streamer
+                    **inputs.to(model.device),
+                    generation_config=fit_to_context(generation_config, room),
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([StopWhenAsked(stop)]),
                 )
         except Exception as error:  # handed to the reader below, which would otherwise wait forever
             failures.append(error)
@@ -402,8 +423,11 @@ def reply_pieces(model, tokenizer, messages: list[dict], generation_config) -> I
 
     thread = threading.Thread(target=generate, daemon=True)
     thread.start()
-    yield from streamer
-    thread.join()
+    try:
+        yield from streamer
+    finally:  # also when the reader closes this generator early
+        stop.set()
+        thread.join()
     if failures:
         raise failures[0]
 
