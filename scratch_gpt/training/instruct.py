@@ -19,13 +19,22 @@ import copy
 import json
 import logging
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
-from transformers import AutoTokenizer, GenerationConfig, TextStreamer, set_seed
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+    set_seed,
+)
 
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.convert import load_pretrained
@@ -355,27 +364,90 @@ def load_for_chat(model_dir: str):
     return model, tokenizer, generation_config
 
 
-@torch.no_grad()
-def stream_reply(model, tokenizer, messages: list[dict], generation_config) -> str:
-    """Print the answer to `messages` token by token as it is generated; return it."""
+def chat_generation_config(
+    generation_config: GenerationConfig, *, max_new_tokens: int | None = None, temperature: float = 0.0, top_k: int = 50
+) -> GenerationConfig:
+    """A copy of the model's generation config with the chat settings: greedy at temperature 0,
+    else sampling with `temperature` from the `top_k` likeliest tokens (0 = all); `max_new_tokens`
+    replaces the saved answer length when given."""
+    config = copy.deepcopy(generation_config)
+    if max_new_tokens:
+        config.max_new_tokens = max_new_tokens
+    if temperature > 0:
+        config.update(do_sample=True, temperature=temperature, top_k=top_k)
+    else:
+        config.do_sample = False
+    return config
+
+
+class StopWhenAsked(StoppingCriteria):
+    """Ends `generate` at its next step once `event` is set (the reader of the answer went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def reply_pieces(model, tokenizer, messages: list[dict], generation_config) -> Iterator[str]:
+    """Yield the answer to `messages` in pieces (about a word each) while it is being generated.
+
+    The conversation is rendered with the tokenizer's chat template. `generate` runs in a
+    background thread and hands each new token to a `TextIteratorStreamer`, which decodes the
+    text and queues it; this generator reads that queue. When the reader stops early (the Stop
+    button of the web page closes the generator), generation stops too. Both `scratch-gpt chat`
+    (the terminal) and the web page (`scratch_gpt.web`) answer through here. ValueError if the
+    conversation leaves no room in the model's context.
+    """
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[1]
     room = model.config.max_position_embeddings - prompt_length
     if room < 1:
         raise ValueError(f"The conversation ({prompt_length} tokens) fills the model's context; start a new one.")
-    output = model.generate(
-        **inputs.to(model.device),
-        generation_config=fit_to_context(generation_config, room),
-        streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
-    )
-    return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop, failures = threading.Event(), []
+
+    def generate() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(
+                    **inputs.to(model.device),
+                    generation_config=fit_to_context(generation_config, room),
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([StopWhenAsked(stop)]),
+                )
+        except Exception as error:  # handed to the reader below, which would otherwise wait forever
+            failures.append(error)
+            streamer.end()
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    try:
+        yield from streamer
+    finally:  # also when the reader closes this generator early
+        stop.set()
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+def stream_reply(model, tokenizer, messages: list[dict], generation_config) -> str:
+    """Print the answer to `messages` piece by piece as it is generated; return it."""
+    answer = ""
+    for piece in reply_pieces(model, tokenizer, messages, generation_config):
+        print(piece, end="", flush=True)
+        answer += piece
+    print()
+    return answer
 
 
 def build_chat_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scratch-gpt chat",
         description="Chat with an instruction-tuned model; answers stream token by token. "
-        "Interactive unless --prompt is given; an empty line or Ctrl-D ends, /reset forgets the conversation.",
+        "Interactive unless --prompt is given; an empty line or Ctrl-D ends, /reset forgets the conversation. "
+        "--web serves the chat as a page in the browser instead (needs pip install 'scratch_gpt[web]').",
     )
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="output folder of finetune-instruct (model or adapter)")
     parser.add_argument("--prompt", default=None, help="answer this one instruction and exit")
@@ -385,6 +457,10 @@ def build_chat_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
     parser.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens (with --temperature)")
+    web = parser.add_argument_group("web page")
+    web.add_argument("--web", action="store_true", help="serve the chat as a web page (Gradio) instead of the terminal")
+    web.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: 127.0.0.1, this machine only)")
+    web.add_argument("--port", type=int, default=7860, help="port of the page (default: 7860)")
     return parser
 
 
@@ -393,12 +469,20 @@ def chat_cli(argv: list[str] | None = None) -> int:
 
 
 def chat(args: argparse.Namespace) -> None:
-    """`scratch-gpt chat`: bad input (folder, prompt too long) is one sentence via `run_command`."""
-    model, tokenizer, generation_config = load_for_chat(args.model_dir)
-    if args.max_new_tokens:
-        generation_config.max_new_tokens = args.max_new_tokens
-    if args.temperature > 0:
-        generation_config.update(do_sample=True, temperature=args.temperature, top_k=args.top_k)
+    """`scratch-gpt chat`: bad input (folder, prompt too long, --web without Gradio) is one sentence via `run_command`."""
+    if args.web:
+        if args.prompt is not None:
+            raise ValueError("--web and --prompt do not go together; drop --prompt and type the message in the page.")
+        from scratch_gpt import web
+
+        web.import_gradio()  # a missing extra is reported before the model loads
+    model, tokenizer, saved_config = load_for_chat(args.model_dir)
+    settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k}
+    if args.web:
+        page = web.chat_page(model, tokenizer, saved_config, system=args.system, **settings)
+        web.serve(page, host=args.host, port=args.port)
+        return
+    generation_config = chat_generation_config(saved_config, **settings)
     system = [{"role": "system", "content": args.system}] if args.system else []
 
     if args.prompt is not None:

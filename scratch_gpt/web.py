@@ -1,0 +1,99 @@
+"""`scratch-gpt chat MODEL_DIR --web`: the chat as a page in the browser, served by Gradio.
+
+Gradio is an optional extra (`pip install 'scratch_gpt[web]'`), so it is imported inside the
+functions here, never when `scratch_gpt` is imported. The page answers through the same code as
+the terminal chat: the conversation is rendered with the tokenizer's chat template and the answer
+streams from `reply_pieces`, with the settings of `chat_generation_config` (greedy at temperature
+0). So a greedy answer on the page is exactly the answer of `scratch-gpt chat --prompt`.
+
+The page is a `gr.ChatInterface`, which keeps the conversation (every earlier turn goes back into
+the template on each message), and a sidebar with the temperature, top-k and answer length.
+"""
+
+import os
+
+from scratch_gpt.training.instruct import chat_generation_config, reply_pieces
+
+INSTALL_HINT = "pip install 'scratch_gpt[web]'"
+
+
+def import_gradio():
+    """The `gradio` module; OSError with the pip command when the extra is not installed."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports or version checks online
+    try:
+        import gradio
+    except ImportError:
+        raise OSError(f"--web needs Gradio, which is not installed; run {INSTALL_HINT}.") from None
+    return gradio
+
+
+def message_text(content) -> str:
+    """The text of one chat message from Gradio's history: a string, or a list of parts like
+    `{"type": "text", "text": ...}` (files and other parts are skipped)."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else [content]
+    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in parts)
+
+
+def chat_page(
+    model,
+    tokenizer,
+    generation_config,
+    *,
+    system: str | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_k: int = 50,
+):
+    """A Gradio app (not yet launched) that chats with `model`.
+
+    The keyword arguments are the starting values of the sidebar; `system` is an optional system
+    prompt put before every conversation. Its API endpoint `/chat` takes the message and the three
+    sidebar values and streams the answer (each update is the answer so far).
+    """
+    gr = import_gradio()
+    context = model.config.max_position_embeddings
+    answer_length = max_new_tokens or generation_config.max_new_tokens or min(256, context)
+    start = [{"role": "system", "content": system}] if system else []
+
+    def respond(message: str, history: list[dict], temperature: float, top_k: int, max_new_tokens: int):
+        """Yield the answer so far after each new piece; the history holds the earlier turns."""
+        earlier = [{"role": turn["role"], "content": message_text(turn["content"])} for turn in history]
+        messages = [*start, *earlier, {"role": "user", "content": message}]
+        config = chat_generation_config(
+            generation_config, max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k)
+        )
+        answer = ""
+        try:
+            for piece in reply_pieces(model, tokenizer, messages, config):
+                answer += piece
+                yield answer
+        except ValueError as error:  # the conversation fills the context: shown in the page
+            raise gr.Error(str(error)) from None
+
+    name = getattr(model.config, "_name_or_path", "") or "scratch_gpt"
+    with gr.Blocks(title="scratch_gpt chat", analytics_enabled=False) as page:
+        with gr.Sidebar():
+            gr.Markdown(f"### Settings\nModel: `{os.path.basename(str(name).rstrip('/')) or name}`")
+            sliders = [
+                gr.Slider(0.0, 2.0, value=temperature, step=0.05, label="Temperature (0 = greedy)"),
+                gr.Slider(0, 200, value=top_k, step=1, label="Top-k (0 = all tokens)"),
+                gr.Slider(1, context, value=min(answer_length, context), step=1, label="Max new tokens"),
+            ]
+        gr.ChatInterface(
+            respond,
+            chatbot=gr.Chatbot(render_markdown=False, label="scratch_gpt"),  # the model's text as it is
+            additional_inputs=sliders,
+            title="scratch_gpt chat",
+            analytics_enabled=False,
+            api_name="chat",
+        )
+    return page
+
+
+def serve(page, *, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True) -> str:
+    """Launch `page` on http://host:port (no share link) and return its address; with `block`
+    (the command line) serve until Ctrl-C, else return at once (tests: `page.close()` stops it)."""
+    page.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block)
+    return page.local_url
