@@ -33,12 +33,12 @@ def shipped_tasks() -> dict[str, Path]:
 
 
 def import_lm_eval():
-    """The `lm_eval` module, or one sentence naming the `pip install` to run."""
+    """The `lm_eval` module; without it, an OSError (one line from the command) naming the `pip install`."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM  # noqa: F401  (the model class we hand it)
     except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+        raise OSError(INSTALL_HINT) from None
     return lm_eval
 
 
