@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("scratch_gpt.convert:export_cli", "write a model folder as a native GPT-2, Llama or Qwen3 folder"),
     "export-gpt2": ("scratch_gpt.convert:export_gpt2_cli", "write a model folder as a standard GPT2LMHeadModel"),
     "push": ("scratch_gpt.hub:push_cli", "upload an output folder to the Hugging Face Hub"),
+    "evaluate": ("scratch_gpt.evaluation:cli", "run lm-evaluation-harness tasks (local perplexity, multiple choice)"),
 }
 
 

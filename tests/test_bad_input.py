@@ -183,6 +183,12 @@ CASES = [
     ("chat-no-weights", ["chat", "no_weights", "--prompt", "hi"], "No *.safetensors"),
     ("push-bad-repo-id", ["push", "base", "--repo-id", "no slash"], "Invalid repo id"),
     ("push-missing-folder", ["push", "nope", "--repo-id", "me/model"], "nope"),
+    # evaluate (lm-eval)
+    ("eval-unknown-task", ["evaluate", "base", "--tasks", "nope_task"], "the local task files found are"),
+    ("eval-missing-data", ["evaluate", "base", "--tasks", "scratch_choice", "--data", "nope.jsonl"], "is not a file"),
+    ("eval-missing-text", ["evaluate", "base", "--tasks", "scratch_perplexity", "--data", "nope.txt"], "nope.txt"),
+    ("eval-include-path-file", ["evaluate", "base", "--tasks", "x", "--include-path", "data.csv"], "is not a folder"),
+    ("eval-val-fraction-alone", ["evaluate", "base", "--tasks", "scratch_perplexity", "--val-fraction", "0.1"], "pass --data too"),
 ]
 
 

@@ -1,0 +1,197 @@
+"""`scratch-gpt evaluate`: a thin wrapper over lm-evaluation-harness (`pip install 'scratch_gpt[eval]'`).
+
+    scratch-gpt evaluate MODEL_DIR --tasks scratch_perplexity --data held_out.txt
+    scratch-gpt evaluate MODEL_DIR --tasks scratch_choice --data questions.jsonl
+    scratch-gpt evaluate MODEL_DIR --tasks my_task --include-path my_tasks/
+
+Two task files ship in `scratch_gpt/eval_tasks/`, ordinary lm-eval YAML that reads a local JSON
+Lines file: `scratch_perplexity` (word and byte perplexity, bits per byte of a text) and
+`scratch_choice` (multiple-choice accuracy). `--data` points them at your file; `--include-path`
+adds folders of your own task YAML files, as lm-eval's `--include_path` does. Everything runs on
+local files, so it works offline. The model is loaded once here and handed to lm-eval's `HFLM`,
+the same class `lm_eval --model hf` uses.
+
+`loop_bits_per_byte` is the other side of the comparison in the README: bits per byte the way the
+training loop measures it (mean loss over packed blocks, divided by ln 2 and bytes per token).
+"""
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from scratch_gpt.training.options import run_command
+
+TASKS_DIR = Path(__file__).parent / "eval_tasks"
+INSTALL_HINT = "lm-evaluation-harness is not installed; run `pip install 'scratch_gpt[eval]'` (or `pip install lm-eval`)."
+
+
+def shipped_tasks() -> dict[str, Path]:
+    """The task files that come with scratch_gpt: {task name: YAML path}."""
+    return {path.stem: path for path in sorted(TASKS_DIR.glob("*.yaml"))}
+
+
+def import_lm_eval():
+    """The `lm_eval` module; without it, an OSError (one line from the command) naming the `pip install`."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM  # noqa: F401  (the model class we hand it)
+    except ImportError:
+        raise OSError(INSTALL_HINT) from None
+    return lm_eval
+
+
+def task_specs(names: list[str], data: str | None, include_paths: list[str], val_fraction: float | None, seed: int, workdir: Path):
+    """What `lm_eval.simple_evaluate(tasks=...)` gets, and the TaskManager that knows the names.
+
+    Names are looked up in the shipped task folder and the `--include-path` folders only (lm-eval's
+    own tasks download their data: run `lm_eval` for those). A shipped task with `--data` becomes
+    its YAML config as a dict, `data_files` replaced by the user's file (for a perplexity task, the
+    documents of `--data` written as JSON Lines).
+    """
+    import yaml
+    from lm_eval.tasks import TaskManager
+
+    for folder in include_paths:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--include-path {folder!r} is not a folder; pass a folder of lm-eval task YAML files.")
+    local_dirs = [str(TASKS_DIR), *include_paths]
+    manager = TaskManager(include_path=local_dirs, include_defaults=False)
+    unknown = [name for name in names if name not in manager.all_tasks]
+    if unknown:
+        found = sorted(str(p) for d in local_dirs for p in Path(d).rglob("*.yaml"))
+        raise ValueError(
+            f"Unknown task {', '.join(map(repr, unknown))}: the local task files found are {', '.join(found)} "
+            f"(add yours with --include-path DIR; for lm-eval's own tasks run `lm_eval --model hf "
+            f"--model_args pretrained=MODEL_DIR,trust_remote_code=True --tasks {unknown[0]}`)."
+        )
+    specs = []
+    for name in names:
+        if data is None or name not in shipped_tasks():
+            specs.append(name)
+            continue
+        config = yaml.safe_load(shipped_tasks()[name].read_text(encoding="utf-8"))
+        if config["output_type"] == "loglikelihood_rolling":
+            data_file = write_documents(data, workdir / f"{name}.jsonl", val_fraction, seed)
+        else:
+            data_file = Path(data)
+            if not data_file.is_file():
+                raise FileNotFoundError(f"--data {data!r} is not a file; pass a JSON Lines file of questions for {name}.")
+        config["dataset_kwargs"] = {"data_files": {config["test_split"]: str(data_file.resolve())}}
+        specs.append(config)
+    return specs, manager
+
+
+def write_documents(source: str, path: Path, val_fraction: float | None, seed: int) -> Path:
+    """Write the documents of `source` (what `pretrain --data` reads: a .txt file is one document,
+    a table one per row) to `path` as JSON Lines with a "text" field. With `val_fraction`, only
+    the held-out part that `pretrain --val-fraction F --seed S` keeps for validation."""
+    from scratch_gpt.data import train_val_split
+    from scratch_gpt.sources import read_texts
+
+    documents = read_texts(source)
+    if val_fraction is not None:
+        documents = train_val_split(documents, val_fraction, seed)[1]
+    with path.open("w", encoding="utf-8") as file:
+        for text in documents["text"]:
+            file.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Load the model folder, run the tasks with lm-eval, print its table; returns lm-eval's results."""
+    import torch
+
+    lm_eval = import_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.utils import make_table
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import scratch_gpt  # noqa: F401  (registers the Auto classes)
+    from scratch_gpt.convert import load_pretrained
+
+    names = [name for group in args.tasks for name in group.split(",") if name]
+    if args.val_fraction is not None and args.data is None:
+        raise ValueError("--val-fraction selects the held-out part of --data; pass --data too.")
+    with tempfile.TemporaryDirectory() as workdir:
+        specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, args.model)
+        model = load_pretrained(AutoModelForCausalLM.from_pretrained, args.model).to(device).eval()
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=specs, task_manager=manager, limit=args.limit, log_samples=False, bootstrap_iters=args.bootstrap_iters
+        )
+    print(make_table(results))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({"results": results["results"]}, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"results written to {args.output}")
+    return results["results"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratch-gpt evaluate",
+        description="Evaluate a model folder with lm-evaluation-harness on local task files "
+        f"(shipped: {', '.join(shipped_tasks())}).",
+    )
+    parser.add_argument("model", help="model folder (or Hub id) with its tokenizer")
+    parser.add_argument("--tasks", action="append", required=True, help="task names, comma-separated (repeatable)")
+    parser.add_argument("--data", help="data file of the shipped tasks: text for scratch_perplexity (anything `pretrain --data` reads), "
+                        "JSON Lines {question, choices, answer} for scratch_choice")
+    parser.add_argument("--val-fraction", type=float, help="score only the held-out part of --data that `pretrain --val-fraction` keeps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of that split, as pretrain's --seed (default: %(default)s)")
+    parser.add_argument("--include-path", action="append", default=[], metavar="DIR", help="folder of your own lm-eval task YAML files (repeatable)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: %(default)s)")
+    parser.add_argument("--max-length", type=int, help="context window in tokens (default: the model's context length)")
+    parser.add_argument("--limit", type=float, help="at most this many documents per task (below 1: a share of them)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap samples for standard errors, 0: none (default: %(default)s)")
+    parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`scratch-gpt evaluate MODEL_DIR --tasks ... [--data FILE] [--include-path DIR]`"""
+    return run_command(build_parser(), argv, evaluate)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop's bits per byte, on the windows lm-eval uses.
+
+
+def loop_bits_per_byte(model, tokenizer, texts: list[str], block_size: int) -> dict[str, float]:
+    """Bits per byte of `texts` the way the training loop measures it, on lm-eval's windows.
+
+    The loop's formula: the mean loss per predicted token (`measure` in training/loop.py), divided
+    by ln 2 and by `bytes_per_token` (UTF-8 bytes per token of the texts, without special tokens).
+    Only the windows follow lm-eval's `loglikelihood_rolling` instead of packed blocks: each
+    document on its own, the BOS (else EOS) token in front to predict the first token from, then
+    disjoint windows of `block_size` targets, each window read as the `block_size` tokens that end
+    one before its last target (so the last, shorter window of a document also sees up to
+    `block_size` tokens). Windows differ in length, so the loss is summed over tokens and divided
+    by their number (the loop's blocks all have one length, so its mean of means is the same).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from scratch_gpt.data import bytes_per_token
+    from scratch_gpt.tokenizer import encode_batch
+
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    total_loss, total_targets = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for ids in encode_batch(tokenizer, texts):
+            stream = torch.tensor([prefix, *ids], device=model.device)
+            for start in range(0, len(ids), block_size):
+                end = min(start + block_size, len(ids))  # targets: stream[start + 1 : end + 1]
+                inputs = stream[max(0, end - block_size) : end]  # the block_size tokens before each target
+                logits = model(input_ids=inputs[None]).logits[0, -(end - start) :].float()
+                targets = stream[start + 1 : end + 1]
+                total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+                total_targets += len(targets)
+    loss = total_loss / total_targets
+    return {"eval_loss": loss, "bits_per_byte": loss / math.log(2) / bytes_per_token(texts, tokenizer)}
