@@ -62,7 +62,7 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int, check_range: bool)
             f"ScratchGPT input_ids must be integer token ids, got dtype {input_ids.dtype}; "
             "pass the tokenizer's output (torch.long)."
         )
-    if not check_range or torch.compiler.is_compiling() or input_ids.numel() == 0:
+    if not check_range or input_ids.numel() == 0:
         return  # the range check reads values back to the host, which a compiled graph avoids
     low, high = (int(x) for x in torch.aminmax(input_ids))
     if low < 0 or high >= vocab_size:
@@ -78,7 +78,7 @@ def position_ids_for(attention_mask: torch.Tensor | None, past_length: int, leng
     if attention_mask is not None and attention_mask.ndim == 2:
         positions = attention_mask.long().cumsum(-1) - 1
         return positions.clamp(min=0)[:, -length:]
-    return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)
+    return (torch.arange(length, device=device) + past_length).unsqueeze(0)  # past_length: an int, or a tensor
 
 
 # RoPE (RoFormer, 2021; Llama): no position table. Each query and key is rotated by an angle
@@ -474,11 +474,13 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             # The range check reads the ids back to the host. Decoding steps feed back tokens the model
             # itself chose, so only a prompt needs it; and a training step on an accelerator would wait
             # for it every step, so there the training commands check the tokenizer against vocab_size once.
+            # Under torch.compile no check reads values back (a static cache's length is a tensor there).
             on_host = input_ids.device.type == "cpu"
-            check_input_ids(input_ids, config.vocab_size, check_range=past_length == 0 and (on_host or not self.training))
+            check_range = not torch.compiler.is_compiling() and past_length == 0 and (on_host or not self.training)
+            check_input_ids(input_ids, config.vocab_size, check_range=check_range)
             inputs_embeds = self.embed_tokens(input_ids)  # (B, T, C)
         length = inputs_embeds.shape[1]
-        if past_length + length > config.max_position_embeddings:
+        if not torch.compiler.is_compiling() and past_length + length > config.max_position_embeddings:
             raise ValueError(
                 f"ScratchGPT got {past_length + length} tokens but max_position_embeddings is "
                 f"{config.max_position_embeddings}; truncate the input or use a model with a longer context."

@@ -335,6 +335,19 @@ def test_torch_compile_matches_eager_mode(tiny_model):
     torch.testing.assert_close(compiled(input_ids).logits, tiny_model(input_ids).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_a_decoding_step_with_a_static_cache_is_one_graph(tiny_model):
+    """`generate(..., cache_implementation="static")` compiles the forward; a graph break (a check
+    that reads a value back, such as the static cache's length) would split it and slow every step."""
+    import torch._dynamo
+    from transformers import StaticCache
+
+    cache = StaticCache(config=tiny_model.config, max_cache_len=32)
+    with torch.no_grad():
+        tiny_model(ids()[:1], cache=cache, use_cache=True)  # the prompt, outside the graph
+        explanation = torch._dynamo.explain(tiny_model.forward)(ids()[:1, :1], cache=cache, use_cache=True)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 @pytest.mark.slow
 def test_flex_attention_matches_sdpa_with_padding(monkeypatch):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
