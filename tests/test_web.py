@@ -1,7 +1,7 @@
 """`scratch-gpt chat MODEL_DIR --web`: the Gradio page, through its API and in a real headless browser.
 
-The browser test needs Chromium from the system packages (`apt-get install -y chromium
-chromium-driver`, as `.ci/run` does) and the `playwright` package; without them it fails, it
+The browser test needs Chromium from the system packages (`apt-get install -y chromium`,
+as `.ci/run` does) and the `playwright` package; without them it fails, it
 never skips. Nothing here reaches the network: the page is served on 127.0.0.1.
 """
 
@@ -130,7 +130,7 @@ def test_browser_chat_page_streams_a_reply_and_takes_a_screenshot(model_dir, ser
     """The page of `scratch-gpt chat --web`, driven by Playwright in the system's headless Chromium."""
     from playwright.sync_api import expect, sync_playwright
 
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing; run apt-get install -y chromium chromium-driver."
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing; run apt-get install -y chromium."
     expected = chat_prompt(model_dir, "Say fox.", capsys).strip()
     url = serve_chat(model_dir, "--max-new-tokens", str(ANSWER_TOKENS))
     with sync_playwright() as playwright:
