@@ -43,6 +43,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_model, beside this file
 from bench_model import generate_rate, make_train_step, sync, timed_rate  # noqa: E402
@@ -74,12 +75,14 @@ class Clock:
 
 def versions() -> str:
     import accelerate
+    import huggingface_hub
     import peft
     import tokenizers
     import transformers
 
     names = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
     names.update(accelerate=accelerate.__version__, peft=peft.__version__, tokenizers=tokenizers.__version__)
+    names["huggingface_hub"] = huggingface_hub.__version__
     try:
         import datasets
 
@@ -235,6 +238,11 @@ def bench_training(base, args, device, compiled: bool, clock: Clock, results: di
             warm = time.perf_counter() - started
             estimate = max(estimate or 0, warm) if compiled else estimate
             log(f"{row}: warm-up {warm:.1f} s, loss {loss.item():.3f}")
+            if compiled:  # where dynamo split the graph: each break costs speed
+                reasons = dict(counters["graph_break"])
+                counters["graph_break"].clear()
+                for reason, count in reasons.items():
+                    log(f"  graph break x{count}: {' '.join(reason.split())[:200]}")
             rows[row], steps[row] = [], step
         except Exception as error:
             rows[row] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
@@ -331,6 +339,9 @@ def main() -> int:
     from scratch_gpt.training.metrics import measured_cpu_peak, peak_flops
 
     transformers.logging.set_verbosity_error()
+    for limit in ("recompile_limit", "cache_size_limit"):  # one compiled model per row: never fall back to eager
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 64)
     device = torch.device("cpu" if args.cpu_dry_run or not torch.cuda.is_available() else "cuda")
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
