@@ -74,22 +74,18 @@ class Clock:
 
 
 def versions() -> str:
-    import accelerate
-    import huggingface_hub
-    import peft
-    import tokenizers
+    """The versions that matter, and where transformers comes from (the carried wheel, on the GPU machine)."""
+    import importlib
+
+    parts = [f"python={sys.version.split()[0]}"]
+    for name in ("torch", "transformers", "accelerate", "peft", "tokenizers", "huggingface_hub", "datasets", "triton"):
+        try:
+            parts.append(f"{name}={importlib.import_module(name).__version__}")
+        except Exception as error:  # missing, or broken against the others: say so, go on
+            parts.append(f"{name}=({type(error).__name__})")
     import transformers
 
-    names = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
-    names.update(accelerate=accelerate.__version__, peft=peft.__version__, tokenizers=tokenizers.__version__)
-    names["huggingface_hub"] = huggingface_hub.__version__
-    try:
-        import datasets
-
-        names["datasets"] = datasets.__version__
-    except ImportError:
-        names["datasets"] = "missing"
-    return " ".join(f"{k}={v}" for k, v in names.items()) + f" (transformers from {Path(transformers.__file__).parent})"
+    return " ".join(parts) + f" (transformers from {Path(transformers.__file__).parent})"
 
 
 def check_transformers() -> None:
@@ -302,6 +298,7 @@ def print_table(results: dict, flops_per_token: float, peak: float | None, peak_
         peer = results.get(peer_row(row))
         ratio = f"{median / statistics.median(peer):.2f}x" if isinstance(peer, list) else "-"
         log(f"{row:<42}{median:>12,.0f}{spread:>22}{mfu:>8}{ratio:>9}")
+    log("flex rows are divided by GPT-2's sdpa row of the same compile setting (GPT2LMHeadModel has no flex attention)")
     log(f"MFU: tokens/s x {flops_per_token / 1e6:.1f} MFLOP/token (flops_per_token) / peak {peak_note}")
     log(TARGETS)
 
