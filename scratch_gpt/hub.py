@@ -34,7 +34,16 @@ from safetensors import safe_open
 from .io_utils import atomic_directory, kill_point
 from .modeling_scratch_gpt import register_push_to_hub
 
-TEMPLATES = files("scratch_gpt.model_cards")  # the top-level model_cards/ folder, shipped in the package
+
+def _templates():
+    """The top-level model_cards/ folder: shipped in the package, or beside it in a source tree run uninstalled."""
+    try:
+        return files("scratch_gpt.model_cards")
+    except ModuleNotFoundError:  # PYTHONPATH=<checkout> without `pip install`: setup's package-dir mapping is absent
+        return Path(__file__).resolve().parent.parent / "model_cards"
+
+
+TEMPLATES = _templates()
 
 # kind -> (pipeline tag, Auto class a user loads it with; peft's AutoPeft... for a LoRA adapter)
 KINDS = {

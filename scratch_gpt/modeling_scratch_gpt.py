@@ -549,7 +549,7 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.grads
-        del ctx.grads
+        ctx.grads = None  # free them now (not `del`: torch.compile would split the graph here)
         return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None, None
 
 

@@ -23,6 +23,7 @@ model / peer: above 1.0 means faster, or for memory, more.
 """
 
 import argparse
+import contextlib
 import gc
 import multiprocessing
 import resource
@@ -53,22 +54,45 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def train_step_rate(model, batch, steps, device, compile_model, loss_chunk_size) -> float:
-    """Tokens/s of forward + backward + AdamW, after two warm-up steps."""
+def make_train_step(model, device, compile_model=False, loss_chunk_size=None, autocast_dtype=None, backend="inductor"):
+    """One training step of `model` (forward + backward + AdamW) as a function of the batch.
+
+    `autocast_dtype` runs the forward under `torch.autocast` (weights stay as they are, as the
+    training loop's `--mixed-precision`); `backend` is torch.compile's (e.g. "aot_eager" for a quick
+    check of the traced path). The compiled wrapper and the optimizer live as long as the function.
+    """
     model.train()
-    step_model = torch.compile(model) if compile_model else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    step_model = torch.compile(model, backend=backend) if compile_model else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if device.type == "cuda" else None)
     extra = {"loss_chunk_size": loss_chunk_size} if loss_chunk_size else {}
-    for step in range(steps + 2):
-        if step == 2:
-            sync(device)
-            start = time.perf_counter()
-        loss = step_model(input_ids=batch, labels=batch, **extra).loss
+
+    def step(batch):
+        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+            loss = step_model(input_ids=batch, labels=batch, **extra).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def timed_rate(step, batch, steps, device) -> float:
+    """Tokens/s of `steps` calls of `step(batch)`, timed between device synchronizations."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(batch)
     sync(device)
     return steps * batch.numel() / (time.perf_counter() - start)
+
+
+def train_step_rate(model, batch, steps, device, compile_model, loss_chunk_size) -> float:
+    """Tokens/s of forward + backward + AdamW, after two warm-up steps."""
+    step = make_train_step(model, device, compile_model, loss_chunk_size)
+    for _ in range(2):
+        step(batch)
+    return timed_rate(step, batch, steps, device)
 
 
 @torch.no_grad()

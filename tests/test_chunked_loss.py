@@ -112,3 +112,19 @@ def test_chunked_loss_in_bf16(precision):
         chunked_grad_error = (chunked_grads[name].float() - grad).abs().max() / scale
         full_grad_error = (full_grads[name].float() - grad).abs().max() / scale
         assert chunked_grad_error < max(0.05, 2 * full_grad_error), (name, chunked_grad_error, full_grad_error)
+
+
+def test_chunked_loss_compiles_as_one_graph():
+    """torch.compile traces the chunked loss whole (fullgraph: a graph break would raise), with the same gradients."""
+    from scratch_gpt.modeling_scratch_gpt import chunked_lm_loss
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    labels = torch.randint(0, 40, (2, 9))
+    eager = chunked_lm_loss(hidden, weight, labels, 4)
+    eager_grads = torch.autograd.grad(eager, (hidden, weight))
+    compiled = torch.compile(chunked_lm_loss, backend="eager", fullgraph=True)(hidden, weight, labels, 4)
+    torch.testing.assert_close(compiled, eager)
+    for got, want in zip(torch.autograd.grad(compiled, (hidden, weight)), eager_grads):
+        torch.testing.assert_close(got, want)
