@@ -24,6 +24,7 @@ one-commit push) reaches this file through the hooks at its end, which `import s
 """
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable
 
@@ -629,6 +630,12 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+
+
+# `generate` reads the forward's signature at every decoding step for models with code of their own
+# (looking for a `cache_position` argument); computed once here, that costs nothing per token.
+ScratchGPTForCausalLM.forward.__signature__ = inspect.signature(ScratchGPTForCausalLM.forward)
 
 
 class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):

@@ -143,7 +143,7 @@ def test_modeling_file_imports_only_torch_transformers_and_its_config():
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + node.module.split(".")[0])
-    assert imported <= {"contextlib", "os", "collections", "torch", "transformers", ".configuration_scratch_gpt"}
+    assert imported <= {"contextlib", "inspect", "os", "collections", "torch", "transformers", ".configuration_scratch_gpt"}
 
 
 def test_logits_to_keep(tiny_model):
