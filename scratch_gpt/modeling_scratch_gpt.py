@@ -632,7 +632,6 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         )
 
 
-
 # `generate` reads the forward's signature at every decoding step for models with code of their own
 # (looking for a `cache_position` argument); computed once here, that costs nothing per token.
 ScratchGPTForCausalLM.forward.__signature__ = inspect.signature(ScratchGPTForCausalLM.forward)
