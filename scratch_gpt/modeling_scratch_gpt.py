@@ -517,9 +517,9 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
     batch), and the usual path keeps them, their log-softmax and their gradient alive at once;
     for a small model that is most of the training memory. Here each chunk's logits exist only
     while that chunk is processed. The gradient of the loss is computed right then, in forward
-    (for a chunk it is softmax - one_hot(label), times 1/denominator), and pushed through the
-    head at once, so backward never needs the logits again and nothing is recomputed:
-    backward only scales the stored gradients by the incoming one.
+    (for a chunk it is softmax - one_hot(label)), and pushed through the head at once, so
+    backward never needs the logits again and nothing is recomputed: backward only scales the
+    stored gradients, by the incoming gradient over the denominator.
 
     hidden (N, C), weight (V, C), labels (N,) already shifted (-100: skipped); the loss is the
     sum over the kept tokens divided by `denominator`.
@@ -528,30 +528,42 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size: int, denominator):
         needs_grad = any(ctx.needs_input_grad[:2])  # False under no_grad (evaluation)
+        # float32 without autocast: the products go straight into buffers and sums (no temporaries)
+        plain = hidden.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(hidden.device.type)
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
         grad_hidden = torch.zeros_like(hidden) if needs_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        # The chunk's logits and log-probabilities, two (n, V) buffers that every chunk reuses (on a
+        # CPU a fresh 50 MB tensor per chunk costs page faults; on a GPU it changes nothing).
+        logits_buffer = hidden.new_empty(min(chunk_size, hidden.shape[0]), weight.shape[0], dtype=torch.float32)
+        log_probs_buffer = torch.empty_like(logits_buffer)
         for start in range(0, hidden.shape[0], chunk_size):
             h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
-            logits = (h @ weight.T).float()  # (n, V): the only logits that exist
-            log_probs = logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax, in place: no second (n, V)
+            n = len(y)
+            # (n, V): the only logits that exist
+            logits = torch.mm(h, weight.T, out=logits_buffer[:n]) if plain else h @ weight.T
+            log_probs = torch.log_softmax(logits, -1, dtype=torch.float32, out=log_probs_buffer[:n])
             total += F.nll_loss(log_probs, y, ignore_index=-100, reduction="sum")
             if needs_grad:
                 grad_logits = log_probs.exp_()  # softmax, in place
-                grad_logits[torch.arange(len(y), device=y.device), y.clamp(min=0)] -= 1  # - one_hot(label)
+                grad_logits[torch.arange(n, device=y.device), y.clamp(min=0)] -= 1  # - one_hot(label)
                 grad_logits *= (y != -100).unsqueeze(1)  # skipped tokens: no gradient
                 grad_logits = grad_logits.to(h.dtype)
                 grad_hidden[start : start + chunk_size] = grad_logits @ weight
-                grad_weight += grad_logits.T @ h
+                if plain:
+                    grad_weight.addmm_(grad_logits.T, h)  # in place: no (V, C) temporary per chunk
+                else:  # the product in autocast's (or the weights') dtype, the sum in float32
+                    grad_weight += grad_logits.T @ h
         if needs_grad:
-            ctx.grads = (grad_hidden / denominator, (grad_weight / denominator).to(weight.dtype))
+            ctx.grads, ctx.denominator, ctx.weight_dtype = (grad_hidden, grad_weight), denominator, weight.dtype
         return total / denominator
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.grads
         ctx.grads = None  # free them now (not `del`: torch.compile would split the graph here)
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None, None
+        scale = grad_loss / ctx.denominator  # d(loss)/d(sum): one in-place pass over each gradient
+        return grad_hidden.mul_(scale.to(grad_hidden.dtype)), grad_weight.mul_(scale).to(ctx.weight_dtype), None, None, None
 
 
 def chunked_lm_loss(hidden_states, lm_head_weight, labels, chunk_size: int, num_items_in_batch=None, **kwargs):
@@ -575,6 +587,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = ScratchGPTModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._head_columns = None  # (key, (C, V) copy of the head's weight): see `project_to_vocab`
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -582,6 +595,44 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def project_to_vocab(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`lm_head(hidden_states)`: (B, T, C) -> (B, T, V) logits.
+
+        Decoding one or two sequences on a CPU is a matrix-vector product with the (V, C) head, and
+        MKL reads that layout at about half its memory speed; it reads a (C, V) copy at full speed
+        (50257 x 256, one core: 7-8 ms -> 3-4 ms per token, most of a small model's decoding step;
+        measured slower from 8 rows on). So in evaluation mode without autograd, for fewer than 4
+        rows of float32 on a CPU, the product uses such a copy, made once and remade whenever the
+        weight changes (another place in memory, or an in-place update). It holds the head's
+        memory a second time; `model.train()` frees it. Under `torch.compile` no copy is needed:
+        written as a multiply-and-sum, inductor turns it into one fused pass at memory speed.
+        """
+        head = self.lm_head
+        rows = hidden_states.numel() // hidden_states.shape[-1]
+        if (
+            rows < 4
+            and not self.training
+            and not torch.is_grad_enabled()
+            and type(head) is nn.Linear  # not a LoRA-wrapped head
+            and head.bias is None
+            and head.weight.device.type == "cpu"
+            and head.weight.dtype == hidden_states.dtype == torch.float32
+        ):
+            weight = head.weight
+            if torch.compiler.is_compiling():  # inductor fuses this into one pass over the (V, C) weight
+                return (hidden_states.unsqueeze(-2) * weight).sum(-1)
+            if not weight.is_inference():  # (made under inference_mode: no version counter to watch)
+                key = (weight.data_ptr(), weight._version, weight.shape)
+                if self._head_columns is None or self._head_columns[0] != key:
+                    self._head_columns = (key, weight.T.contiguous())
+                return hidden_states @ self._head_columns[1]
+        return head(hidden_states)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._head_columns = None
+        return super().train(mode)
 
     @classmethod
     def from_gpt2(cls, gpt2: "str | os.PathLike | PreTrainedModel", **from_pretrained_kwargs) -> "ScratchGPTForCausalLM":
@@ -617,7 +668,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             return CausalLMOutputWithPast(
                 loss=loss, logits=None, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
             )
-        logits = self.lm_head(hidden_states)  # (B, T, V)
+        logits = self.project_to_vocab(hidden_states)  # (B, T, V)
 
         loss = None
         if labels is not None:

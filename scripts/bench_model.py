@@ -17,6 +17,7 @@ model / peer: above 1.0 means faster, or for memory, more.
 
     python scripts/bench_model.py                      # CPU, small dimensions
     python scripts/bench_model.py --vocab-size 50257 --batch 4 --repeats 5 --no-generate
+    python scripts/bench_model.py --vocab-size 50257 --repeats 5 --no-train --compile   # compiled generation
     python scripts/bench_model.py --arch llama --kv-heads 2 --repeats 5
     python scripts/bench_model.py --preset gpt2-small --seq-len 1024 --batch 8 --device cuda --dtype bfloat16
     python scripts/bench_model.py --arch llama --preset smollm2-135m --seq-len 1024 --device cuda --dtype bfloat16
@@ -154,10 +155,12 @@ def measure(name: str, args) -> dict:
         loaded = torch.cuda.memory_allocated()
     else:
         loaded = resident_bytes()
-    chunk = args.loss_chunk_size if name == "ScratchGPT chunked" else None
-    row = {"train tokens/s": train_step_rate(model, batch, args.steps, device, args.compile, chunk)}
-    sync(device)
-    row["train peak MB"] = (peak_bytes(device) - loaded) / 2**20
+    row = {}
+    if args.train:
+        chunk = args.loss_chunk_size if name == "ScratchGPT chunked" else None
+        row["train tokens/s"] = train_step_rate(model, batch, args.steps, device, args.compile, chunk)
+        sync(device)
+        row["train peak MB"] = (peak_bytes(device) - loaded) / 2**20
     if args.generate:
         for label, prompt in (("generate tokens/s (batch 1)", batch[:1, :32]), ("generate tokens/s (batch 8)", batch[:8, :32])):
             row[label] = generate_rate(model, prompt, args.new_tokens, device, args.compile)
@@ -180,6 +183,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loss-chunk-size", type=int, default=256, help="tokens per chunk in the chunked-loss row (0: no such row)")
     parser.add_argument("--no-generate", dest="generate", action="store_false", help="only the training rows")
+    parser.add_argument("--no-train", dest="train", action="store_false", help="only the generation rows")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--attn", default="sdpa", help="attn_implementation for both models: eager, sdpa, ...")
@@ -188,7 +192,8 @@ def main():
 
     config = build_config(args)
     peer_name = "Llama" if config.mlp_type == "swiglu" else "GPT-2"
-    names = ["ScratchGPT"] + (["ScratchGPT chunked"] if args.loss_chunk_size else []) + ["peer"]
+    chunked = args.loss_chunk_size and args.train  # generation is the same code with or without it
+    names = ["ScratchGPT"] + (["ScratchGPT chunked"] if chunked else []) + ["peer"]
     results = {name: {} for name in names}
     spawn = multiprocessing.get_context("spawn")
     for repeat in range(args.repeats):

@@ -348,6 +348,30 @@ def test_a_decoding_step_with_a_static_cache_is_one_graph(tiny_model):
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+def test_decoding_one_row_on_cpu_reads_a_head_copy_that_follows_the_weights():
+    """Batch-1 decoding on a CPU multiplies by a (C, V) copy of the head (faster to read): the
+    logits are the head's, a change of the weights is never served stale, and training frees it."""
+    model = make_model()
+    x = ids(batch=1)
+
+    def head_logits():
+        return model.lm_head(model.model(x).last_hidden_state[:, -1:])
+
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, logits_to_keep=1).logits, head_logits())
+        assert model._head_columns is not None, "one row without autograd should use the copy"
+        model.model.embed_tokens.weight.mul_(2)  # tied to the head, changed in place
+        torch.testing.assert_close(model(x, logits_to_keep=1).logits, head_logits())
+        model.load_state_dict(make_model(seed=1).state_dict())
+        torch.testing.assert_close(model(x, logits_to_keep=1).logits, head_logits())
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # the multiply-and-sum form
+        torch.testing.assert_close(compiled(x, logits_to_keep=1).logits, head_logits())
+    model.train()
+    assert model._head_columns is None
+    model(x, logits_to_keep=1)  # with autograd: the plain head, no copy
+    assert model._head_columns is None
+
+
 @pytest.mark.slow
 def test_flex_attention_matches_sdpa_with_padding(monkeypatch):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
