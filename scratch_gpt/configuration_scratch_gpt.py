@@ -13,6 +13,11 @@ This module imports nothing but transformers: it ships next to the weights as re
 
 from transformers import PretrainedConfig
 
+try:  # with the package installed, a value that cannot make a model is the user's input: one sentence, exit 2
+    from scratch_gpt.errors import BadInput as ConfigError
+except ImportError:  # remote code, loaded without the package (transformers skips imports inside try)
+    ConfigError = ValueError
+
 # The book's names -> the Hugging Face names. `drop_rate` sets all three dropout fields.
 BOOK_ALIASES = {
     "emb_dim": "hidden_size",
@@ -193,7 +198,7 @@ class ScratchGPTConfig(PretrainedConfig):
         self.mlp_type = mlp_type
         self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else self.num_attention_heads
         if head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"ScratchGPTConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}), or head_dim given."
             )
@@ -217,7 +222,7 @@ class ScratchGPTConfig(PretrainedConfig):
         group size (query heads per key/value head), the MLP keeps its width relative to hidden_size.
         """
         if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+            raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
         preset = PRESETS[name]
         values = {**preset, **overrides}
         if "hidden_size" in overrides or "num_attention_heads" in overrides:
@@ -226,7 +231,7 @@ class ScratchGPTConfig(PretrainedConfig):
             if "num_key_value_heads" in preset and "num_key_value_heads" not in overrides:
                 group = preset["num_attention_heads"] // preset["num_key_value_heads"]
                 if values["num_attention_heads"] % group:
-                    raise ValueError(
+                    raise ConfigError(
                         f"Preset {name!r} shares each key/value head among {group} query heads, which does not divide "
                         f"{values['num_attention_heads']} heads; give the number of key/value heads too."
                     )
@@ -249,33 +254,33 @@ class ScratchGPTConfig(PretrainedConfig):
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ScratchGPTConfig.{field} must be a positive integer, got {value!r}.")
+                raise ConfigError(f"ScratchGPTConfig.{field} must be a positive integer, got {value!r}.")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"ScratchGPTConfig.num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"num_key_value_heads ({self.num_key_value_heads}): each key/value head serves a whole group of query heads."
             )
         for field, choices in SWITCHES.items():
             if getattr(self, field) not in choices:
-                raise ValueError(f"ScratchGPTConfig.{field} {getattr(self, field)!r} is not supported; use one of {', '.join(choices)}.")
+                raise ConfigError(f"ScratchGPTConfig.{field} {getattr(self, field)!r} is not supported; use one of {', '.join(choices)}.")
         if self.position_embedding_type == "rope":
             rope_type = self.rope_parameters.get("rope_type", self.rope_parameters.get("type", "default"))
             if rope_type not in ROPE_TYPES:
-                raise ValueError(f"ScratchGPT does not implement the RoPE type {rope_type!r}; it implements {', '.join(ROPE_TYPES)}.")
+                raise ConfigError(f"ScratchGPT does not implement the RoPE type {rope_type!r}; it implements {', '.join(ROPE_TYPES)}.")
             if self.head_dim % 2:
-                raise ValueError(f"ScratchGPTConfig.head_dim ({self.head_dim}) must be even: RoPE rotates pairs of dimensions.")
+                raise ConfigError(f"ScratchGPTConfig.head_dim ({self.head_dim}) must be even: RoPE rotates pairs of dimensions.")
         for field in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"ScratchGPTConfig.{field} must be in [0, 1), got {value!r}.")
+                raise ConfigError(f"ScratchGPTConfig.{field} must be in [0, 1), got {value!r}.")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"ScratchGPTConfig.hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(ACTIVATIONS)}."
             )
         if self.init_style not in INIT_STYLES:
-            raise ValueError(f"ScratchGPTConfig.init_style must be one of {', '.join(INIT_STYLES)}, got {self.init_style!r}.")
+            raise ConfigError(f"ScratchGPTConfig.init_style must be one of {', '.join(INIT_STYLES)}, got {self.init_style!r}.")
         if self.layer_norm_eps <= 0 or self.rms_norm_eps <= 0 or self.initializer_range <= 0:
-            raise ValueError("ScratchGPTConfig.layer_norm_eps, rms_norm_eps and initializer_range must be positive.")
+            raise ConfigError("ScratchGPTConfig.layer_norm_eps, rms_norm_eps and initializer_range must be positive.")
 
 
 __all__ = ["ScratchGPTConfig", "PRESETS"]

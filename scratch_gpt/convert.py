@@ -22,9 +22,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from .configuration_scratch_gpt import ScratchGPTConfig
+from .errors import BadInput, MissingFile
 from .io_utils import atomic_directory, check_output
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, register_converter
-
 
 # ----------------------------------------------------------------------------------------------
 # GPT-2: the same network under other names; GPT-2's Conv1D stores Linear weights transposed.
@@ -94,7 +94,7 @@ def convert_gpt2(source: "str | os.PathLike | GPT2LMHeadModel", **download_kwarg
         gpt2_config = GPT2Config.from_pretrained(source, **download_kwargs)
         architectures = gpt2_config.architectures or ["GPT2LMHeadModel"]
         if "GPT2LMHeadModel" not in architectures:
-            raise ValueError(
+            raise BadInput(
                 f"{str(source)!r} holds a {architectures[0]}; the GPT-2 checkpoints read are GPT2LMHeadModel "
                 "ones (such as openai-community/gpt2, -medium, -large, -xl) and ScratchGPT folders."
             )
@@ -113,8 +113,8 @@ def load_pretrained(load, source, *args, **kwargs):
         return load(source, *args, **kwargs)
     except OSError as error:
         if Path(source).exists():
-            raise ValueError(f"Cannot load {str(source)!r}: {' '.join(str(error).split())}") from None
-        raise FileNotFoundError(
+            raise BadInput(f"Cannot load {str(source)!r}: {' '.join(str(error).split())}") from None
+        raise MissingFile(
             f"{str(source)!r} is neither a local folder nor a Hub id that could be downloaded or found in the "
             "cache; check the path (or the name, and the network)."
         ) from None
@@ -131,7 +131,7 @@ def load_config(source: str | os.PathLike, **download_kwargs) -> ScratchGPTConfi
         return ScratchGPTConfig.from_dict(config_dict)
     readers = {"gpt2": config_from_gpt2, **dict.fromkeys(LLAMA_FAMILY, config_from_llama)}
     if model_type not in readers:
-        raise ValueError(
+        raise BadInput(
             f"{str(source)!r} holds a checkpoint of model type {model_type!r}; it reads scratch_gpt, "
             f"{', '.join(readers)} (e.g. openai-community/gpt2, HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B)."
         )
@@ -188,18 +188,18 @@ def read_book_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors in a book checkpoint, read with `weights_only=True` (no pickled code runs)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"The checkpoint {str(path)!r} does not exist; pass the .pth file torch.save wrote.")
+        raise MissingFile(f"The checkpoint {str(path)!r} does not exist; pass the .pth file torch.save wrote.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not a torch.save file, or a pickled object that weights_only refuses to rebuild
-        raise ValueError(
+        raise BadInput(
             f"{str(path)!r} is not a state dict that torch.load reads with weights_only=True; save the book's "
             "model with torch.save(model.state_dict(), path) (a whole pickled model is not loaded, for safety)."
         ) from None
     if isinstance(state, dict) and "model_state_dict" in state:  # chapter 5: model and optimizer together
         state = state["model_state_dict"]
     if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
-        raise ValueError(
+        raise BadInput(
             f"{str(path)!r} holds a {type(state).__name__} that is not a state dict of tensors; save the book's "
             "model with torch.save(model.state_dict(), path)."
         )
@@ -225,7 +225,7 @@ def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[Scratc
     unexpected = [name for name in state if name not in set(expected)]
     if missing or unexpected or not num_layers:
         found = [f"missing keys {missing[:3]}" if missing else "", f"unexpected keys {unexpected[:3]}" if unexpected else ""]
-        raise ValueError(
+        raise BadInput(
             f"This is not a state dict of the book's GPTModel ({', '.join(f for f in found if f) or 'no trf_blocks'}, "
             f"{len(missing)} missing and {len(unexpected)} unexpected in all); pass model.state_dict() of a GPTModel."
         )
@@ -276,9 +276,9 @@ def import_book_checkpoint(
     check_output(out_dir, inputs=[path, *named], overwrite=overwrite, flag="OUT_DIR")
     heads = num_heads or (config or {}).get("n_heads")
     if num_heads and config and config.get("n_heads") not in (None, num_heads):
-        raise ValueError(f"--num-heads {num_heads} disagrees with n_heads {config['n_heads']} of the book's config; pass one.")
+        raise BadInput(f"--num-heads {num_heads} disagrees with n_heads {config['n_heads']} of the book's config; pass one.")
     if not isinstance(heads, int) or heads < 1:
-        raise ValueError(
+        raise BadInput(
             "A state dict does not store the number of attention heads; pass --num-heads (12 for GPT-2 124M, "
             "16 medium, 20 large, 25 XL) or the book's config with n_heads."
         )
@@ -296,7 +296,7 @@ def import_book_checkpoint(
         model.load_state_dict(state)  # strict: every weight is set (a tied head is set twice, to equal values)
     except RuntimeError as error:  # a tensor whose shape disagrees with the sizes read from the others
         reason = str(error).splitlines()[-1].strip()
-        raise ValueError(f"The tensors of {str(path)!r} do not fit one GPTModel ({reason}); check the checkpoint.") from None
+        raise BadInput(f"The tensors of {str(path)!r} do not fit one GPTModel ({reason}); check the checkpoint.") from None
     model.generation_config.update(
         bos_token_id=model_config.bos_token_id,
         eos_token_id=model_config.eos_token_id,
@@ -368,7 +368,7 @@ def config_from_llama(hf_config) -> ScratchGPTConfig:
     model_type = hf_config.model_type
     feature = unsupported_feature(hf_config)
     if feature is not None:
-        raise ValueError(f"ScratchGPT cannot load this {model_type} checkpoint: it uses {feature}, which ScratchGPT does not implement.")
+        raise BadInput(f"ScratchGPT cannot load this {model_type} checkpoint: it uses {feature}, which ScratchGPT does not implement.")
     values = {name: getattr(hf_config, name, None) for name in LLAMA_CONFIG_NAMES}  # Qwen2 has no head_dim: None
     bias = bool(getattr(hf_config, "attention_bias", False))  # Llama / Qwen3: on q, k, v and o together
     switches = dict(qkv_bias=bias, attention_bias=bias, mlp_bias=bool(getattr(hf_config, "mlp_bias", False)))
@@ -427,7 +427,7 @@ def to_llama(model: ScratchGPTForCausalLM, model_type: str = "llama") -> PreTrai
     needed.setdefault("qkv_bias", config.attention_bias)  # one bias switch for q, k, v and o in these classes
     wrong = {name: getattr(config, name) for name, value in needed.items() if getattr(config, name) != value}
     if wrong:
-        raise ValueError(
+        raise BadInput(
             f"This ScratchGPT cannot be written as {class_name}: it needs {needed}, but has {wrong}; "
             "export it --to the family it was built as (a GPT-2-shaped model: --to gpt2)."
         )
@@ -457,7 +457,7 @@ def check_gpt2_shape(config: ScratchGPTConfig) -> None:
     gpt2["head_dim"] = config.hidden_size // config.num_attention_heads
     wrong = {name: getattr(config, name) for name, value in gpt2.items() if getattr(config, name) != value}
     if wrong:
-        raise ValueError(f"This ScratchGPT cannot be written as GPT2LMHeadModel: it needs {gpt2}, but has {wrong}; export it --to llama or qwen3.")
+        raise BadInput(f"This ScratchGPT cannot be written as GPT2LMHeadModel: it needs {gpt2}, but has {wrong}; export it --to llama or qwen3.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,21 +478,21 @@ def export_model(
     with `trust_remote_code=True`. `out_dir` is checked first (see `io_utils.check_output`).
     """
     if to not in EXPORT_TARGETS:
-        raise ValueError(f"Cannot export to {to!r}; choose one of {', '.join(EXPORT_TARGETS)}.")
+        raise BadInput(f"Cannot export to {to!r}; choose one of {', '.join(EXPORT_TARGETS)}.")
     out_dir = Path(out_dir)
     check_output(out_dir, inputs=[model_dir], overwrite=overwrite, what="output folder", flag="OUT_DIR")
     if Path(model_dir).is_dir():
         if not (Path(model_dir) / "config.json").is_file():
-            raise FileNotFoundError(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
+            raise MissingFile(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
         if not any(Path(model_dir).glob("*.safetensors")):
-            raise FileNotFoundError(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
+            raise MissingFile(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
     if trust_remote_code:
         model = load_pretrained(AutoModelForCausalLM.from_pretrained, model_dir, trust_remote_code=True)
     else:
         model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir)  # our class: no code from the folder runs
     architectures = model.config.architectures or ["ScratchGPTForCausalLM"]
     if "ScratchGPTForCausalLM" not in architectures:
-        raise ValueError(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")
+        raise BadInput(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")
     native = to_gpt2(model) if to == "gpt2" else to_llama(model, to)
     tokenizer = None
     with contextlib.suppress(OSError, ValueError):  # a model folder without a tokenizer exports without one
@@ -556,9 +556,9 @@ def import_book_cli(argv: list[str] | None = None) -> int:
             try:
                 config = json.loads(Path(args.config_json).read_text(encoding="utf-8"))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{args.config_json!r} is not valid JSON ({error}); fix the file.") from None
+                raise BadInput(f"{args.config_json!r} is not valid JSON ({error}); fix the file.") from None
             if not isinstance(config, dict):
-                raise ValueError(f"{args.config_json!r} must hold the book's config as one JSON object.")
+                raise BadInput(f"{args.config_json!r} must hold the book's config as one JSON object.")
         out = import_book_checkpoint(
             args.checkpoint, args.out_dir, num_heads=args.num_heads, config=config, tokenizer=args.tokenizer,
             overwrite=args.overwrite,

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.compute
 import torch
 
+from scratch_gpt.errors import BadInput
 from scratch_gpt.sources import builtin_corpus, read_texts
 from scratch_gpt.tokenizer import bytes_per_token, encode_batch
 
@@ -58,15 +59,15 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
     """
     stride = block_size if stride is None else stride
     if not 1 <= stride <= block_size:
-        raise ValueError(
+        raise BadInput(
             f"stride must be between 1 and block_size ({block_size}), got {stride}; a larger stride would skip tokens."
         )
     if tokenizer.eos_token_id is None:
-        raise ValueError(
+        raise BadInput(
             "The tokenizer has no EOS token to separate documents; set tokenizer.eos_token (e.g. '<|endoftext|>')."
         )
     if dataset.column_names is not None and "text" not in dataset.column_names:
-        raise ValueError(
+        raise BadInput(
             f"pack_dataset needs a 'text' column, the dataset has {dataset.column_names}; "
             "use read_texts(..., text_column=...)."
         )
@@ -117,7 +118,7 @@ def _stream_blocks(tokenized, block_size, stride):
 
 def _check_enough_tokens(num_tokens, block_size):
     if num_tokens < block_size:
-        raise ValueError(
+        raise BadInput(
             f"The corpus has {num_tokens} tokens, fewer than one block of {block_size}; lower --block-size or add data."
         )
 
@@ -150,7 +151,7 @@ def train_val_split(dataset, val_fraction, seed):
     appears in a training block.
     """
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+        raise BadInput(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
     if isinstance(dataset, datasets.IterableDataset):
         def in_validation(_, index):
             return random.Random(f"{seed}-{index}").random() < val_fraction
@@ -163,11 +164,11 @@ def train_val_split(dataset, val_fraction, seed):
         text = dataset[0]["text"]
         cut = int(len(text) * (1 - val_fraction))
         if not 0 < cut < len(text):
-            raise ValueError(f"The corpus is one document of {len(text)} characters, too short to split; add data.")
+            raise BadInput(f"The corpus is one document of {len(text)} characters, too short to split; add data.")
         return datasets.Dataset.from_dict({"text": [text[:cut]]}), datasets.Dataset.from_dict({"text": [text[cut:]]})
     num_val = max(1, round(len(dataset) * val_fraction))
     if num_val >= len(dataset):
-        raise ValueError(
+        raise BadInput(
             f"A validation fraction of {val_fraction} of {len(dataset)} rows leaves one side empty; "
             "change val_fraction or add data."
         )
@@ -188,6 +189,6 @@ def unigram_entropy(dataset):
         counts[: len(batch_counts)] += batch_counts
     total = counts.sum()
     if total == 0:
-        raise ValueError("unigram_entropy got a dataset without tokens; pack some text first.")
+        raise BadInput("unigram_entropy got a dataset without tokens; pack some text first.")
     probabilities = counts[counts > 0] / total
     return float(-(probabilities * np.log(probabilities)).sum())

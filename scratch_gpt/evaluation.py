@@ -21,6 +21,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.training.options import run_command
 
 TASKS_DIR = Path(__file__).parent / "eval_tasks"
@@ -38,7 +39,7 @@ def import_lm_eval():
         import lm_eval
         from lm_eval.models.huggingface import HFLM  # noqa: F401  (the model class we hand it)
     except ImportError:
-        raise OSError(INSTALL_HINT) from None
+        raise BadInput(INSTALL_HINT) from None
     return lm_eval
 
 
@@ -55,13 +56,13 @@ def task_specs(names: list[str], data: str | None, include_paths: list[str], val
 
     for folder in include_paths:
         if not Path(folder).is_dir():
-            raise FileNotFoundError(f"--include-path {folder!r} is not a folder; pass a folder of lm-eval task YAML files.")
+            raise MissingFile(f"--include-path {folder!r} is not a folder; pass a folder of lm-eval task YAML files.")
     local_dirs = [str(TASKS_DIR), *include_paths]
     manager = TaskManager(include_path=local_dirs, include_defaults=False)
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
         found = sorted(str(p) for d in local_dirs for p in Path(d).rglob("*.yaml"))
-        raise ValueError(
+        raise BadInput(
             f"Unknown task {', '.join(map(repr, unknown))}: the local task files found are {', '.join(found)} "
             f"(add yours with --include-path DIR; for lm-eval's own tasks run `lm_eval --model hf "
             f"--model_args pretrained=MODEL_DIR,trust_remote_code=True --tasks {unknown[0]}`)."
@@ -77,7 +78,7 @@ def task_specs(names: list[str], data: str | None, include_paths: list[str], val
         else:
             data_file = Path(data)
             if not data_file.is_file():
-                raise FileNotFoundError(f"--data {data!r} is not a file; pass a JSON Lines file of questions for {name}.")
+                raise MissingFile(f"--data {data!r} is not a file; pass a JSON Lines file of questions for {name}.")
         config["dataset_kwargs"] = {"data_files": {config["test_split"]: str(data_file.resolve())}}
         specs.append(config)
     return specs, manager
@@ -113,7 +114,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     names = [name for group in args.tasks for name in group.split(",") if name]
     if args.val_fraction is not None and args.data is None:
-        raise ValueError("--val-fraction selects the held-out part of --data; pass --data too.")
+        raise BadInput("--val-fraction selects the held-out part of --data; pass --data too.")
     with tempfile.TemporaryDirectory() as workdir:
         specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

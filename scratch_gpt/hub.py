@@ -21,7 +21,6 @@ import math
 import numbers
 import os
 import shutil
-import sys
 import tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -31,6 +30,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 
+from .errors import BadInput, MissingFile, NotWritable, RunFailed, run_reporting
 from .io_utils import atomic_directory, kill_point
 from .modeling_scratch_gpt import register_push_to_hub
 
@@ -105,7 +105,7 @@ def write_model_card(
     folder (peft's `adapter_config.json`) gets a card that loads it with peft on its base model.
     """
     if kind not in KINDS:
-        raise ValueError(f"Unknown model card kind {kind!r}; use one of {', '.join(KINDS)}.")
+        raise BadInput(f"Unknown model card kind {kind!r}; use one of {', '.join(KINDS)}.")
     folder = Path(output_dir)
     task, auto_class = KINDS[kind]
     config = _read_config(folder)
@@ -154,7 +154,7 @@ def count_parameters(folder) -> int:
     """Number of parameters stored in the folder's safetensors files (a tied head counts once)."""
     weights = sorted(Path(folder).glob("*.safetensors"))
     if not weights:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"No *.safetensors weights in {str(folder)!r}; save the model there before writing its card."
         )
     total = 0
@@ -168,7 +168,7 @@ def _read_config(folder: Path) -> dict:
     """config.json, or adapter_config.json for a LoRA adapter folder."""
     path = next((folder / name for name in CONFIG_NAMES if (folder / name).is_file()), None)
     if path is None:
-        raise FileNotFoundError(f"No config.json in {str(folder)!r}; save the model there before writing its card.")
+        raise MissingFile(f"No config.json in {str(folder)!r}; save the model there before writing its card.")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -262,7 +262,7 @@ def published_files(folder) -> dict[str, bytes | Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"Model folder {str(folder)!r} does not exist; pass the output folder of a training command."
         )
     published = _publishable(folder)
@@ -272,15 +272,15 @@ def published_files(folder) -> dict[str, bytes | Path]:
         what_to_do = (
             f"push the model folder inside it, {inner[0]!r}" if inner else "save the model with save_pretrained"
         )
-        raise FileNotFoundError(f"No config.json in {str(folder)!r}; it is not a saved model folder: {what_to_do}.")
+        raise MissingFile(f"No config.json in {str(folder)!r}; it is not a saved model folder: {what_to_do}.")
     if not any(name.endswith(".safetensors") for name in published):
-        raise FileNotFoundError(
+        raise MissingFile(
             f"No *.safetensors weights in {str(folder)!r}; save the model with save_pretrained (safetensors) first."
         )
     config = json.loads(published[config_name].read_text(encoding="utf-8"))
     base_model = config.get("base_model_name_or_path")
     if "peft_type" in config and not (base_model and _is_hub_id(base_model)):
-        raise ValueError(
+        raise BadInput(
             f"The LoRA adapter in {str(folder)!r} names its base model by the local path {base_model!r}; push the "
             "base model first and put its repo id in adapter_config.json (base_model_name_or_path), or save the "
             "fine-tuned model merged (--save-merged)."
@@ -290,7 +290,7 @@ def published_files(folder) -> dict[str, bytes | Path]:
     for reference in references:
         module = reference.split("--")[-1].split(".")[0] + ".py"  # "[repo--]module.Class"
         if module not in published:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"config.json in {str(folder)!r} names remote code {module} that is not in the folder; "
                 "save the model again after `import scratch_gpt`."
             )
@@ -314,9 +314,9 @@ def _check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"Invalid repo id {repo_id!r}: {error} Use the form OWNER/NAME.") from None
+        raise BadInput(f"Invalid repo id {repo_id!r}: {error} Use the form OWNER/NAME.") from None
     if repo_id.count("/") != 1:
-        raise ValueError(
+        raise BadInput(
             f"Invalid repo id {repo_id!r}: use the form OWNER/NAME (your user or organization name first)."
         )
 
@@ -328,13 +328,13 @@ def _check_no_token_inside(published: dict, token: str) -> None:
             continue
         data = content if isinstance(content, bytes) else content.read_bytes()
         if token.encode() in data:
-            raise ValueError(f"{name} contains your Hugging Face token; remove it from the file before pushing.")
+            raise BadInput(f"{name} contains your Hugging Face token; remove it from the file before pushing.")
 
 
 def _credentials(token: str | None) -> str:
     token = token or get_token()
     if not token:
-        raise PermissionError(
+        raise NotWritable(
             "No Hugging Face credentials found; run `hf auth login` or set the HF_TOKEN environment variable."
         )
     return token
@@ -496,7 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def push_cli(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`scratch-gpt push`: the flags are checked first (argparse exits), the upload runs under the
+    error policy of `scratch_gpt.errors`."""
+    return run_reporting("scratch-gpt push", push_command, build_parser().parse_args(argv))
+
+
+def push_command(args) -> None:
     try:
         commit = push_folder(
             args.output_dir,
@@ -505,11 +510,6 @@ def push_cli(argv: list[str] | None = None) -> int:
             revision=args.revision,
             commit_message=args.commit_message,
         )
-    except (ValueError, FileNotFoundError, PermissionError) as error:
-        print(f"scratch-gpt push: error: {error}", file=sys.stderr)
-        return 2
     except (HfHubHTTPError, ConnectionError) as error:  # the Hub refused, or no network / HF_HUB_OFFLINE=1
-        print(f"scratch-gpt push: the upload failed: {error}", file=sys.stderr)
-        return 1
+        raise RunFailed(f"the upload failed: {error}") from error
     print(f"Pushed {args.output_dir} to {constants.ENDPOINT}/{args.repo_id}\ncommit: {commit.commit_url}")
-    return 0

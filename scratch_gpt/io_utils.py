@@ -19,6 +19,8 @@ import signal
 import tempfile
 from pathlib import Path
 
+from scratch_gpt.errors import BadInput, NotAFolder, NotWritable, OutputExists
+
 MARKER = ".scratch_gpt"  # in every folder this package writes: a later run may replace it
 KILL_ENV = "SCRATCH_GPT_KILL_AT"  # tests: SIGKILL this process at the named point (see `kill_point`)
 
@@ -112,14 +114,14 @@ def check_writable(path: str | os.PathLike, what: str = "output folder") -> Path
     """Fail early, with one sentence, if `path` cannot be created or written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"The {what} {str(path)!r} is a file; pass a folder path instead.")
+        raise NotAFolder(f"The {what} {str(path)!r} is a file; pass a folder path instead.")
     parent = path if path.exists() else path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise NotADirectoryError(f"The {what} {str(path)!r} lies inside the file {str(parent)!r}; choose a path in a folder.")
+        raise NotAFolder(f"The {what} {str(path)!r} lies inside the file {str(parent)!r}; choose a path in a folder.")
     if not os.access(parent, os.W_OK):
-        raise PermissionError(f"The {what} {str(path)!r} is not writable; choose another path with write permission.")
+        raise NotWritable(f"The {what} {str(path)!r} is not writable; choose another path with write permission.")
     return path
 
 
@@ -151,20 +153,20 @@ def check_output(output, *, inputs=(), overwrite: bool = False, what: str = "out
         source = source.resolve()
         if source == target or target in source.parents:
             relation = "is" if source == target else "contains"
-            raise ValueError(
+            raise BadInput(
                 f"The {what} {str(path)!r} {relation} the input {str(source)!r}, which writing it would delete; "
                 f"choose another {flag} (a new folder, e.g. inside the input, is fine)."
             )
     check_writable(path, what)
     if path.is_dir() and any(path.iterdir()) and not is_our_output(path) and not overwrite:
-        raise FileExistsError(
+        raise OutputExists(
             f"The {what} {str(path)!r} already exists and was not written by scratch-gpt; choose another {flag}, "
             "or pass --overwrite to replace it."
         )
     for folder in [path, *(p.parent for p in path.glob(f"*/{MARKER}"))]:  # it, and folders of ours inside it
         added = [] if overwrite else files_added_since(folder)
         if added:
-            raise FileExistsError(
+            raise OutputExists(
                 f"The folder {str(folder)!r} was written by scratch-gpt but now also holds files it did not write "
                 f"({', '.join(added[:3])}{', ...' if len(added) > 3 else ''}), which replacing it would delete; "
                 "move them out, or pass --overwrite to replace it anyway."

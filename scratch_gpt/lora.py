@@ -19,6 +19,8 @@ import sys
 
 from torch import nn
 
+from scratch_gpt.errors import BadInput
+
 DEFAULT_TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")  # GPT-2's MLP (mlp_type "gelu")
 SWIGLU_TARGETS = ("qkv_proj", "out_proj", "gate_proj", "up_proj", "down_proj")  # Llama / Qwen's MLP ("swiglu")
 # What the commands and PEFT's table use: every projection name of both MLPs. PEFT adapts the names
@@ -78,14 +80,14 @@ def lora_config(
     from peft import LoraConfig
 
     if task not in TASK_TYPES:
-        raise ValueError(f"Unknown LoRA task {task!r}; use one of {', '.join(TASK_TYPES)}.")
+        raise BadInput(f"Unknown LoRA task {task!r}; use one of {', '.join(TASK_TYPES)}.")
     if r <= 0:
-        raise ValueError(f"The LoRA rank must be a positive integer, got {r}.")
+        raise BadInput(f"The LoRA rank must be a positive integer, got {r}.")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"The LoRA dropout must be in [0, 1), got {dropout}.")
+        raise BadInput(f"The LoRA dropout must be in [0, 1), got {dropout}.")
     unknown = sorted(set(targets) - set(ALL_TARGETS))
     if unknown or not targets:
-        raise ValueError(
+        raise BadInput(
             f"Unknown LoRA target modules {unknown or list(targets)}; choose among {', '.join(ALL_TARGETS)}."
         )
     return LoraConfig(
@@ -134,7 +136,7 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
 def check_lora_arguments(args: argparse.Namespace) -> None:
     """Refuse option combinations `add_lora_arguments` allows but that mean nothing."""
     if args.save_merged and not args.lora:
-        raise ValueError("--save-merged only applies with --lora (without it the whole model is saved anyway).")
+        raise BadInput("--save-merged only applies with --lora (without it the whole model is saved anyway).")
 
 
 def lora_config_from_args(args: argparse.Namespace, task: str):

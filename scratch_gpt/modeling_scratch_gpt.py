@@ -48,7 +48,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_scratch_gpt import ScratchGPTConfig
+from .configuration_scratch_gpt import ConfigError, ScratchGPTConfig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,8 +358,14 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         """As in transformers, with two additions. Weights load from safetensors only unless
         `use_safetensors=False` is passed (a `pytorch_model.bin` is then read with `weights_only=True`).
         A checkpoint of another architecture (a GPT-2 folder or Hub id, ...) is converted on the way
-        in, when `import scratch_gpt` registered a converter for its `model_type` (see the end of the file)."""
+        in, when `import scratch_gpt` registered a converter for its `model_type` (see the end of the file).
+
+        `use_kernels` defaults to False: ScratchGPT has no layer that the `kernels` library swaps for a
+        Hub kernel, so kernelizing it changes nothing. Since transformers 5.25 it would run at every load
+        and refuse a model read onto the meta device, which is how FSDP reads a folder on every process
+        but the first (`init_empty_weights`)."""
         kwargs.setdefault("use_safetensors", True)
+        kwargs.setdefault("use_kernels", False)
         model_type = None if "config" in kwargs else checkpoint_model_type(pretrained_model_name_or_path, kwargs)
         if model_type in (None, ScratchGPTConfig.model_type):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -378,7 +384,7 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         if convert is None:
             supported = ", ".join([ScratchGPTConfig.model_type, *CHECKPOINT_CONVERTERS])
             install = "" if CHECKPOINT_CONVERTERS else " (install the scratch_gpt package to read other architectures)"
-            raise ValueError(
+            raise ConfigError(
                 f"{cls.__name__} cannot read a checkpoint of model type {model_type!r}; it reads {supported}{install}."
             )
         download = {name: kwargs.pop(name) for name in DOWNLOAD_KWARGS if name in kwargs}

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import datasets
 
+from scratch_gpt.errors import BadInput, MissingFile
+
 BUILTIN = "builtin"
 # Suffix -> how the file is read. Listed so that the record formats read ".parquet, .csv, .tsv,
 # .json or .jsonl" in messages.
@@ -91,13 +93,13 @@ def resolve(source, suffixes=SUFFIXES) -> list:
     if path.is_dir():
         files = [file for file in sorted(path.rglob("*")) if _is_visible(file, path) and _is_known(file, suffixes)]
         if not files:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"The folder {text!r} holds no {_names(suffixes)} file; add one or pass another --data."
             )
         return files
     if path.is_file():
         if not _is_known(path, suffixes):
-            raise ValueError(
+            raise BadInput(
                 f"Cannot read {text!r}: files ending in {path.suffix or 'no suffix'!r} are not read here; "
                 f"use a {_names(suffixes)} file, or a Hub dataset name."
             )
@@ -105,10 +107,10 @@ def resolve(source, suffixes=SUFFIXES) -> list:
     if glob.has_magic(text):
         files = sorted(file for file in map(Path, glob.glob(text, recursive=True)) if _is_known(file, suffixes))
         if not files:
-            raise FileNotFoundError(f"The pattern {text!r} matches no {_names(suffixes)} file; check the pattern.")
+            raise MissingFile(f"The pattern {text!r} matches no {_names(suffixes)} file; check the pattern.")
         return files
     if _is_known(path, SUFFIXES) or isinstance(source, os.PathLike):
-        raise FileNotFoundError(f"The file {text!r} does not exist; check the path.")
+        raise MissingFile(f"The file {text!r} does not exist; check the path.")
     return [f"hub:{text}"]
 
 
@@ -132,7 +134,7 @@ def _load_hub(source: str, split: str, **options):
     try:
         return datasets.load_dataset(name, split=split, **options)
     except Exception as error:  # not found, offline, no such split: all mean "cannot load this name"
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{name!r} is no local file, folder or glob, and could not be loaded as a Hub dataset (split {split!r}): "
             f"{error}; check the path or the dataset name (a Hub dataset needs network or the local cache)."
         ) from error
@@ -173,7 +175,7 @@ def read_texts(source, *, text_column="text", split="train", encoding="utf-8", e
         corpus = datasets.concatenate_datasets(parts)
     if not streaming and len(corpus) == 0:
         where = repr(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else "you passed"
-        raise ValueError(
+        raise BadInput(
             f"The corpus {where} is empty: it holds no text (empty files and blank rows are skipped); "
             "check --data and --text-column."
         )
@@ -280,7 +282,7 @@ def _is_text(value, where, row) -> bool:
     whitespace are skipped; anything else (a number, a list, an object) is an error."""
     if value is None or isinstance(value, str):
         return bool(value) and not value.isspace()
-    raise ValueError(
+    raise BadInput(
         f"Row {row} of {where} is not text (it holds the {type(value).__name__} {value!r:.40}); "
         "fix the data, or name the column that holds the text with --text-column."
     )
@@ -288,7 +290,7 @@ def _is_text(value, where, row) -> bool:
 
 def _check_column(columns, text_column, where):
     if text_column not in columns:
-        raise ValueError(
+        raise BadInput(
             f"There is no column {text_column!r} in {where} (it has {', '.join(map(str, columns)) or 'none'}); "
             "pass text_column= (CLI: --text-column) naming the column that holds the text."
         )
@@ -318,14 +320,14 @@ def read_records(source, *, split="train", encoding="utf-8", errors="strict") ->
     try:
         return datasets.concatenate_datasets(parts)
     except ValueError as error:
-        raise ValueError(
+        raise BadInput(
             f"The files of {source!r} do not hold the same columns ({error}); give every file the same columns."
         ) from error
 
 
 def _records_of(item, split, encoding, errors) -> datasets.Dataset:
     if item == BUILTIN:
-        raise ValueError("'builtin' is a text corpus, not records; pass a file of records or a Hub dataset name.")
+        raise BadInput("'builtin' is a text corpus, not records; pass a file of records or a Hub dataset name.")
     if isinstance(item, str):
         return _load_hub(item, split)
     kind = SUFFIXES[item.suffix.lower()]
@@ -357,13 +359,13 @@ def _json_records(path: Path, encoding, errors):
         else:
             records = _parse_json(file.read(), path, 1)
             if not isinstance(records, list):
-                raise ValueError(
+                raise BadInput(
                     f"{str(path)!r} must hold a list of records (a JSON array of objects); "
                     "wrap the objects in [...], or write one object per line in a .jsonl file."
                 )
         for index, record in enumerate(records):
             if not isinstance(record, dict):
-                raise ValueError(
+                raise BadInput(
                     f"Record {index} of {str(path)!r} is not an object (it is the {type(record).__name__} "
                     f"{record!r:.40}); fix the file."
                 )
@@ -376,7 +378,7 @@ def _parse_json(text: str, path: Path, first_line: int):
     except json.JSONDecodeError as error:
         line = first_line + error.lineno - 1
         message = f"Cannot parse {str(path)!r}: line {line} is not valid JSON ({error.msg}); fix the file."
-        raise ValueError(message) from None
+        raise BadInput(message) from None
 
 
 def _csv_frames(path: Path, encoding, errors, *, chunksize, **options):
@@ -396,7 +398,7 @@ def _csv_frames(path: Path, encoding, errors, *, chunksize, **options):
                 with pd.read_csv(path, chunksize=chunksize, **options) as frames:
                     yield from frames
         except pd.errors.ParserWarning:
-            raise ValueError(
+            raise BadInput(
                 f"Cannot parse {str(path)!r}: a row has more cells than the header; quote the cells that contain "
                 f"the separator {sep!r} (as csv writers do) or fix the file."
             ) from None
@@ -410,13 +412,13 @@ def _reading(path: Path, encoding="utf-8", parse_errors=()):
     try:
         yield
     except UnicodeDecodeError:
-        raise ValueError(
+        raise BadInput(
             f"The file {str(path)!r} is not {encoding.upper()} text (an undecodable byte on line "
             f"{_first_undecodable_line(path, encoding)}); pass its encoding with --encoding (e.g. cp1252 or latin-1), "
             "or --encoding-errors replace to replace undecodable bytes with U+FFFD."
         ) from None
     except (pyarrow.ArrowInvalid, *parse_errors) as error:
-        raise ValueError(f"Cannot parse {str(path)!r}: {error}; fix the file or leave it out.") from None
+        raise BadInput(f"Cannot parse {str(path)!r}: {error}; fix the file or leave it out.") from None
 
 
 def _first_undecodable_line(path: Path, encoding) -> int:
@@ -435,12 +437,12 @@ def _first_undecodable_line(path: Path, encoding) -> int:
 
 def _check_decoding(encoding, errors):
     if errors not in ("strict", "replace"):
-        raise ValueError(f"errors must be 'strict' or 'replace' (CLI: --encoding-errors), got {errors!r}.")
+        raise BadInput(f"errors must be 'strict' or 'replace' (CLI: --encoding-errors), got {errors!r}.")
     try:
         codecs.lookup(encoding)
     except LookupError:
         message = f"Unknown encoding {encoding!r}; pass --encoding a Python codec name, e.g. utf-8 or cp1252."
-        raise ValueError(message) from None
+        raise BadInput(message) from None
 
 
 # ---------------------------------------------------------------------------------------------

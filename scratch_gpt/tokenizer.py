@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from scratch_gpt.errors import BadInput, run_reporting
 from scratch_gpt.io_utils import atomic_directory, check_output
 from scratch_gpt.sources import add_data_arguments, checked_texts, is_dataset, read_texts
 
@@ -172,7 +173,7 @@ def train_tokenizer(
     tokenizer serves (`config.max_position_embeddings`).
     """
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
-        raise ValueError(
+        raise BadInput(
             f"vocab_size={vocab_size} is too small: the byte alphabet needs {BYTE_ALPHABET_SIZE} entries plus "
             f"{MIN_VOCAB_SIZE - BYTE_ALPHABET_SIZE} reserved tokens ({EOS_TOKEN}, {PAD_TOKEN} and the response "
             f"marker); use at least {MIN_VOCAB_SIZE} (a few thousand is typical)."
@@ -180,7 +181,7 @@ def train_tokenizer(
     texts = iter_texts(data, text_column=text_column, encoding=encoding, errors=errors)
     first = next(texts, None)
     if first is None:
-        raise ValueError("The corpus is empty: it holds no text to train on; check --data (file, folder, column).")
+        raise BadInput("The corpus is empty: it holds no text to train on; check --data (file, folder, column).")
     backend = new_bpe_tokenizer()
     backend.train_from_iterator(
         _batches(itertools.chain([first], texts)), bpe_trainer(vocab_size - 1, min_frequency, show_progress)
@@ -217,7 +218,7 @@ def model_vocab_size(tokenizer, pad_to_multiple_of: int | None = 64) -> int:
 def check_fits(tokenizer, config, where: str) -> None:
     """One clear error, before training, if the tokenizer makes ids the model has no embedding for."""
     if len(tokenizer) > config.vocab_size:
-        raise ValueError(
+        raise BadInput(
             f"The tokenizer has {len(tokenizer)} tokens but {where} has only {config.vocab_size} embedding rows; "
             "use a matching tokenizer or a larger vocabulary."
         )
@@ -232,7 +233,7 @@ def complete_tokenizer(tokenizer):
     save the completed tokenizer with their output, so `chat` and `pipeline` work on it.
     """
     if tokenizer.eos_token is None:
-        raise ValueError(
+        raise BadInput(
             "The tokenizer has no end-of-text (eos) token, which ends answers and pads batches; "
             "use a tokenizer that defines eos_token."
         )
@@ -279,7 +280,7 @@ def bytes_per_token(texts, tokenizer) -> float:
     """
     texts = [text for text in texts if text]
     if not texts:
-        raise ValueError("bytes_per_token got no text to tokenize; pass a non-empty list of strings.")
+        raise BadInput("bytes_per_token got no text to tokenize; pass a non-empty list of strings.")
     num_bytes = sum(len(text.encode("utf-8")) for text in texts)
     num_tokens = sum(len(ids) for ids in encode_batch(tokenizer, texts))
     return num_bytes / num_tokens
@@ -329,33 +330,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str] | None = None) -> int:
+    """`scratch-gpt train-tokenizer`: the flags are checked here (argparse exits), the run under the
+    error policy of `scratch_gpt.errors`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.output_dir is None:
         parser.error("the following arguments are required: --output-dir")
     if args.held_out_every < 0 or args.held_out_every == 1:
         parser.error("--held-out-every must be 0 (hold nothing out) or at least 2.")
+    return run_reporting("scratch-gpt train-tokenizer", train_tokenizer_command, args)
+
+
+def train_tokenizer_command(args) -> None:
     held_out: list[str] = []
-    try:
-        output = check_output(args.output_dir, inputs=args.data, overwrite=args.overwrite, flag="--output-dir")
-        corpus = read_texts(
-            args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=True
-        )
-        texts = iter_texts(corpus)
-        if args.held_out_every:
-            texts = _hold_out(texts, held_out, every=args.held_out_every, max_chars=4_000_000)
-        tokenizer = train_tokenizer(
-            texts,
-            vocab_size=args.vocab_size,
-            min_frequency=args.min_frequency,
-            model_max_length=args.model_max_length,
-            show_progress=sys.stderr.isatty(),  # a bar in a terminal; no blank lines in a log file
-        )
-        with atomic_directory(output) as tmp:
-            tokenizer.save_pretrained(tmp)
-    except (ValueError, OSError) as error:
-        print(f"scratch-gpt train-tokenizer: error: {error}", file=sys.stderr)
-        return 2
+    output = check_output(args.output_dir, inputs=args.data, overwrite=args.overwrite, flag="--output-dir")
+    corpus = read_texts(args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=True)
+    texts = iter_texts(corpus)
+    if args.held_out_every:
+        texts = _hold_out(texts, held_out, every=args.held_out_every, max_chars=4_000_000)
+    tokenizer = train_tokenizer(
+        texts,
+        vocab_size=args.vocab_size,
+        min_frequency=args.min_frequency,
+        model_max_length=args.model_max_length,
+        show_progress=sys.stderr.isatty(),  # a bar in a terminal; no blank lines in a log file
+    )
+    with atomic_directory(output) as tmp:
+        tokenizer.save_pretrained(tmp)
     print(f"vocabulary size: {len(tokenizer)} (model vocab_size padded to 64: {model_vocab_size(tokenizer)})")
     if held_out:
         held_bytes = sum(len(text.encode("utf-8")) for text in held_out)
@@ -364,4 +365,3 @@ def cli(argv: list[str] | None = None) -> int:
     else:
         print("bytes per token: n/a (no text was held out; the corpus is small or --held-out-every is 0)")
     print(f"saved to {output}")
-    return 0

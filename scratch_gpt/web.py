@@ -12,6 +12,7 @@ the template on each message), and a sidebar with the temperature, top-k and ans
 
 import os
 
+from scratch_gpt.errors import BadInput
 from scratch_gpt.training.instruct import chat_generation_config, reply_pieces
 
 INSTALL_HINT = "pip install 'scratch_gpt[web]'"
@@ -23,7 +24,7 @@ def import_gradio():
     try:
         import gradio
     except ImportError:
-        raise OSError(f"--web needs Gradio, which is not installed; run {INSTALL_HINT}.") from None
+        raise BadInput(f"--web needs Gradio, which is not installed; run {INSTALL_HINT}.") from None
     return gradio
 
 

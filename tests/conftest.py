@@ -1,6 +1,10 @@
 """Shared test setup: offline, tiny, deterministic."""
 
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -58,9 +62,6 @@ else:
 @pytest.fixture
 def run_without_scratch_gpt(tmp_path):
     """Run Python code in a fresh process where `scratch_gpt` cannot be imported; return its stdout."""
-    import subprocess
-    import sys
-
     def run(code: str, env: dict | None = None) -> str:
         result = subprocess.run(
             [sys.executable, "-c", ISOLATION_PRELUDE + code],
@@ -96,3 +97,31 @@ def make_base_dir(tmp_path, tiny_tokenizer):
         return path
 
     return make
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch_processes(argv, *, cwd, processes: int = 2, config_file: str | None = None, timeout: int = 600) -> str:
+    """`accelerate launch` of `python ARGV` (a script, or `-m module ...`) on CPU processes (gloo);
+    returns stdout, and fails the test when the launch fails.
+
+    Every process writes its stderr to a file of its own (torchrun's `--log_dir` with `--tee 2`,
+    which also passes it on to the console). On a failure the message holds each process' own
+    stderr: the error of the process that broke, not only the other processes' reaction to it
+    (gloo's "Connection closed by peer") at the end of the launcher's output.
+    """
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory() as logs:
+        if config_file:
+            launcher = ["--config_file", str(ROOT / "scripts" / config_file)]
+        else:
+            launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
+        command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--log_dir", logs, "--tee", "2"]
+        done = subprocess.run([*command, *map(str, argv)], env=env, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+        if done.returncode != 0:
+            stderrs = sorted(Path(logs).rglob("stderr.log"), key=lambda path: int(path.parent.name))
+            parts = [f"--- process {path.parent.name}'s stderr:\n{path.read_text()[-4000:]}" for path in stderrs]
+            parts = parts or [f"--- stderr:\n{done.stderr[-4000:]}"]  # one process: no torchrun, no log files
+            pytest.fail(f"accelerate launch exited with status {done.returncode}\n" + "\n".join(parts), pytrace=False)
+    return done.stdout

@@ -246,3 +246,56 @@ def test_an_interrupted_swap_is_undone_by_the_next_check(tmp_path):
     check_output(tmp_path / "out")
     assert (tmp_path / "out" / "weights").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Only bad input is "bad input": a library's error is a bug, with its traceback and exit status 1.
+
+
+def test_the_error_policy_maps_bad_input_to_2_a_failed_run_to_1_and_keeps_everything_else(capsys):
+    from scratch_gpt.errors import BadInput, MissingFile, RunFailed, run_reporting
+
+    def raising(error):
+        raise error
+
+    assert run_reporting("scratch-gpt x", raising, BadInput("The file 'a' is empty; add text.")) == 2
+    assert capsys.readouterr().err == "scratch-gpt x: error: The file 'a' is empty; add text.\n"
+    assert run_reporting("scratch-gpt x", raising, MissingFile("The file 'b' does not exist; check the path.")) == 2
+    assert run_reporting("scratch-gpt x", raising, RunFailed("the upload failed: 403.")) == 1
+    assert capsys.readouterr().err.endswith("scratch-gpt x: the upload failed: 403.\n")
+    for error in (ValueError("Unsupported device type 'meta'."), OSError("disk on fire"), KeyError("x")):
+        with pytest.raises(type(error)):
+            run_reporting("scratch-gpt x", raising, error)
+    assert isinstance(MissingFile("m"), FileNotFoundError)  # code that catches the OSError kinds keeps working
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune-classifier"])
+def test_a_library_value_error_while_loading_keeps_its_traceback(world, capsys, monkeypatch, command):
+    """What happened under transformers 5.25: `kernels` raised a ValueError inside `from_pretrained`
+    and the user saw `error: Unsupported device type 'meta'` with exit status 2, as if a flag were wrong."""
+    from transformers import PreTrainedModel
+
+    def kernelize_fails(*args, **kwargs):
+        raise ValueError("Unsupported device type 'meta'. Supported device types are: cpu, cuda")
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", kernelize_fails)
+    argv = {
+        "pretrain": ["pretrain", "--data", "corpus", "--init-from", "base", "--output-dir", "run", "--max-steps", "1", "--batch-size", "2",
+                     "--block-size", "16", "--report-to", "none", "--no-progress"],
+        "finetune-classifier": ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "run", *FT],
+    }[command]  # fmt: skip
+    with pytest.raises(ValueError, match="Unsupported device type 'meta'"):
+        main(argv)
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_reading_a_folder_never_asks_the_kernels_library(world):
+    """ScratchGPT has no layer `kernels` swaps; our loads pass use_kernels=False, so the meta device
+    (FSDP reads a folder there on every process but the first) is never checked by it."""
+    from accelerate import init_empty_weights
+
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    with init_empty_weights():
+        model = ScratchGPTForCausalLM.from_pretrained("base")
+    assert model.device.type == "meta" and not model.use_kernels

@@ -1,14 +1,12 @@
 """`scratch-gpt pretrain` / `quickstart` end to end, and `accelerate launch` on two CPU processes."""
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_processes
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
 from scratch_gpt.training.pretrain import cli, quickstart_cli
@@ -152,17 +150,13 @@ def test_quickstart_as_the_readme_runs_it_ends_clearly_below_the_unigram_entropy
 
 
 def launch(corpus, output_dir, processes, batch_size):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     flags = tiny_flags(corpus, output_dir)
     flags[flags.index("--batch-size") + 1] = str(batch_size)
-    launcher = ["--multi_gpu", "--num_processes", "2"] if processes == 2 else ["--num_processes", "1"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(ROOT / "scripts" / "pretrain.py"), *flags]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=output_dir.parent, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return launch_processes([ROOT / "scripts" / "pretrain.py", *flags], cwd=output_dir.parent, processes=processes)
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path):
     one_out = launch(corpus, tmp_path / "one", 1, batch_size=4)
     two_out = launch(corpus, tmp_path / "two", 2, batch_size=2)

@@ -2,15 +2,13 @@
 full folder and resumes bitwise; the fine-tuning commands under FSDP and DDP."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_processes
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -50,12 +48,7 @@ def folder(tmp_path_factory):
 
 def launch(folder: Path, *argv, config_file: str | None = None) -> str:
     """`accelerate launch` of `scratch-gpt ARGV` on two CPU processes (gloo); returns stdout."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launcher = ["--config_file", str(ROOT / "scripts" / config_file)] if config_file else ["--multi_gpu", "--num_processes", "2"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "scratch_gpt.cli", *map(str, argv)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=folder, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done.stdout
+    return launch_processes(["-m", "scratch_gpt.cli", *argv], cwd=folder, config_file=config_file)
 
 
 def pretrain_flags(output_dir, *extra):
@@ -90,6 +83,7 @@ def resume_from_first_checkpoint(run: Path, copy: Path, *launch_args) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_fsdp_pretrain_shards_trains_like_one_process_saves_one_folder_and_resumes_bitwise(folder, monkeypatch):
     monkeypatch.chdir(folder)
     one = folder / "one"
@@ -124,12 +118,14 @@ def test_fsdp_pretrain_shards_trains_like_one_process_saves_one_folder_and_resum
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_ddp_pretrain_resumes_bitwise(folder):
     launch(folder, *pretrain_flags("ddp", "--batch-size", "2"))
     resume_from_first_checkpoint(folder / "ddp", folder / "ddp-resumed", folder, *pretrain_flags("ddp-resumed", "--batch-size", "2"))
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_a_new_model_under_fsdp_is_initialised_in_its_slices(folder):
     # FSDP switched on by the README's CPU recipe (an accelerate FSDP config) rather than --fsdp
     flags = pretrain_flags("new", "--batch-size", "2", "--max-steps", "2", "--save-every", "0")
@@ -144,6 +140,7 @@ def test_a_new_model_under_fsdp_is_initialised_in_its_slices(folder):
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_fsdp_instruct_generates_on_every_process_and_saves_one_adapter(folder):
     flags = ["finetune-instruct", "--model", folder / "base128", "--data", "instructions.jsonl", "--output-dir", "instruct",
              "--max-steps", "2", "--batch-size", "2", "--no-progress", "--max-new-tokens", "4", "--max-answers", "3"]  # fmt: skip
@@ -161,6 +158,7 @@ def test_fsdp_instruct_generates_on_every_process_and_saves_one_adapter(folder):
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize("sharded", [True, False], ids=["fsdp", "ddp"])
 def test_classifier_under_two_processes_evaluates_every_example_like_one_process(folder, sharded, monkeypatch):
     monkeypatch.chdir(folder)
@@ -176,6 +174,27 @@ def test_classifier_under_two_processes_evaluates_every_example_like_one_process
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     saved = load_file(folder / name / "model.safetensors")
     assert saved.keys() == load_file(folder / "classifier-one" / "model.safetensors").keys()
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_a_failing_launch_shows_the_error_of_the_process_that_broke(tmp_path):
+    """Process 1 raises; process 0 only sees gloo's "Connection closed by peer" at its barrier. The
+    failure must show process 1's own error, not only the end of the launcher's output."""
+    script = tmp_path / "break_process_1.py"
+    script.write_text(
+        "from accelerate import PartialState\n"
+        "state = PartialState(cpu=True)\n"
+        "if state.process_index == 1:\n"
+        "    raise ValueError('process 1 broke on purpose: zebra-42')\n"
+        "state.wait_for_everyone()\n"
+    )
+    with pytest.raises(pytest.fail.Exception) as failed:
+        launch_processes([script], cwd=tmp_path)
+    report = str(failed.value)
+    process_1 = report[report.index("--- process 1's stderr:") :]
+    assert "ValueError: process 1 broke on purpose: zebra-42" in process_1
+    assert "--- process 0's stderr:" in report
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.training import sharding
 
 CHECKPOINT_PREFIX = "step-"
@@ -39,11 +40,11 @@ def read_checkpoint_state(checkpoint: Path) -> dict:
         state = json.loads((checkpoint / STATE_FILE).read_text())
         sizes = state["files"]
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"checkpoint {checkpoint} has no readable {STATE_FILE} ({error})") from error
+        raise BadInput(f"checkpoint {checkpoint} has no readable {STATE_FILE} ({error})") from error
     for name, size in sizes.items():
         path = checkpoint / name
         if not path.is_file() or path.stat().st_size != size:
-            raise ValueError(f"checkpoint {checkpoint} is incomplete: {name} is missing or has the wrong size")
+            raise BadInput(f"checkpoint {checkpoint} is incomplete: {name} is missing or has the wrong size")
     return state
 
 
@@ -89,13 +90,13 @@ def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> Non
     keys = sorted(k for k in saved["config"].keys() | current["config"].keys() if saved["config"].get(k) != current["config"].get(k))
     if keys:
         diffs = ", ".join(f"{k} {saved['config'].get(k)!r} vs {current['config'].get(k)!r}" for k in keys[:6])
-        raise ValueError(
+        raise BadInput(
             f"The checkpoint {str(checkpoint)!r} is of another model (checkpoint vs now: {diffs}); "
             "resume with the same model options, or start afresh in a new --output-dir."
         )
     names = sorted(n for n in saved["shapes"].keys() | current["shapes"].keys() if saved["shapes"].get(n) != current["shapes"].get(n))
     if names:
-        raise ValueError(
+        raise BadInput(
             f"The checkpoint {str(checkpoint)!r} holds other weights than the model ({', '.join(names[:4])}); "
             "resume with the same model options (and --lora settings), or start afresh in a new --output-dir."
         )
@@ -111,7 +112,7 @@ def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature
     """
     checkpoints = checkpoint_dirs(output_dir)
     if not checkpoints:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"--resume found no checkpoint in {str(Path(output_dir) / 'checkpoints')!r}; "
             "check --output-dir, or run without --resume to start afresh."
         )
@@ -125,7 +126,7 @@ def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature
             check_compatible(checkpoint, state.get("model"), signature)
         if state.get("sharded", False) != (shards is not None):
             written, now = ("with", "without") if shards is None else ("without", "with")
-            raise ValueError(
+            raise BadInput(
                 f"The checkpoint {str(checkpoint)!r} was written {written} FSDP and this run is {now} it; "
                 "resume with the same launch configuration (--fsdp or the FSDP accelerate config)."
             )
@@ -138,7 +139,7 @@ def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature
             continue
         accelerator.print(f"Resumed from {checkpoint} (step {state['step']}).")
         return state
-    raise ValueError(
+    raise BadInput(
         f"--resume found no loadable checkpoint in {str(Path(output_dir) / 'checkpoints')!r} (all are damaged); "
         "run without --resume in a new --output-dir to start afresh."
     )

@@ -29,13 +29,14 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from scratch_gpt import ScratchGPTForSequenceClassification
 from scratch_gpt.convert import load_pretrained
+from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits
 from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
 from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.sharding import build_context, fsdp_enabled
 from scratch_gpt.training.options import from_args, run_command
+from scratch_gpt.training.sharding import build_context, fsdp_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,12 @@ logger = logging.getLogger(__name__)
 def check_columns(dataset: datasets.Dataset, required: list[str], source: str) -> None:
     missing = [column for column in required if column not in dataset.column_names]
     if missing:
-        raise ValueError(
+        raise BadInput(
             f"{source!r} has no column {', '.join(map(repr, missing))}; the columns found are "
             f"{', '.join(map(repr, dataset.column_names)) or 'none'} (choose them with --text-column / --label-column)."
         )
     if len(dataset) == 0:
-        raise ValueError(f"{source!r} holds no records; pass a dataset with at least one row per split.")
+        raise BadInput(f"{source!r} holds no records; pass a dataset with at least one row per split.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def encode_labels(
     blank = [row for row, value in enumerate(values) if value is None or (isinstance(value, str) and not value.strip())]
     if blank:
         rows = ", ".join(str(row + 1) for row in blank[:5])
-        raise ValueError(
+        raise BadInput(
             f"{len(blank)} record(s) have no label in column {label_column!r} (record {rows}, counting from 1 "
             "after the header); fill in their labels or remove them."
         )
@@ -87,7 +88,7 @@ def encode_labels(
         index = {name: i for i, name in enumerate(label_names)}
         unknown = sorted(set(values) - set(index))
         if unknown:
-            raise ValueError(
+            raise BadInput(
                 f"Labels {unknown[:5]} in column {label_column!r} are not among the label names {label_names}; "
                 "fix the data or pass every name with --label-names."
             )
@@ -98,22 +99,22 @@ def encode_labels(
         label_names = label_names or [str(i) for i in range(num_labels)]
     else:
         found = sorted({type(value).__name__ for value in values})
-        raise ValueError(
+        raise BadInput(
             f"Column {label_column!r} must hold only integer class ids or only class names (strings), "
             f"found values of type {', '.join(found)}; fix the data."
         )
     num_labels = num_labels or len(label_names)
     if len(label_names) != num_labels:
-        raise ValueError(f"--num-labels is {num_labels} but {len(label_names)} label names were given or found.")
+        raise BadInput(f"--num-labels is {num_labels} but {len(label_names)} label names were given or found.")
     bad = [(row, label) for row, label in enumerate(ids) if not 0 <= label < num_labels]
     if bad:
         row, label = bad[0]
-        raise ValueError(
+        raise BadInput(
             f"Label {label} in row {row} of column {label_column!r} is outside [0, {num_labels}) "
             f"({len(bad)} rows in all); fix the data or raise --num-labels."
         )
     if num_labels < 2:
-        raise ValueError(f"A classifier needs at least 2 labels, found {label_names}; check --label-column.")
+        raise BadInput(f"A classifier needs at least 2 labels, found {label_names}; check --label-column.")
     if "labels" in dataset.column_names:  # the label column itself may be called "labels"
         dataset = dataset.remove_columns("labels")
     return dataset.add_column("labels", ids), label_names
@@ -134,11 +135,11 @@ def split_dataset(
     """Shuffle once, then cut train / validation / test; every part gets at least one row."""
     for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
         if not 0.0 < value < 1.0:
-            raise ValueError(f"{name} must be between 0 and 1 (exclusive), got {value}.")
+            raise BadInput(f"{name} must be between 0 and 1 (exclusive), got {value}.")
     total = len(dataset)
     n_test, n_val = round(total * test_fraction), round(total * val_fraction)
     if n_test < 1 or n_val < 1 or total - n_test - n_val < 1:
-        raise ValueError(
+        raise BadInput(
             f"{total} records are too few for a train/validation/test split with fractions "
             f"{1 - val_fraction - test_fraction:.2f}/{val_fraction}/{test_fraction}; add data or change the fractions."
         )
@@ -158,7 +159,7 @@ def tokenize_texts(dataset: datasets.Dataset, tokenizer, text_column: str, max_l
     texts = list(dataset[text_column])
     bad = next((row for row, text in enumerate(texts) if not isinstance(text, str) or not text), None)
     if bad is not None:
-        raise ValueError(f"Row {bad} of column {text_column!r} has no text ({texts[bad]!r}); remove or fill it.")
+        raise BadInput(f"Row {bad} of column {text_column!r} has no text ({texts[bad]!r}); remove or fill it.")
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     truncated = sum(len(row) > max_length for row in ids)
     if truncated:
@@ -182,7 +183,7 @@ def set_trainable(model, trainable: str, last_blocks: int = 1) -> None:
         return
     blocks = model.model.layers
     if not 1 <= last_blocks <= len(blocks):
-        raise ValueError(f"--last-blocks must be between 1 and {len(blocks)} (the model's blocks), got {last_blocks}.")
+        raise BadInput(f"--last-blocks must be between 1 and {len(blocks)} (the model's blocks), got {last_blocks}.")
     model.requires_grad_(False)
     for module in (*blocks[-last_blocks:], model.model.norm, model.score):
         module.requires_grad_(True)
@@ -295,7 +296,7 @@ def check_head_size(model: str, num_labels: int) -> None:
     if any(name.endswith("ForSequenceClassification") for name in saved.get("architectures") or []):
         saved_labels = len(saved.get("id2label") or {}) or saved.get("num_labels", 2)
         if saved_labels != num_labels:
-            raise ValueError(
+            raise BadInput(
                 f"--model {model!r} is a classifier with {saved_labels} classes but the data has {num_labels}; "
                 "start from the pre-trained causal-LM folder instead, or use data with the same classes."
             )
@@ -305,7 +306,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
     """The whole command; returns its metrics. `make_trainable(model, args)` chooses what trains
     (the benchmark passes one that swaps in transformers' GPT-2 with the same weights)."""
     if args.lora and args.trainable:
-        raise ValueError("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
+        raise BadInput("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
     check_lora_arguments(args)
     config = from_args(args)
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input

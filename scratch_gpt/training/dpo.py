@@ -45,6 +45,7 @@ from transformers.utils import ModelOutput
 
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.convert import load_pretrained
+from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import check_lora_arguments, describe_trainable
 from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training.finetune import (
@@ -75,12 +76,12 @@ def to_pair(record, index: int, source: str) -> dict:
     """
     where = f"Record {index} of {source!r}"
     if not isinstance(record, dict):
-        raise ValueError(f"{where} is a {type(record).__name__}, not an object with prompt, chosen and rejected.")
+        raise BadInput(f"{where} is a {type(record).__name__}, not an object with prompt, chosen and rejected.")
     for key in ("chosen", "rejected"):
         if not record.get(key):
-            raise ValueError(f"{where} has no {key!r} answer; every record needs a 'chosen' and a 'rejected' answer.")
+            raise BadInput(f"{where} has no {key!r} answer; every record needs a 'chosen' and a 'rejected' answer.")
     if record["chosen"] == record["rejected"]:
-        raise ValueError(
+        raise BadInput(
             f"{where} has the same 'chosen' and 'rejected' answer; a preference needs two different ones "
             "(drop the record, or pass --skip-identical to skip such records)."
         )
@@ -90,23 +91,23 @@ def to_pair(record, index: int, source: str) -> dict:
     elif isinstance(record.get("prompt"), (str, list)):  # TRL's
         prompt = record["prompt"]
     else:
-        raise ValueError(
+        raise BadInput(
             f"{where} has keys {sorted(record)}; expected 'instruction' (and an optional 'input') or 'prompt', "
             "next to 'chosen' and 'rejected'."
         )
 
     if isinstance(prompt, str):
         if not (isinstance(record["chosen"], str) and isinstance(record["rejected"], str)):
-            raise ValueError(f"{where}: with a text 'prompt', 'chosen' and 'rejected' must be text too.")
+            raise BadInput(f"{where}: with a text 'prompt', 'chosen' and 'rejected' must be text too.")
         return {"prompt": prompt, "chosen": record["chosen"], "rejected": record["rejected"]}
     pair = {"prompt": prompt}
     for key in ("chosen", "rejected"):  # a plain answer is one assistant message
         answer = record[key]
         pair[key] = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
     if not all(is_messages(pair[key]) for key in ("prompt", "chosen", "rejected")):
-        raise ValueError(f"{where}: 'prompt', 'chosen' and 'rejected' must be lists of {{'role', 'content'}} messages.")
+        raise BadInput(f"{where}: 'prompt', 'chosen' and 'rejected' must be lists of {{'role', 'content'}} messages.")
     if not any(m["role"] == "user" for m in pair["prompt"]):
-        raise ValueError(f"{where}: the prompt needs a user message.")
+        raise BadInput(f"{where}: the prompt needs a user message.")
     return pair
 
 
@@ -131,7 +132,7 @@ def render(tokenizer, prompt, answer) -> tuple[str, str]:
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     text = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
     if not text.startswith(prompt_text):
-        raise ValueError("The chat template does not render a prompt as the start of the conversation it begins.")
+        raise BadInput("The chat template does not render a prompt as the start of the conversation it begins.")
     return prompt_text, text
 
 
@@ -173,7 +174,7 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> datasets.Da
             len(rows),
         )
     if not kept:
-        raise ValueError(f"No pair has both answers within {max_length} tokens; raise --max-length or shorten the data.")
+        raise BadInput(f"No pair has both answers within {max_length} tokens; raise --max-length or shorten the data.")
     return datasets.Dataset.from_list(kept)
 
 
@@ -376,9 +377,9 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     """The whole command; returns its metrics."""
     check_lora_arguments(args)
     if not 0.0 < args.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
+        raise BadInput(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
     if args.beta <= 0:
-        raise ValueError(f"--beta must be positive, got {args.beta}.")
+        raise BadInput(f"--beta must be positive, got {args.beta}.")
     config = from_args(args)
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()
@@ -387,7 +388,7 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     # 1-2. records -> pairs -> tokens, all checked before the model loads
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     if not records:
-        raise ValueError(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
+        raise BadInput(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
     skipped = set(identical_pairs(records)) if args.skip_identical else set()
     if skipped:
         logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))

@@ -6,6 +6,7 @@ record, the held-out split, and the model card written into the folder that the 
 import argparse
 from pathlib import Path
 
+from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import add_lora_arguments
 from scratch_gpt.sources import add_data_arguments
 from scratch_gpt.training.options import add_training_options, public_options
@@ -33,7 +34,6 @@ def load_base_tokenizer(model: str):
     from transformers import AutoTokenizer
 
     from scratch_gpt.convert import load_pretrained
-
     from scratch_gpt.tokenizer import complete_tokenizer
 
     return complete_tokenizer(load_pretrained(AutoTokenizer.from_pretrained, model))
@@ -78,6 +78,6 @@ def hold_out(rows, fraction: float, seed: int, what: str):
     """A seeded split of the Dataset `rows` into (training, held-out), `round(len * fraction)` held out."""
     n_val = round(len(rows) * fraction)
     if n_val < 1 or n_val == len(rows):
-        raise ValueError(f"{len(rows)} {what} are too few to hold out {fraction:.0%}; add data or change --val-fraction.")
+        raise BadInput(f"{len(rows)} {what} are too few to hold out {fraction:.0%}; add data or change --val-fraction.")
     rows = rows.shuffle(seed=seed)
     return rows.select(range(n_val, len(rows))), rows.select(range(n_val))

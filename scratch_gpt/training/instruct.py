@@ -38,6 +38,7 @@ from transformers import (
 
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.convert import load_pretrained
+from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import complete_tokenizer, format_alpaca_messages
@@ -75,26 +76,26 @@ def to_messages(record, index: int, source: str) -> list[dict]:
     """One record as chat messages ending with the assistant's answer; ValueError naming the record."""
     where = f"Record {index} of {source!r}"
     if not isinstance(record, dict):
-        raise ValueError(f"{where} is a {type(record).__name__}, not an object with instruction/output or messages.")
+        raise BadInput(f"{where} is a {type(record).__name__}, not an object with instruction/output or messages.")
     if "messages" in record:
         messages = record["messages"]
         valid = isinstance(messages, list) and all(
             isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
         )
         if not valid:
-            raise ValueError(
+            raise BadInput(
                 f"{where}: 'messages' must be a list of {{'role': one of {ROLES}, 'content': text}} objects."
             )
         if any(m["role"] == "system" for m in messages[1:]):
-            raise ValueError(f"{where}: a 'system' message may only come first; move it to the start of 'messages'.")
+            raise BadInput(f"{where}: a 'system' message may only come first; move it to the start of 'messages'.")
         if not messages or messages[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in messages):
-            raise ValueError(f"{where}: the messages need a user turn and must end with an assistant answer.")
+            raise BadInput(f"{where}: the messages need a user turn and must end with an assistant answer.")
         return messages
     if isinstance(record.get("instruction"), str) and isinstance(record.get("output"), str):
         if not isinstance(record.get("input") or "", str):
-            raise ValueError(f"{where}: 'input' must be text.")
+            raise BadInput(f"{where}: 'input' must be text.")
         return format_alpaca_messages(record)
-    raise ValueError(
+    raise BadInput(
         f"{where} has keys {sorted(record)}; expected Alpaca keys 'instruction' and 'output' (and an optional "
         "'input') as text, or a 'messages' list."
     )
@@ -151,7 +152,7 @@ def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_lengt
             len(rows) - len(kept),
         )
     if not kept:
-        raise ValueError(
+        raise BadInput(
             f"No conversation has an answer within {max_length} tokens; raise --max-length or shorten the data."
         )
     return datasets.Dataset.from_list(kept)
@@ -271,7 +272,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     (the benchmark passes transformers' GPT-2 with the same weights)."""
     check_lora_arguments(args)
     if not 0.0 < args.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
+        raise BadInput(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
     config = from_args(args)
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
@@ -280,7 +281,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     if not records:
-        raise ValueError(f"{args.data!r} holds no records; pass at least two instruction records.")
+        raise BadInput(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
     rows = tokenize_conversations(tokenizer, conversations, max_length_for(args, tokenizer))
 
@@ -344,11 +345,11 @@ def load_for_chat(model_dir: str):
     GPT-2 checkpoint (converted; its tokenizer completed with the Alpaca chat template), or a LoRA
     adapter folder (its base model loaded the same way)."""
     if Path(model_dir).is_dir() and not any(Path(model_dir).glob("*.safetensors")):
-        raise FileNotFoundError(f"No *.safetensors weights in {model_dir!r}; pass the --output-dir of finetune-instruct.")
+        raise MissingFile(f"No *.safetensors weights in {model_dir!r}; pass the --output-dir of finetune-instruct.")
     try:
         tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(model_dir))
     except OSError:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{model_dir!r} is not a model folder with a tokenizer, nor a Hub model id found in the cache or online; "
             "pass the --output-dir of finetune-instruct."
         ) from None
@@ -404,7 +405,7 @@ def reply_pieces(model, tokenizer, messages: list[dict], generation_config) -> I
     prompt_length = inputs["input_ids"].shape[1]
     room = model.config.max_position_embeddings - prompt_length
     if room < 1:
-        raise ValueError(f"The conversation ({prompt_length} tokens) fills the model's context; start a new one.")
+        raise BadInput(f"The conversation ({prompt_length} tokens) fills the model's context; start a new one.")
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop, failures = threading.Event(), []
 
@@ -472,7 +473,7 @@ def chat(args: argparse.Namespace) -> None:
     """`scratch-gpt chat`: bad input (folder, prompt too long, --web without Gradio) is one sentence via `run_command`."""
     if args.web:
         if args.prompt is not None:
-            raise ValueError("--web and --prompt do not go together; drop --prompt and type the message in the page.")
+            raise BadInput("--web and --prompt do not go together; drop --prompt and type the message in the page.")
         from scratch_gpt import web
 
         web.import_gradio()  # a missing extra is reported before the model loads

@@ -56,7 +56,9 @@ from accelerate.utils import DataLoaderConfiguration, patch_environment, set_see
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
+from scratch_gpt.errors import BadInput, OutputExists, RunFailed
 from scratch_gpt.io_utils import atomic_directory, check_output, check_writable, mark_output
+from scratch_gpt.training import sharding
 from scratch_gpt.training.checkpoints import (
     checkpoint_dirs,
     checkpoint_name,
@@ -66,10 +68,9 @@ from scratch_gpt.training.checkpoints import (
     save_checkpoint,
 )
 from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
-from scratch_gpt.training import sharding
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunFailed):
     """The training loss became NaN or infinite."""
 
 
@@ -125,25 +126,25 @@ class TrainingConfig:
         positive = ("num_epochs", "batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainingConfig.{name} must be at least 1, got {getattr(self, name)!r}.")
+                raise BadInput(f"TrainingConfig.{name} must be at least 1, got {getattr(self, name)!r}.")
         for name in ("max_steps", "eval_batch_size", "eval_max_batches", "global_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"TrainingConfig.{name} must be at least 1 (or unset), got {getattr(self, name)!r}.")
+                raise BadInput(f"TrainingConfig.{name} must be at least 1 (or unset), got {getattr(self, name)!r}.")
         for name in ("eval_every", "save_every", "warmup_steps", "train_eval_batches"):
             if getattr(self, name) < 0:
-                raise ValueError(f"TrainingConfig.{name} must be 0 or more, got {getattr(self, name)!r}.")
+                raise BadInput(f"TrainingConfig.{name} must be 0 or more, got {getattr(self, name)!r}.")
         if self.learning_rate <= 0:
-            raise ValueError(f"TrainingConfig.learning_rate must be positive, got {self.learning_rate!r}.")
+            raise BadInput(f"TrainingConfig.learning_rate must be positive, got {self.learning_rate!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"TrainingConfig.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}.")
+            raise BadInput(f"TrainingConfig.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}.")
         if self.mixed_precision == "bf16" and not bf16_supported():
-            raise ValueError(
+            raise BadInput(
                 "--mixed-precision bf16 needs bf16 support, which this machine's "
                 f"{'GPU' if torch.cuda.is_available() else 'CPU'} lacks; use --mixed-precision no"
                 f"{' (or fp16)' if torch.cuda.is_available() else ''}."
             )
         if self.report_to not in ("auto", "tensorboard", "none"):
-            raise ValueError(f"TrainingConfig.report_to must be 'auto', 'tensorboard' or 'none', got {self.report_to!r}.")
+            raise BadInput(f"TrainingConfig.report_to must be 'auto', 'tensorboard' or 'none', got {self.report_to!r}.")
         self.adam_betas = tuple(self.adam_betas)
         self.sample_prompts = tuple(self.sample_prompts)
 
@@ -177,7 +178,7 @@ def per_process_batch_size(config: TrainingConfig) -> int:
         return config.batch_size
     share = world_size() * config.gradient_accumulation_steps
     if config.global_batch_size % share:
-        raise ValueError(
+        raise BadInput(
             f"--global-batch-size {config.global_batch_size} does not split evenly over {world_size()} processes x "
             f"{config.gradient_accumulation_steps} accumulation steps; make it a multiple of {share} or launch other process counts."
         )
@@ -189,9 +190,9 @@ def check_fsdp_options(config: TrainingConfig) -> None:
     if not sharding.fsdp_enabled(config.fsdp):
         return
     if config.mixed_precision == "fp16":
-        raise ValueError("FSDP trains in bf16 or fp32 here (fp16 would need a sharded gradient scaler); use --mixed-precision bf16.")
+        raise BadInput("FSDP trains in bf16 or fp32 here (fp16 would need a sharded gradient scaler); use --mixed-precision bf16.")
     if config.compile:
-        raise ValueError("--compile is not supported with FSDP yet; drop --compile or train without FSDP.")
+        raise BadInput("--compile is not supported with FSDP yet; drop --compile or train without FSDP.")
 
 
 def process_state() -> PartialState:
@@ -215,7 +216,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
         exempt = (param.ndim < 2 or id(param) in embedding_params) and not config.weight_decay_all
         (no_decay if exempt else decay).append(param)
     if not seen:
-        raise ValueError("The model has no parameter with requires_grad=True; there is nothing to train.")
+        raise BadInput("The model has no parameter with requires_grad=True; there is nothing to train.")
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs = dict(lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps)
     try:
@@ -394,7 +395,7 @@ def check_output_dir(config: TrainingConfig, inputs=()) -> Path:
 
 def check_no_other_run(config: TrainingConfig, output_dir: Path) -> None:
     if config.save_every and not config.resume and checkpoint_dirs(output_dir):
-        raise FileExistsError(
+        raise OutputExists(
             f"The output folder {str(output_dir)!r} already holds checkpoints of another run; "
             "resume it (resume=True, --resume) or choose another output folder."
         )
@@ -435,10 +436,10 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
     set_seed(config.seed)
     streaming = isinstance(train_dataset, IterableDataset)  # read in order, once per epoch; no length
     if streaming and not config.max_steps:
-        raise ValueError("A streamed training set has no length; set max_steps (--max-steps).")
+        raise BadInput("A streamed training set has no length; set max_steps (--max-steps).")
     global_batch = config.batch_size * accelerator.num_processes
     if not streaming and len(train_dataset) < global_batch:
-        raise ValueError(
+        raise BadInput(
             f"The training set has {len(train_dataset)} examples, fewer than one global batch ({global_batch}); "
             "lower batch_size or add data."
         )
@@ -453,7 +454,7 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
 
     if config.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; drop --gradient-checkpointing.")
+            raise BadInput(f"{type(model).__name__} does not support gradient checkpointing; drop --gradient-checkpointing.")
         if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.24
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -549,7 +550,7 @@ def run_epoch(run: Run) -> None:
             if position.step >= run.total_steps:
                 return
     if position.batches_in_epoch == 0:  # a stream shorter than one global batch would loop for ever
-        raise ValueError(
+        raise BadInput(
             f"The training data ran out before a single batch of {run.config.batch_size} per process "
             f"({accelerator.num_processes} processes); add data or lower the batch size."
         )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from scratch_gpt.errors import BadInput
+
 # Dense peak FLOP/s of one GPU: (bf16/fp16, TF32, FP32), from the vendors' data sheets.
 # Keyed by the exact `torch.cuda.get_device_name()`; a PCIe card is not its SXM sibling.
 GPU_PEAK_FLOPS = {
@@ -141,6 +143,6 @@ def use_tensorboard(report_to: str) -> bool:
         import tensorboard  # noqa: F401
     except ImportError:
         if report_to == "tensorboard":
-            raise ValueError("report_to='tensorboard' needs the tensorboard package; pip install tensorboard or use 'none'.")
+            raise BadInput("report_to='tensorboard' needs the tensorboard package; pip install tensorboard or use 'none'.")
         return False
     return True

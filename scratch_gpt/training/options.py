@@ -16,12 +16,12 @@ aliases too); flags given on the command line win over the file.
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from scratch_gpt.training.loop import TrainingConfig, TrainingDiverged
+from scratch_gpt.errors import BadInput, MissingFile, run_reporting
+from scratch_gpt.training.loop import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def figures_mapping(value) -> dict:
     if isinstance(value, str):
         value = json.loads(value)
     if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
-        raise ValueError("--book-figures takes a mapping of metric names to numbers, e.g. {\"eval_loss\": 6.12}")
+        raise BadInput("--book-figures takes a mapping of metric names to numbers, e.g. {\"eval_loss\": 6.12}")
     return {str(k): float(v) for k, v in value.items()}
 
 
@@ -123,7 +123,7 @@ def from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
         message = str(error)
         for option in OPTIONS:
             message = message.replace(f"TrainingConfig.{option.field} ", f"{option.flag} ")
-        raise ValueError(message) from None
+        raise BadInput(message) from None
 
 
 def public_options(args: argparse.Namespace) -> dict:
@@ -162,16 +162,16 @@ def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
 
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"The config file {path!r} does not exist; check the --config path.")
+        raise MissingFile(f"The config file {path!r} does not exist; check the --config path.")
     try:
         text = file.read_text(encoding="utf-8")
         values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError, UnicodeDecodeError) as error:
         where = getattr(error, "problem_mark", None) or getattr(error, "lineno", None)
         line = f" (line {where.line + 1})" if hasattr(where, "line") else f" (line {where})" if where else ""
-        raise ValueError(f"The config file {path!r} is not valid YAML/JSON{line}; fix its syntax.") from None
+        raise BadInput(f"The config file {path!r} is not valid YAML/JSON{line}; fix its syntax.") from None
     if not isinstance(values, dict):
-        raise ValueError(f"The config file {path!r} must hold a mapping of option names to values.")
+        raise BadInput(f"The config file {path!r} must hold a mapping of option names to values.")
     actions = {
         flag.lstrip("-").replace("-", "_"): action
         for action in parser._actions
@@ -181,7 +181,7 @@ def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
     unknown = sorted(key for key in values if str(key).replace("-", "_") not in actions)
     if unknown:
         known = sorted({action.option_strings[0].lstrip("-") for action in actions.values() if action.help != argparse.SUPPRESS})
-        raise ValueError(
+        raise BadInput(
             f"Unknown option(s) {', '.join(map(str, unknown))} in {path!r}; valid keys are the flag names: {', '.join(known)}."
         )
     return dict(_config_value(actions[str(key).replace("-", "_")], key, value, path) for key, value in values.items())
@@ -191,45 +191,40 @@ def _config_value(action: argparse.Action, key, value, path: str):
     """(dest, value) for one key of a config file, typed as the flag would be."""
     if isinstance(action, argparse._StoreConstAction):  # on/off switches (store_true, --no-progress, ...)
         if not isinstance(value, bool):
-            raise ValueError(f"Option {key!r} in {path!r} is a switch; give it true or false.")
+            raise BadInput(f"Option {key!r} in {path!r} is a switch; give it true or false.")
         return action.dest, action.const if value else action.default
     many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*") or isinstance(action.nargs, int)
     items = value if isinstance(value, list) else [value]  # one string for a list option is one item
     if not many and isinstance(value, list):
-        raise ValueError(f"Option {key!r} in {path!r} takes one value, got a list.")
+        raise BadInput(f"Option {key!r} in {path!r} takes one value, got a list.")
     try:
         items = [action.type(item) if action.type and item is not None else item for item in items]
     except (TypeError, ValueError):
         kind = "mapping" if action.type is figures_mapping else action.type.__name__
-        raise ValueError(f"Option {key!r} in {path!r} has the value {value!r}, which is not a valid {kind}.") from None
+        raise BadInput(f"Option {key!r} in {path!r} has the value {value!r}, which is not a valid {kind}.") from None
     if isinstance(action.nargs, int) and len(items) != action.nargs:
-        raise ValueError(f"Option {key!r} in {path!r} takes {action.nargs} values, got {value!r}.")
+        raise BadInput(f"Option {key!r} in {path!r} takes {action.nargs} values, got {value!r}.")
     if action.choices is not None and any(item not in action.choices for item in items):
-        raise ValueError(f"Option {key!r} in {path!r} must be one of {', '.join(map(str, action.choices))}, got {value!r}.")
+        raise BadInput(f"Option {key!r} in {path!r} must be one of {', '.join(map(str, action.choices))}, got {value!r}.")
     return action.dest, items if many else items[0]
 
 
 # ----------------------------------------------------------------------------------------------
-# Running a command: bad input is one sentence and exit status 2, never a traceback.
+# Running a command: bad input is one sentence and exit status 2 (scratch_gpt.errors).
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, body) -> int:
-    """Parse `argv` (with `--config`) and run `body(args)`. Bad input (a bad value, file or
-    folder) becomes one line on stderr and exit status 2; a diverged run exit status 1."""
-    try:
+    """Parse `argv` (with `--config`) and run `body(args)` under the error policy of
+    `scratch_gpt.errors`: bad input is one sentence and exit status 2, a diverged run exit status 1,
+    anything else a bug with its traceback."""
+
+    def parse_and_run():
         args = parse_args(parser, argv)
         if getattr(args, "progress", True) is False:
             quiet_progress_bars()
         body(args)
-    except SystemExit as exit_:  # argparse: --help, or a bad flag (already explained on stderr)
-        return exit_.code or 0
-    except TrainingDiverged as error:
-        print(f"{parser.prog}: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting(parser.prog, parse_and_run)
 
 
 def quiet_progress_bars() -> None:

@@ -16,10 +16,11 @@ import shutil
 from pathlib import Path
 
 from scratch_gpt.configuration_scratch_gpt import INIT_STYLES, PRESETS, ScratchGPTConfig
-from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.sharding import build_context, fsdp_enabled
+from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.sources import add_data_arguments
+from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import add_training_options, from_args, public_options, run_command
+from scratch_gpt.training.sharding import build_context, fsdp_enabled
 
 # The training defaults of `pretrain` (the other flags are the shared ones of options.py).
 TRAINING_DEFAULTS = dict(
@@ -80,14 +81,14 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     from scratch_gpt.tokenizer import complete_tokenizer, train_tokenizer
 
     if args.tokenizer and not Path(args.tokenizer).is_dir():
-        raise FileNotFoundError(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
+        raise MissingFile(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
     source = args.tokenizer or args.init_from
     state = process_state()
     if source:
         try:
             tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(source))
         except OSError:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{source!r} holds no tokenizer; pass the one the model was trained with as --tokenizer."
             ) from None
     elif state.num_processes == 1:
@@ -141,7 +142,7 @@ def build_model(args, tokenizer):
         where = "--model-vocab-size"
     check_fits(tokenizer, model.config, where)
     if args.block_size > model.config.max_position_embeddings:
-        raise ValueError(
+        raise BadInput(
             f"--block-size {args.block_size} exceeds the model's context length ({model.config.max_position_embeddings}); "
             "lower --block-size."
         )
@@ -188,9 +189,9 @@ def pretrain(args: argparse.Namespace) -> dict:
     config = from_args(args)  # bad options and output folders fail here, before the data work
     output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from])
     if args.model_vocab_size is not None and args.model_vocab_size < 1:
-        raise ValueError(f"--model-vocab-size must be a positive number of embedding rows, got {args.model_vocab_size}; omit it to fit the tokenizer.")
+        raise BadInput(f"--model-vocab-size must be a positive number of embedding rows, got {args.model_vocab_size}; omit it to fit the tokenizer.")
     if args.streaming and not args.max_steps:
-        raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by.")
+        raise BadInput("--streaming needs --max-steps: a stream has no length to count epochs by.")
     state = process_state()
     set_seed(args.seed)
     corpus = read_texts(

@@ -42,6 +42,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from scratch_gpt.errors import BadInput
+
 SHARDS_FOLDER = "sharded"  # a checkpoint's model and optimizer slices, one file per process
 
 
@@ -69,7 +71,7 @@ def block_classes(model: torch.nn.Module) -> tuple[type, ...]:
     names = {name for module in model.modules() for name in getattr(module, "_no_split_modules", None) or ()}
     classes = tuple({type(module) for module in model.modules() if type(module).__name__ in names})
     if not classes:
-        raise ValueError(
+        raise BadInput(
             f"FSDP shards a model block by block, but {type(model).__name__} names no block class to shard "
             "(`_no_split_modules`, e.g. ScratchGPTBlock); train it without --fsdp or an FSDP accelerate config."
         )
