@@ -13,7 +13,6 @@ Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_
 """
 
 import argparse
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .errors import BadInput, MissingFile
-from .io_utils import atomic_directory, check_output
+from .io_utils import atomic_directory, check_model_folder, check_output
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, register_converter
 
 # ----------------------------------------------------------------------------------------------
@@ -106,14 +105,47 @@ def convert_gpt2(source: "str | os.PathLike | GPT2LMHeadModel", **download_kwarg
 register_converter("gpt2", convert_gpt2)
 
 
-def load_pretrained(load, source, *args, **kwargs):
-    """`load(source, ...)` (a `from_pretrained`), with one sentence instead of transformers' message
-    when `source` is neither a local folder nor a Hub id that can be downloaded or found in the cache."""
+class NeedsTrustRemoteCode(BadInput):
+    """A folder that ships code of its own, loaded without `--trust-remote-code`."""
+
+
+def add_trust_remote_code_flag(parser) -> None:
+    """`--trust-remote-code`, for every command that loads a model or a tokenizer."""
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the model folder run Python code of its own (an auto_map in its config or tokenizer config); "
+        "off by default: such a folder is refused",
+    )
+
+
+def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwargs):
+    """`load(source, ...)` (a `from_pretrained`), with one sentence of ours instead of a library's
+    error when `source` cannot be read: a damaged file in a local folder (checked first, see
+    `io_utils.check_model_folder`), code of its own that it would run (only with `trust_remote_code`,
+    always passed explicitly so that transformers never asks on stdin), weights that do not fit the
+    config, or neither a local folder nor a Hub id that can be downloaded or found in the cache."""
+    if Path(source).is_dir():
+        check_model_folder(source)
     try:
-        return load(source, *args, **kwargs)
-    except OSError as error:
+        return load(source, *args, trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as error:
+        if trust_remote_code or "trust_remote_code=True" not in str(error):
+            raise
+        raise NeedsTrustRemoteCode(
+            f"{str(source)!r} ships Python code of its own (an auto_map in its config.json or tokenizer_config.json), "
+            "which scratch-gpt runs only if you pass --trust-remote-code; pass it if you trust that folder."
+        ) from None
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):  # transformers: a tensor's shape differs from the config's
+            raise
+        raise BadInput(
+            f"The weights in {str(source)!r} do not fit its config.json: a tensor's shape differs from the one the "
+            "config describes (vocab_size, hidden_size, ...); use the config.json saved with these weights."
+        ) from None
+    except OSError as error:  # transformers: a file it needs is not there (a MissingFile, so callers can say more)
         if Path(source).exists():
-            raise BadInput(f"Cannot load {str(source)!r}: {' '.join(str(error).split())}") from None
+            raise MissingFile(f"Cannot load {str(source)!r}: {' '.join(str(error).split())}") from None
         raise MissingFile(
             f"{str(source)!r} is neither a local folder nor a Hub id that could be downloaded or found in the "
             "cache; check the path (or the name, and the network)."
@@ -125,7 +157,7 @@ def load_config(source: str | os.PathLike, **download_kwargs) -> ScratchGPTConfi
     without its weights: what a command checks its tokenizer and data against before loading the model."""
     from transformers import CONFIG_MAPPING
 
-    config_dict, _ = load_pretrained(ScratchGPTConfig.get_config_dict, source, **download_kwargs)
+    config_dict, _ = load_pretrained(ScratchGPTConfig.get_config_dict, source, **download_kwargs)  # a dict: no code runs
     model_type = config_dict.get("model_type")
     if model_type == ScratchGPTConfig.model_type:
         return ScratchGPTConfig.from_dict(config_dict)
@@ -262,6 +294,7 @@ def import_book_checkpoint(
     config: dict | None = None,
     tokenizer=None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Write the book's `GPTModel` checkpoint `path` (model.pth, or chapter 5's model_and_optimizer.pth)
     as a ScratchGPT folder `out_dir` that `from_pretrained` loads and `push_to_hub` publishes.
@@ -282,9 +315,9 @@ def import_book_checkpoint(
             "A state dict does not store the number of attention heads; pass --num-heads (12 for GPT-2 124M, "
             "16 medium, 20 large, 25 XL) or the book's config with n_heads."
         )
+    if isinstance(tokenizer, (str, os.PathLike)):  # read first: a tokenizer it cannot use stops it before any work
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, tokenizer, trust_remote_code=trust_remote_code)
     model_config, state = convert_book(read_book_state_dict(path), heads)
-    if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     if tokenizer is not None:
         complete_tokenizer(tokenizer)
         check_fits(tokenizer, model_config, f"the checkpoint {str(path)!r}")
@@ -399,10 +432,10 @@ def convert_llama(source, **download_kwargs):
     if isinstance(source, PreTrainedModel):
         hf_config, model = source.config, source
     else:
-        hf_config = AutoConfig.from_pretrained(source, **download_kwargs)
+        hf_config = AutoConfig.from_pretrained(source, trust_remote_code=False, **download_kwargs)  # no code of the folder's
     config = config_from_llama(hf_config)  # refuses before any weight is read
     if not isinstance(source, PreTrainedModel):
-        model = AutoModelForCausalLM.from_pretrained(source, config=hf_config, **download_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, config=hf_config, trust_remote_code=False, **download_kwargs)
     state = {}
     for name, tensor in model.state_dict().items():
         if ".self_attn.q_proj." in name:  # q, k, v -> one fused qkv_proj (weights and biases alike)
@@ -482,6 +515,7 @@ def export_model(
     out_dir = Path(out_dir)
     check_output(out_dir, inputs=[model_dir], overwrite=overwrite, what="output folder", flag="OUT_DIR")
     if Path(model_dir).is_dir():
+        check_model_folder(model_dir)
         if not (Path(model_dir) / "config.json").is_file():
             raise MissingFile(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
         if not any(Path(model_dir).glob("*.safetensors")):
@@ -495,8 +529,12 @@ def export_model(
         raise BadInput(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")
     native = to_gpt2(model) if to == "gpt2" else to_llama(model, to)
     tokenizer = None
-    with contextlib.suppress(OSError, ValueError):  # a model folder without a tokenizer exports without one
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_dir, trust_remote_code=trust_remote_code)
+    except NeedsTrustRemoteCode:
+        raise
+    except (OSError, ValueError):  # a model folder without a tokenizer exports without one
+        pass
     with atomic_directory(out_dir) as tmp:
         native.save_pretrained(tmp)
         if tokenizer is not None:
@@ -549,6 +587,7 @@ def import_book_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-json", help="the book's config dict as a JSON file (its n_heads is used)")
     parser.add_argument("--tokenizer", help="tokenizer folder or Hub id saved with the model (the book uses GPT-2's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR that scratch-gpt did not write")
+    add_trust_remote_code_flag(parser)
 
     def body(args):
         config = None
@@ -561,7 +600,7 @@ def import_book_cli(argv: list[str] | None = None) -> int:
                 raise BadInput(f"{args.config_json!r} must hold the book's config as one JSON object.")
         out = import_book_checkpoint(
             args.checkpoint, args.out_dir, num_heads=args.num_heads, config=config, tokenizer=args.tokenizer,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
         )
         print(f"Wrote the ScratchGPT model to {out}")
 

@@ -21,6 +21,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from scratch_gpt.convert import add_trust_remote_code_flag
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.training.options import run_command
 
@@ -118,8 +119,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, args.model)
-        model = load_pretrained(AutoModelForCausalLM.from_pretrained, args.model).to(device).eval()
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
+        model = load_pretrained(AutoModelForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
+        model = model.to(device).eval()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
         results = lm_eval.simple_evaluate(
             model=lm, tasks=specs, task_manager=manager, limit=args.limit, log_samples=False, bootstrap_iters=args.bootstrap_iters
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap samples for standard errors, 0: none (default: %(default)s)")
     parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
+    add_trust_remote_code_flag(parser)
     return parser
 
 

@@ -16,10 +16,13 @@ Authentication is huggingface_hub's own (`HF_TOKEN` or `hf auth login`); the tok
 
 import argparse
 import hashlib
+import importlib
+import importlib.util
 import json
 import math
 import numbers
 import os
+import re
 import shutil
 import tempfile
 from importlib.resources import files
@@ -321,14 +324,31 @@ def _check_repo_id(repo_id: str) -> None:
         )
 
 
+TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")  # the shape of a Hugging Face access token
+
+
 def _check_no_token_inside(published: dict, token: str) -> None:
-    """Refuse to publish a text file (config, card, notes, ...) that contains the token."""
+    """Refuse to publish any file that holds the user's token, or anything shaped like a token: the
+    config, card and notes, a plot's text chunks, and the metadata of a safetensors file."""
     for name, content in published.items():
-        if name.endswith((".safetensors", ".png")):
-            continue
-        data = content if isinstance(content, bytes) else content.read_bytes()
+        data = _searchable_bytes(name, content)
         if token.encode() in data:
             raise BadInput(f"{name} contains your Hugging Face token; remove it from the file before pushing.")
+        if TOKEN_PATTERN.search(data):
+            raise BadInput(f"{name} contains a Hugging Face token (hf_...); remove it from the file before pushing.")
+
+
+def _searchable_bytes(name: str, content: bytes | Path) -> bytes:
+    """A file's bytes, but of a safetensors file only its header: the tensors hold no text, and random
+    weights could by chance spell a token's shape."""
+    data = content if isinstance(content, bytes) else None
+    if not name.endswith(".safetensors"):
+        return data if data is not None else content.read_bytes()
+    if data is None:
+        with open(content, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            return f.read(min(length, 100_000_000))
+    return data[8 : 8 + int.from_bytes(data[:8], "little")]
 
 
 def _credentials(token: str | None) -> str:
@@ -495,6 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def http_client_errors() -> tuple[type[Exception], ...]:
+    """The errors of the HTTP client under huggingface_hub (httpx up to 1.x, httpx2 from 2.x): a
+    network that cannot be reached surfaces as one of these, not as a `ConnectionError`."""
+    clients = [importlib.import_module(name) for name in ("httpx", "httpx2") if importlib.util.find_spec(name)]
+    return tuple(client.HTTPError for client in clients)
+
+
 def push_cli(argv: list[str] | None = None) -> int:
     """`scratch-gpt push`: the flags are checked first (argparse exits), the upload runs under the
     error policy of `scratch_gpt.errors`."""
@@ -510,6 +537,7 @@ def push_command(args) -> None:
             revision=args.revision,
             commit_message=args.commit_message,
         )
-    except (HfHubHTTPError, ConnectionError) as error:  # the Hub refused, or no network / HF_HUB_OFFLINE=1
-        raise RunFailed(f"the upload failed: {error}") from error
+    except (HfHubHTTPError, ConnectionError, *http_client_errors()) as error:  # the Hub refused; no network; offline
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise RunFailed(f"the upload failed: {reason}; check the network and the repository, then push again.") from None
     print(f"Pushed {args.output_dir} to {constants.ENDPOINT}/{args.repo_id}\ncommit: {commit.commit_url}")

@@ -172,3 +172,41 @@ def check_output(output, *, inputs=(), overwrite: bool = False, what: str = "out
                 "move them out, or pass --overwrite to replace it anyway."
             )
     return path
+
+
+def check_model_folder(folder: str | os.PathLike) -> None:
+    """Before a library reads a model or tokenizer folder: one sentence that names a damaged file.
+
+    Every JSON file must parse (config, tokenizer, generation config, adapter config), every
+    safetensors file must have a whole header (a truncated or overwritten file does not), and the
+    weights must be safetensors: a pickled `pytorch_model.bin` alone is refused, with how to convert it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:  # not JSON, or not UTF-8
+            raise BadInput(
+                f"{str(path)!r} is damaged: it is not valid JSON ({error}); restore it from a copy or save the model again."
+            ) from None
+    weights = sorted(folder.glob("*.safetensors"))
+    for path in weights:
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise BadInput(
+                f"{str(path)!r} is damaged: it is not a whole safetensors file ({error}); "
+                "restore it from a copy or save the model again."
+            ) from None
+    pickled = sorted(p.name for p in folder.glob("pytorch_model*.bin"))
+    if pickled and not weights:
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+        head = "ForSequenceClassification" if any("SequenceClassification" in a for a in config.get("architectures") or []) else "ForCausalLM"
+        raise BadInput(
+            f"{str(folder)!r} holds its weights only as pickled {pickled[0]}, and scratch-gpt reads safetensors only "
+            "(a pickle can run code); convert it once, if you trust the file: python -c \"import scratch_gpt as s; "
+            f"s.ScratchGPT{head}.from_pretrained('{folder}', use_safetensors=False).save_pretrained('{folder}')\"."
+        )

@@ -47,6 +47,7 @@ from pathlib import Path
 import datasets
 
 from scratch_gpt.errors import BadInput, MissingFile
+from scratch_gpt.io_utils import MARKER
 
 BUILTIN = "builtin"
 # Suffix -> how the file is read. Listed so that the record formats read ".parquet, .csv, .tsv,
@@ -82,7 +83,9 @@ def resolve(source, suffixes=SUFFIXES) -> list:
 
     A string that exists on disk, contains a glob character or ends with a known suffix is local
     (so a typo in a file name fails here, not on the Hub); anything else is a Hub dataset name.
-    Only files with one of `suffixes` are taken from folders and globs.
+    Only files with one of `suffixes` are taken from folders and globs, and none from a folder that
+    scratch-gpt wrote (it carries the `.scratch_gpt` marker): a run's output is never its data, even
+    when `--output-dir` lies inside `--data`.
     """
     if isinstance(source, (list, tuple)):
         return [item for one in source for item in resolve(one, suffixes)]
@@ -92,9 +95,11 @@ def resolve(source, suffixes=SUFFIXES) -> list:
     path = Path(text)
     if path.is_dir():
         files = [file for file in sorted(path.rglob("*")) if _is_visible(file, path) and _is_known(file, suffixes)]
+        files = [file for file in files if not _in_our_output(file, path)]
         if not files:
             raise MissingFile(
-                f"The folder {text!r} holds no {_names(suffixes)} file; add one or pass another --data."
+                f"The folder {text!r} holds no {_names(suffixes)} file outside the folders scratch-gpt wrote; "
+                "add one or pass another --data."
             )
         return files
     if path.is_file():
@@ -105,13 +110,21 @@ def resolve(source, suffixes=SUFFIXES) -> list:
             )
         return [path]
     if glob.has_magic(text):
+        top = Path(os.path.dirname(text[: min(text.find(c) for c in "*?[" if c in text)]) or ".")
         files = sorted(file for file in map(Path, glob.glob(text, recursive=True)) if _is_known(file, suffixes))
+        files = [file for file in files if not _in_our_output(file, top)]
         if not files:
             raise MissingFile(f"The pattern {text!r} matches no {_names(suffixes)} file; check the pattern.")
         return files
     if _is_known(path, SUFFIXES) or isinstance(source, os.PathLike):
         raise MissingFile(f"The file {text!r} does not exist; check the path.")
     return [f"hub:{text}"]
+
+
+def _in_our_output(file: Path, top: Path) -> bool:
+    """Whether `file` lies in a folder scratch-gpt wrote, at or below `top` (the folder or glob given)."""
+    top = top.resolve()
+    return any((folder / MARKER).is_file() for folder in file.resolve().parents if folder == top or top in folder.parents)
 
 
 def _is_known(file: Path, suffixes) -> bool:

@@ -65,6 +65,7 @@ def world_template(tmp_path_factory, tiny_tokenizer):
     (root / "bad.yaml").write_text("max-steps: [1\n")
     (root / "unknown.yaml").write_text("max-stepz: 3\n")
     (root / "list.yaml").write_text("batch-size: [1, 2]\n")
+    damaged_folders(root, config)
     mine = root / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("the user's own notes")
@@ -78,6 +79,48 @@ def world_template(tmp_path_factory, tiny_tokenizer):
         (tmp / "config.json").write_text("{}")
     (root / "run_with_notes" / "model" / "notes.txt").write_text("the user's notes on this model")
     return root
+
+
+def damaged_folders(root, config) -> None:
+    """Copies of the model folder `base`, each damaged one way (issue: damaged artifacts end in tracebacks)."""
+    for name in ("dmg_truncated", "dmg_random", "dmg_tokenizer", "dmg_config", "dmg_vocab", "pickled"):
+        shutil.copytree(root / "base", root / name)
+    weights = (root / "base" / "model.safetensors").read_bytes()
+    (root / "dmg_truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (root / "dmg_random" / "model.safetensors").write_bytes(bytes(range(256)) * 20)
+    (root / "dmg_tokenizer" / "tokenizer.json").write_text('{"version": "1.0", "truncation": nul')
+    (root / "dmg_config" / "config.json").write_text('{"model_type": "scratch_gpt", "hidden_size": 3')
+    bigger = json.loads((root / "base" / "config.json").read_text())
+    bigger["vocab_size"] += 64  # the config says 64 more embedding rows than the weights hold
+    (root / "dmg_vocab" / "config.json").write_text(json.dumps(bigger))
+    from safetensors.torch import load_file
+
+    (root / "pickled" / "model.safetensors").unlink()
+    torch.save(load_file(root / "base" / "model.safetensors"), root / "pickled" / "pytorch_model.bin")
+    remote_code_folders(root)
+
+
+# What code shipped in a folder does when it runs: it leaves a file in the working folder (the world).
+CODE_THAT_RAN = """from pathlib import Path
+Path("the_folder_code_ran.txt").write_text("yes")
+"""
+
+
+def remote_code_folders(root) -> None:
+    """`remote_tokenizer`: a tokenizer whose class comes from the folder's own Python file (auto_map);
+    `remote_model`: a config of an unknown model type whose classes come from the folder."""
+    shutil.copytree(root / "base", root / "remote_tokenizer")
+    (root / "remote_tokenizer" / "own_tokenizer.py").write_text(
+        CODE_THAT_RAN + "from transformers import PreTrainedTokenizerFast\n\n\nclass OwnTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    settings = json.loads((root / "remote_tokenizer" / "tokenizer_config.json").read_text())
+    settings.update(tokenizer_class="OwnTokenizer", auto_map={"AutoTokenizer": [None, "own_tokenizer.OwnTokenizer"]})
+    (root / "remote_tokenizer" / "tokenizer_config.json").write_text(json.dumps(settings))
+    shutil.copytree(root / "base", root / "remote_model")
+    (root / "remote_model" / "own_model.py").write_text(CODE_THAT_RAN)
+    config = json.loads((root / "remote_model" / "config.json").read_text())
+    config.update(model_type="own_gpt", auto_map={"AutoConfig": "own_model.OwnConfig", "AutoModelForCausalLM": "own_model.OwnModel"})
+    (root / "remote_model" / "config.json").write_text(json.dumps(config))
 
 
 @pytest.fixture
@@ -183,6 +226,42 @@ CASES = [
     ("chat-no-weights", ["chat", "no_weights", "--prompt", "hi"], "No *.safetensors"),
     ("push-bad-repo-id", ["push", "base", "--repo-id", "no slash"], "Invalid repo id"),
     ("push-missing-folder", ["push", "nope", "--repo-id", "me/model"], "nope"),
+    # numbers that are not numbers, or out of range: caught before any work, not as advice after it
+    ("dpo-beta-nan", ["finetune-dpo", "--model", "base", "--data", "prefs.json", "--output-dir", "out", "--beta", "nan", *FT], "--beta must be positive"),
+    ("pt-lr-nan", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--lr", "nan"], "--lr must be a finite number"),
+    ("pt-lr-inf", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--lr", "inf"], "--lr must be a finite number"),
+    ("pt-min-lr-ratio-negative", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--min-lr-ratio", "-20"], "--min-lr-ratio must be between 0 and 1"),
+    ("pt-grad-norm-nan", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--max-grad-norm", "nan"], "--max-grad-norm must be a finite number"),
+    ("ins-weight-decay-negative", ["finetune-instruct", "--model", "base", "--data", "instr.jsonl", "--output-dir", "out", *FT, "--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    ("cls-adam-beta-one", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "out", *FT, "--adam-betas", "0.9", "1.5"], "--adam-betas must each be in [0, 1)"),
+    ("cls-label-named-twice", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "out", "--label-names", "ham,spam,ham", *FT], "'ham' twice"),
+    ("chat-temperature-nan", ["chat", "base", "--prompt", "hi", "--temperature", "nan"], "--temperature must be"),
+    # damaged artifacts: the file named, what to do
+    ("chat-truncated-weights", ["chat", "dmg_truncated", "--prompt", "hi"], "dmg_truncated/model.safetensors' is damaged"),
+    ("chat-random-weights", ["chat", "dmg_random", "--prompt", "hi"], "dmg_random/model.safetensors' is damaged"),
+    ("chat-tokenizer-not-json", ["chat", "dmg_tokenizer", "--prompt", "hi"], "dmg_tokenizer/tokenizer.json' is damaged"),
+    ("chat-config-not-json", ["chat", "dmg_config", "--prompt", "hi"], "dmg_config/config.json' is damaged"),
+    ("chat-vocab-mismatch", ["chat", "dmg_vocab", "--prompt", "hi"], "do not fit its config.json"),
+    ("chat-pickled-only", ["chat", "pickled", "--prompt", "hi"], "reads safetensors only"),
+    ("ins-truncated-weights", ["finetune-instruct", "--model", "dmg_truncated", "--data", "instr.jsonl", "--output-dir", "out", *FT], "is damaged"),
+    ("ins-config-not-json", ["finetune-instruct", "--model", "dmg_config", "--data", "instr.jsonl", "--output-dir", "out", *FT], "config.json' is damaged"),
+    ("cls-tokenizer-not-json", ["finetune-classifier", "--model", "dmg_tokenizer", "--data", "data.csv", "--output-dir", "out", *FT], "tokenizer.json' is damaged"),
+    ("cls-vocab-mismatch", ["finetune-classifier", "--model", "dmg_vocab", "--data", "data.csv", "--output-dir", "out", *FT], "do not fit its config.json"),
+    ("cls-pickled-only", ["finetune-classifier", "--model", "pickled", "--data", "data.csv", "--output-dir", "out", *FT], "ScratchGPTForCausalLM.from_pretrained"),
+    ("dpo-random-weights", ["finetune-dpo", "--model", "dmg_random", "--data", "prefs.json", "--output-dir", "out", *FT], "is damaged"),
+    ("pt-init-truncated", ["pretrain", "--data", "corpus", "--init-from", "dmg_truncated", "--output-dir", "run", "--max-steps", "1",
+                           "--block-size", "16", "--no-progress"], "is damaged"),
+    ("exp-pickled-only", ["export-gpt2", "pickled", "gpt2"], "reads safetensors only"),
+    ("eval-vocab-mismatch", ["evaluate", "dmg_vocab", "--tasks", "scratch_perplexity", "--data", "corpus/a.txt"], "do not fit its config.json"),
+    # code shipped in a model folder: refused without --trust-remote-code (the world unchanged: it did not run)
+    ("chat-remote-tokenizer", ["chat", "remote_tokenizer", "--prompt", "hi"], "pass --trust-remote-code"),
+    ("ins-remote-tokenizer", ["finetune-instruct", "--model", "remote_tokenizer", "--data", "instr.jsonl", "--output-dir", "out", *FT], "pass --trust-remote-code"),
+    ("cls-remote-tokenizer", ["finetune-classifier", "--model", "remote_tokenizer", "--data", "data.csv", "--output-dir", "out", *FT], "pass --trust-remote-code"),
+    ("pt-remote-tokenizer", ["pretrain", "--data", "corpus", "--tokenizer", "remote_tokenizer", "--output-dir", "run", *PT], "pass --trust-remote-code"),
+    ("eval-remote-tokenizer", ["evaluate", "remote_tokenizer", "--tasks", "scratch_perplexity", "--data", "corpus/a.txt"], "pass --trust-remote-code"),
+    ("eval-remote-model", ["evaluate", "remote_model", "--tasks", "scratch_perplexity", "--data", "corpus/a.txt"], "pass --trust-remote-code"),
+    ("exp-remote-tokenizer", ["export-gpt2", "remote_tokenizer", "gpt2"], "pass --trust-remote-code"),
+    ("ib-remote-tokenizer", ["import-book", "book.pth", "out", "--num-heads", "2", "--tokenizer", "remote_tokenizer"], "pass --trust-remote-code"),
     # evaluate (lm-eval)
     ("eval-unknown-task", ["evaluate", "base", "--tasks", "nope_task"], "the local task files found are"),
     ("eval-missing-data", ["evaluate", "base", "--tasks", "scratch_choice", "--data", "nope.jsonl"], "is not a file"),
@@ -299,3 +378,11 @@ def test_reading_a_folder_never_asks_the_kernels_library(world):
     with init_empty_weights():
         model = ScratchGPTForCausalLM.from_pretrained("base")
     assert model.device.type == "meta" and not model.use_kernels
+
+
+def test_trust_remote_code_lets_the_folders_own_code_run(world):
+    """The other side of the refusals above: with the flag, the folder's tokenizer class is used."""
+    from scratch_gpt.training.instruct import load_for_chat
+
+    _, tokenizer, _ = load_for_chat("remote_tokenizer", trust_remote_code=True)
+    assert type(tokenizer).__name__ == "OwnTokenizer" and (world / "the_folder_code_ran.txt").is_file()

@@ -615,3 +615,32 @@ def test_live_push_and_download_round_trip(lm_dir, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert os.environ["HF_TOKEN"] not in run.stdout + run.stderr
+
+
+def test_push_with_no_network_fails_with_one_line(lm_dir, monkeypatch, capsys):
+    """Online mode, but the Hub cannot be reached (here: a closed port on this machine)."""
+    from huggingface_hub import HfApi
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    real_init = HfApi.__init__
+    monkeypatch.setattr(HfApi, "__init__", lambda self, **kwargs: real_init(self, endpoint="http://127.0.0.1:9", **kwargs))
+    assert hub.push_cli([str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 1
+    err = capsys.readouterr().err
+    assert "the upload failed" in err and "check the network" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and FAKE_TOKEN not in err
+
+
+@pytest.mark.parametrize("where", ["config.json", "model.safetensors"])
+def test_push_refuses_any_token_shaped_string_in_any_file(lm_dir, hub_must_not_be_called, where):
+    """A token that is not the user's own, left in the config or in the weights' metadata."""
+    from safetensors.torch import load_file, save_file
+
+    other = "hf_" + "A1b2" * 9
+    if where == "config.json":
+        config = json.loads((lm_dir / "config.json").read_text())
+        (lm_dir / "config.json").write_text(json.dumps({**config, "notes": f"pulled with {other}"}))
+    else:
+        save_file(load_file(lm_dir / "model.safetensors"), lm_dir / "model.safetensors", metadata={"format": "pt", "by": other})
+    with pytest.raises(ValueError, match=f"{where} contains a Hugging Face token"):
+        hub.push_folder(lm_dir, "owner/tiny-lm", token=FAKE_TOKEN)

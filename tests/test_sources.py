@@ -1,6 +1,7 @@
 """The one reader behind every --data (scratch_gpt/sources.py): sources, suffixes, encodings, nulls."""
 
 import json
+from pathlib import Path
 
 import datasets
 import pyarrow as pa
@@ -294,7 +295,7 @@ def test_each_stage_imports_only_the_stages_before_it():
         names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         return {name.removeprefix("scratch_gpt.") for name in names if name.startswith("scratch_gpt.")}
 
-    assert imported("sources") <= {"errors"}  # the error policy: a leaf that imports nothing of ours
+    assert imported("sources") <= {"errors", "io_utils"}  # leaves: the error policy, the output marker
     assert imported("tokenizer") <= {"sources", "io_utils", "errors"}
     assert "data" not in imported("tokenizer") and "tokenizer" in imported("data")
 
@@ -305,3 +306,36 @@ def test_a_csv_row_with_a_cell_too_many_is_an_error_not_a_shifted_row(tmp_path):
     path.write_text("text,label\nhello, world,0\nbye now,1\n")
     with pytest.raises(ValueError, match="more cells than the header; quote"):
         read_records(path)
+
+
+def test_a_folder_scratch_gpt_wrote_is_never_data(tmp_path, monkeypatch, capsys):
+    """`pretrain --data corpus --output-dir corpus/run`, run twice: the second run must not read the
+    first one's metrics.jsonl (or anything else in the run folder) as training text."""
+    from scratch_gpt.cli import main
+    from scratch_gpt.io_utils import mark_output
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    (corpus / "b.jsonl").write_text(json.dumps({"text": "hello world " * 50}) + "\n")
+    run = corpus / "run"
+    mark_output(run)
+    (run / "metrics.jsonl").write_text(json.dumps({"text": "a line of our own metrics"}) + "\n")
+    (run / "model").mkdir()
+    (run / "model" / "notes.txt").write_text("ours too")
+    assert sources.resolve(str(corpus)) == [corpus / "a.txt", corpus / "b.jsonl"]
+    monkeypatch.chdir(tmp_path)
+    assert sources.resolve("corpus/**/*.jsonl") == [Path("corpus/b.jsonl")]
+    assert sources.resolve(str(run / "metrics.jsonl")) == [run / "metrics.jsonl"]  # a file named on purpose is read
+    with pytest.raises(FileNotFoundError, match="outside the folders scratch-gpt wrote"):
+        sources.resolve(str(run))
+
+    flags = ["pretrain", "--data", "corpus", "--output-dir", "corpus/run2", "--max-steps", "1", "--batch-size", "2",
+             "--vocab-size", "300", "--preset", "tiny", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2",
+             "--block-size", "16", "--report-to", "none", "--no-progress"]  # fmt: skip
+    assert main(flags) == 0
+    first = capsys.readouterr().out
+    assert main(flags) == 0  # corpus/run2 now holds the first run's metrics.jsonl, tokenizer.json, ...
+    second = capsys.readouterr().out
+    counts = [line for line in first.splitlines() if "training" in line and "validation" in line]
+    assert counts and counts == [line for line in second.splitlines() if "training" in line and "validation" in line]

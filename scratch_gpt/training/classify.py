@@ -275,6 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def label_names_flag(value: str | None) -> list[str] | None:
+    """`--label-names a,b,c` as a list; a name given twice would make a class no example can have."""
+    if not value:
+        return None
+    names = value.split(",")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise BadInput(f"--label-names {value!r} names {', '.join(map(repr, repeated))} twice; give each class once.")
+    if "" in names:
+        raise BadInput(f"--label-names {value!r} has an empty name; give every class a name, separated by commas.")
+    return names
+
+
 def cli(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), argv, finetune_classifier)
 
@@ -311,7 +324,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
     config = from_args(args)
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
-    tokenizer = load_base_tokenizer(args.model)
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)
 
     # 1-3. records -> checked labels -> balanced -> tokens -> train / validation / test
     records = read_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
@@ -320,7 +333,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         records,
         args.label_column,
         num_labels=args.num_labels,
-        label_names=args.label_names.split(",") if args.label_names else None,
+        label_names=label_names_flag(args.label_names),
     )
     if args.balance:
         records = balance_by_undersampling(records, args.seed)
@@ -334,6 +347,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
             pad_token_id=tokenizer.pad_token_id,
+            trust_remote_code=args.trust_remote_code,
         )
     check_fits(tokenizer, model.config, f"the model in {args.model!r}")
     context = model.config.max_position_embeddings

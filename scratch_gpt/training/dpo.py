@@ -32,6 +32,7 @@ The steps of `finetune-dpo`, top to bottom:
 import argparse
 import copy
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -378,12 +379,12 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     check_lora_arguments(args)
     if not 0.0 < args.val_fraction < 1.0:
         raise BadInput(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
-    if args.beta <= 0:
-        raise BadInput(f"--beta must be positive, got {args.beta}.")
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        raise BadInput(f"--beta must be positive and finite, got {args.beta}.")
     config = from_args(args)
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()
-    tokenizer = load_base_tokenizer(args.model)  # GPT-2's gains a pad token and the Alpaca chat template
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
 
     # 1-2. records -> pairs -> tokens, all checked before the model loads
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
@@ -400,7 +401,7 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
 
     # 3. the policy (the model, or its LoRA adapters) and the reference, in one module
     set_seed(args.seed)
-    policy = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model)  # GPT-2 is converted on the way in
+    policy = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)  # GPT-2 is converted on the way in
     disable_dropout(policy)
     policy = make_trainable(policy, args)
     state.print(describe_trainable(policy))

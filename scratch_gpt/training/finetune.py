@@ -6,6 +6,7 @@ record, the held-out split, and the model card written into the folder that the 
 import argparse
 from pathlib import Path
 
+from scratch_gpt.convert import add_trust_remote_code_flag
 from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import add_lora_arguments
 from scratch_gpt.sources import add_data_arguments
@@ -17,6 +18,7 @@ def build_finetune_parser(prog: str, description: str, *, data_help: str, **trai
     held-out share, LoRA and the shared training options (`training_defaults` are the command's)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--model", required=True, help="pre-trained causal LM folder (with its tokenizer) or Hub id")
+    add_trust_remote_code_flag(parser)
     data = add_data_arguments(parser, help=data_help)
     data.add_argument("--split", default="train", help="split of a Hub dataset to read (default: train)")
     data.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of records (default: 0.1)")
@@ -28,7 +30,7 @@ def build_finetune_parser(prog: str, description: str, *, data_help: str, **trai
     return parser
 
 
-def load_base_tokenizer(model: str):
+def load_base_tokenizer(model: str, trust_remote_code: bool = False):
     """The tokenizer saved with the base model, completed (`scratch_gpt.tokenizer.complete_tokenizer`):
     GPT-2's gets end-of-text as its pad token and the Alpaca chat template."""
     from transformers import AutoTokenizer
@@ -36,7 +38,7 @@ def load_base_tokenizer(model: str):
     from scratch_gpt.convert import load_pretrained
     from scratch_gpt.tokenizer import complete_tokenizer
 
-    return complete_tokenizer(load_pretrained(AutoTokenizer.from_pretrained, model))
+    return complete_tokenizer(load_pretrained(AutoTokenizer.from_pretrained, model, trust_remote_code=trust_remote_code))
 
 
 def card_writer(args: argparse.Namespace, kind: str, extra=None, **card):

@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import sys
 import threading
 from collections.abc import Iterator
@@ -37,8 +38,9 @@ from transformers import (
 )
 
 from scratch_gpt import ScratchGPTForCausalLM
-from scratch_gpt.convert import load_pretrained
+from scratch_gpt.convert import add_trust_remote_code_flag, load_pretrained
 from scratch_gpt.errors import BadInput, MissingFile
+from scratch_gpt.io_utils import check_model_folder
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import complete_tokenizer, format_alpaca_messages
@@ -276,7 +278,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     config = from_args(args)
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
-    tokenizer = load_base_tokenizer(args.model)  # GPT-2's gains a pad token and the Alpaca chat template
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
 
     # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
@@ -292,7 +294,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
 
     set_seed(args.seed)  # LoRA adapters start the same way every run
     with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model)  # GPT-2 / Llama / Qwen are converted
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)  # GPT-2 / Llama / Qwen are converted
     model.generation_config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         do_sample=False,
@@ -340,24 +342,29 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
 # ----------------------------------------------------------------------------------------------
 # chat
 # ----------------------------------------------------------------------------------------------
-def load_for_chat(model_dir: str):
+def load_for_chat(model_dir: str, trust_remote_code: bool = False):
     """Model, tokenizer and generation config of `model_dir`: a folder or Hub id of a ScratchGPT or a
     GPT-2 checkpoint (converted; its tokenizer completed with the Alpaca chat template), or a LoRA
-    adapter folder (its base model loaded the same way)."""
-    if Path(model_dir).is_dir() and not any(Path(model_dir).glob("*.safetensors")):
-        raise MissingFile(f"No *.safetensors weights in {model_dir!r}; pass the --output-dir of finetune-instruct.")
+    adapter folder (its base model loaded the same way). Code shipped in the folder runs only with
+    `trust_remote_code`."""
+    if Path(model_dir).is_dir():
+        check_model_folder(model_dir)  # a damaged file named in one sentence, before any library reads it
+        if not any(Path(model_dir).glob("*.safetensors")):
+            raise MissingFile(f"No *.safetensors weights in {model_dir!r}; pass the --output-dir of finetune-instruct.")
     try:
-        tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(model_dir))
-    except OSError:
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_dir, trust_remote_code=trust_remote_code)
+    except MissingFile:
         raise MissingFile(
             f"{model_dir!r} is not a model folder with a tokenizer, nor a Hub model id found in the cache or online; "
             "pass the --output-dir of finetune-instruct."
         ) from None
+    tokenizer = complete_tokenizer(tokenizer)
     if (Path(model_dir) / "adapter_config.json").is_file():
-        base = ScratchGPTForCausalLM.from_pretrained(PeftConfig.from_pretrained(model_dir).base_model_name_or_path)
+        base_dir = PeftConfig.from_pretrained(model_dir).base_model_name_or_path
+        base = load_pretrained(ScratchGPTForCausalLM.from_pretrained, base_dir, trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, model_dir).eval()
     else:
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir).eval()
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir, trust_remote_code=trust_remote_code).eval()
     saved = (Path(model_dir) / "generation_config.json").is_file()
     generation_config = GenerationConfig.from_pretrained(model_dir) if saved else copy.deepcopy(model.generation_config)
     if generation_config.pad_token_id is None:
@@ -458,6 +465,7 @@ def build_chat_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
     parser.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens (with --temperature)")
+    add_trust_remote_code_flag(parser)
     web = parser.add_argument_group("web page")
     web.add_argument("--web", action="store_true", help="serve the chat as a web page (Gradio) instead of the terminal")
     web.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: 127.0.0.1, this machine only)")
@@ -471,13 +479,15 @@ def chat_cli(argv: list[str] | None = None) -> int:
 
 def chat(args: argparse.Namespace) -> None:
     """`scratch-gpt chat`: bad input (folder, prompt too long, --web without Gradio) is one sentence via `run_command`."""
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise BadInput(f"--temperature must be 0 (greedy) or a positive number, got {args.temperature}.")
     if args.web:
         if args.prompt is not None:
             raise BadInput("--web and --prompt do not go together; drop --prompt and type the message in the page.")
         from scratch_gpt import web
 
         web.import_gradio()  # a missing extra is reported before the model loads
-    model, tokenizer, saved_config = load_for_chat(args.model_dir)
+    model, tokenizer, saved_config = load_for_chat(args.model_dir, args.trust_remote_code)
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k}
     if args.web:
         page = web.chat_page(model, tokenizer, saved_config, system=args.system, **settings)

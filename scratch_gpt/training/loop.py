@@ -130,11 +130,20 @@ class TrainingConfig:
         for name in ("max_steps", "eval_batch_size", "eval_max_batches", "global_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BadInput(f"TrainingConfig.{name} must be at least 1 (or unset), got {getattr(self, name)!r}.")
-        for name in ("eval_every", "save_every", "warmup_steps", "train_eval_batches"):
+        for name in ("learning_rate", "weight_decay", "min_lr_ratio", "max_grad_norm", "peak_flops", "adam_betas"):
+            value = getattr(self, name)  # NaN passes every comparison below: refuse it (and inf) first
+            if any(number is not None and not math.isfinite(number) for number in (value if name == "adam_betas" else [value])):
+                raise BadInput(f"TrainingConfig.{name} must be a finite number, got {value!r}.")
+        for name in ("eval_every", "save_every", "warmup_steps", "train_eval_batches", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise BadInput(f"TrainingConfig.{name} must be 0 or more, got {getattr(self, name)!r}.")
-        if self.learning_rate <= 0:
-            raise BadInput(f"TrainingConfig.learning_rate must be positive, got {self.learning_rate!r}.")
+        for name in ("learning_rate", "peak_flops"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise BadInput(f"TrainingConfig.{name} must be positive, got {getattr(self, name)!r}.")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise BadInput(f"TrainingConfig.min_lr_ratio must be between 0 and 1 (a share of --lr), got {self.min_lr_ratio!r}.")
+        if not all(0 <= beta < 1 for beta in self.adam_betas):
+            raise BadInput(f"TrainingConfig.adam_betas must each be in [0, 1), got {tuple(self.adam_betas)!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise BadInput(f"TrainingConfig.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}.")
         if self.mixed_precision == "bf16" and not bf16_supported():

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from scratch_gpt.configuration_scratch_gpt import INIT_STYLES, PRESETS, ScratchGPTConfig
+from scratch_gpt.convert import add_trust_remote_code_flag
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.sources import add_data_arguments
 from scratch_gpt.training.loop import check_output_dir, process_state, train
@@ -64,6 +65,7 @@ def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.Arg
     model.add_argument("--no-qkv-bias", action="store_true", help="no bias in the query/key/value projection")
     model.add_argument("--init-style", choices=INIT_STYLES, default="gpt2", help="gpt2: N(0, 0.02); pytorch: torch's layer defaults, as the book's model")
     model.add_argument("--init-from", help="continue pre-training a saved causal-LM folder instead of a new model")
+    add_trust_remote_code_flag(model)
     add_training_options(parser, **{**TRAINING_DEFAULTS, **defaults})
     return parser
 
@@ -78,6 +80,7 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     or chat template (GPT-2's) is completed (`complete_tokenizer`) and saved so with the model."""
     from transformers import AutoTokenizer
 
+    from scratch_gpt.convert import load_pretrained
     from scratch_gpt.tokenizer import complete_tokenizer, train_tokenizer
 
     if args.tokenizer and not Path(args.tokenizer).is_dir():
@@ -86,8 +89,9 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     state = process_state()
     if source:
         try:
-            tokenizer = complete_tokenizer(AutoTokenizer.from_pretrained(source))
-        except OSError:
+            tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, trust_remote_code=args.trust_remote_code)
+            tokenizer = complete_tokenizer(tokenizer)
+        except MissingFile:
             raise MissingFile(
                 f"{source!r} holds no tokenizer; pass the one the model was trained with as --tokenizer."
             ) from None
@@ -98,7 +102,7 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
         if state.is_main_process:
             train_tokenizer(train_docs, vocab_size=args.vocab_size, show_progress=False).save_pretrained(handed)
         state.wait_for_everyone()
-        tokenizer = AutoTokenizer.from_pretrained(handed)
+        tokenizer = AutoTokenizer.from_pretrained(handed, trust_remote_code=args.trust_remote_code)
         state.wait_for_everyone()
         if state.is_main_process:
             shutil.rmtree(handed)
@@ -114,7 +118,7 @@ def build_model(args, tokenizer):
     fsdp = fsdp_enabled(args.fsdp)  # then only the shapes here; the loop fills the slices of each process
     if args.init_from:  # a ScratchGPT folder or Hub id, or a GPT-2 / Llama / Qwen one converted on the way in
         with build_context(fsdp, load=True):
-            model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from)
+            model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
         where = f"the model in {args.init_from!r}"
     else:
         sizes = {
