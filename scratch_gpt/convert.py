@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .errors import BadInput, MissingFile
-from .io_utils import atomic_directory, check_model_folder, check_output
+from .io_utils import atomic_directory, check_free_space, check_model_folder, check_output
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, register_converter
 
 # ----------------------------------------------------------------------------------------------
@@ -535,6 +535,7 @@ def export_model(
         raise
     except (OSError, ValueError):  # a model folder without a tokenizer exports without one
         pass
+    check_free_space(out_dir, sum(p.numel() * p.element_size() for p in native.parameters()), "output folder")
     with atomic_directory(out_dir) as tmp:
         native.save_pretrained(tmp)
         if tokenizer is not None:

@@ -5,6 +5,8 @@
   The command prints that sentence and exits with status 2, before any work is lost.
 - `RunFailed`: a run that stopped for a reason we can name (the loss diverged, the Hub refused the
   upload). The command prints the reason and exits with status 1.
+- A full disk (ENOSPC) is named in one sentence, exit status 1; a command also checks the free space
+  it needs before it starts (`io_utils.check_free_space`).
 - Anything else is a bug, ours or a library's: its traceback is kept and Python exits with status 1.
   A library's `ValueError` is not the user's fault, so it is never reported as bad input.
 
@@ -12,6 +14,7 @@ The kinds of `BadInput` that concern files are also the matching `OSError`s (`Mi
 `FileNotFoundError`), so code that catches those keeps working. This module imports nothing heavy.
 """
 
+import errno
 import sys
 
 
@@ -40,7 +43,10 @@ class RunFailed(RuntimeError):
 
 
 def run_reporting(prog: str, body, *args) -> int:
-    """Run `body(*args)` under the policy above; returns the exit status (0 when it went well)."""
+    """Run `body(*args)` under the policy above; returns the exit status (0 when it went well). The
+    outputs the command locked are let go when it ends (see `io_utils.lock_output`)."""
+    from scratch_gpt.io_utils import release_output_locks
+
     try:
         body(*args)
     except SystemExit as exit_:  # argparse: --help (0), or a bad flag (2, already explained on stderr)
@@ -51,4 +57,15 @@ def run_reporting(prog: str, body, *args) -> int:
     except RunFailed as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(
+            f"{prog}: the disk is full: writing {error.filename or 'the output'} failed ({error.strerror}); free some "
+            "space and run again (what was saved before is kept: every folder is swapped in whole).",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        release_output_locks()
     return 0

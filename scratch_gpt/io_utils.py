@@ -11,7 +11,10 @@ Two rules keep the user's files safe:
 """
 
 import contextlib
+import errno
+import fcntl
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -94,8 +97,11 @@ def atomic_directory(path: str | os.PathLike):
     mark_output(tmp)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as error:
+        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(error):
+            raise OSError(errno.ENOSPC, f"No space left on device after writing {megabytes(written)} of it", str(path)) from None
         raise
     mark_output(tmp, files=_files_in(tmp))  # what it holds now is ours; anything added later is not
     kill_point("written")  # the new folder is complete, the old one still in place
@@ -108,6 +114,46 @@ def atomic_directory(path: str | os.PathLike):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+_HELD_LOCKS: dict[Path, int] = {}  # output path -> the open lock file this process holds
+
+
+def lock_output(path: str | os.PathLike) -> None:
+    """Refuse a second process writing the same output: this process takes an exclusive `flock` on a
+    lock file named after the folder's absolute path (in the system's temporary folder, so nothing is
+    added to the user's tree) and holds it until it exits. The kernel drops the lock when the process
+    ends, however it ends, so a killed run never leaves the folder locked. Under several processes
+    only the main one (RANK 0) writes, so only it locks."""
+    path = Path(path).resolve()
+    if path in _HELD_LOCKS or int(os.environ.get("RANK", "0")) != 0:
+        return
+    locks = Path(tempfile.gettempdir()) / "scratch_gpt-locks"
+    lock = locks / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".lock")
+    try:
+        locks.mkdir(exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # no lock folder of ours can be made here (another user's): a safety net, not a gate
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OutputExists(
+            f"The output folder {str(path)!r} is being written by another run (process {holder}); "
+            "wait for it to end or choose another output folder."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD_LOCKS[path] = fd
+
+
+def release_output_locks() -> None:
+    """Let go of every output this process locked (a command that ran in-process has ended)."""
+    for fd in _HELD_LOCKS.values():
+        os.close(fd)  # closing the file drops its flock
+    _HELD_LOCKS.clear()
 
 
 def check_writable(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -145,8 +191,10 @@ def check_output(output, *, inputs=(), overwrite: bool = False, what: str = "out
     - An existing, non-empty `output` must be an earlier output of this package (it holds the
       `.scratch_gpt` marker) unless `overwrite` (the command's `--overwrite`).
     - It must be writable.
+    - No other process may be writing it (see `lock_output`).
     """
     path = Path(output)
+    lock_output(path)
     recover(path)
     target = path.resolve()
     for source in _local_paths(inputs):
@@ -209,4 +257,26 @@ def check_model_folder(folder: str | os.PathLike) -> None:
             f"{str(folder)!r} holds its weights only as pickled {pickled[0]}, and scratch-gpt reads safetensors only "
             "(a pickle can run code); convert it once, if you trust the file: python -c \"import scratch_gpt as s; "
             f"s.ScratchGPT{head}.from_pretrained('{folder}', use_safetensors=False).save_pretrained('{folder}')\"."
+        )
+
+
+def disk_full(error: BaseException) -> bool:
+    """A write that failed because the disk is full (safetensors reports it in its own exception)."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Refuse, before any work, to write about `needed` bytes into `folder` on a disk without them."""
+    place = Path(folder).resolve()
+    while not place.exists():
+        place = place.parent
+    free = shutil.disk_usage(place).free
+    if free < needed:
+        raise BadInput(
+            f"The {what} {str(folder)!r} is on a disk with {megabytes(free)} free, but this run will write about "
+            f"{megabytes(needed)} there; free some space or choose a folder on another disk."
         )

@@ -95,11 +95,13 @@ def resolve(source, suffixes=SUFFIXES) -> list:
     path = Path(text)
     if path.is_dir():
         files = [file for file in sorted(path.rglob("*")) if _is_visible(file, path) and _is_known(file, suffixes)]
+        if not files:
+            raise MissingFile(f"The folder {text!r} holds no {_names(suffixes)} file; add one or pass another --data.")
         files = [file for file in files if not _in_our_output(file, path)]
         if not files:
             raise MissingFile(
-                f"The folder {text!r} holds no {_names(suffixes)} file outside the folders scratch-gpt wrote; "
-                "add one or pass another --data."
+                f"The folder {text!r} holds no {_names(suffixes)} file outside the folders scratch-gpt wrote "
+                "(outputs are never data); add one or pass another --data."
             )
         return files
     if path.is_file():

@@ -386,3 +386,44 @@ def test_trust_remote_code_lets_the_folders_own_code_run(world):
 
     _, tokenizer, _ = load_for_chat("remote_tokenizer", trust_remote_code=True)
     assert type(tokenizer).__name__ == "OwnTokenizer" and (world / "the_folder_code_ran.txt").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# A full disk: refused before any work when the need is known, one sentence when a write fails.
+
+
+def test_a_run_that_would_fill_the_disk_is_refused_before_any_work(world, capsys, monkeypatch):
+    import shutil as shutil_module
+
+    argv = ["pretrain", "--data", "corpus", "--output-dir", "run", *PT]
+    assert main(argv) == 0  # a previous run: its model, metrics.jsonl, ...
+    capsys.readouterr()
+    before = tree_hashes(world)
+    usage = shutil_module.disk_usage(world)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=50_000))
+    assert main([*argv, "--save-every", "1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"scratch-gpt pretrain: error: The output folder 'run' is on a disk with 0\.1 MB free, but this run will write about [\d.]+ MB there; .*\.", last), last
+    assert tree_hashes(world) == before  # the previous run's metrics.jsonl and model are whole
+
+
+@pytest.mark.parametrize("command", ["export-gpt2", "pretrain"])
+def test_a_disk_that_fills_up_while_saving_is_one_sentence_and_keeps_the_previous_output(world, capsys, monkeypatch, command):
+    """ENOSPC injected where safetensors writes (it reports a full disk as its own SafetensorError)."""
+    import transformers.modeling_utils
+
+    argv = {"export-gpt2": ["export-gpt2", "base", "gpt2"], "pretrain": ["pretrain", "--data", "corpus", "--output-dir", "run", *PT]}[command]
+    assert main(argv) == 0
+    capsys.readouterr()
+    folder = world / ("gpt2" if command == "export-gpt2" else "run/model")
+    before = tree_hashes(folder)
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"scratch-gpt {command}: the disk is full: writing " in err and "free some space" in err
+    assert tree_hashes(folder) == before and not list(folder.parent.glob(".tmp-*"))

@@ -86,3 +86,29 @@ def test_a_kill_while_push_stages_the_folder_touches_nothing_of_the_users(make_b
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert hashes(base) == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # nothing written beside it either
+
+
+def test_a_second_writer_is_refused_and_the_lock_does_not_outlive_a_killed_run(tmp_path, monkeypatch, capsys):
+    """Two runs on one output folder: the second is refused in one sentence naming the folder and the
+    process; once the first is killed (SIGKILL: no clean-up runs), the folder is free again."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    holder = subprocess.Popen(  # a run that has passed its output check and is now writing
+        [sys.executable, "-c", "import sys, time; from scratch_gpt.io_utils import check_output; "
+         "check_output('run'); print('holding', flush=True); time.sleep(600)"],
+        cwd=tmp_path, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        argv = ["train-tokenizer", "--data", "corpus.txt", "--vocab-size", "300", "--output-dir", "run"]
+        assert main(argv) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "is being written by another run" in last and f"(process {holder.pid})" in last and "/run'" in last, last
+        assert not (tmp_path / "run").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.1)
+    assert main(argv) == 0  # the kernel dropped the dead process' lock

@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from scratch_gpt.errors import BadInput, OutputExists, RunFailed
-from scratch_gpt.io_utils import atomic_directory, check_output, check_writable, mark_output
+from scratch_gpt.io_utils import atomic_directory, check_free_space, check_output, check_writable, mark_output
 from scratch_gpt.training import sharding
 from scratch_gpt.training.checkpoints import (
     checkpoint_dirs,
@@ -646,6 +646,17 @@ def compare_with_book(run: Run) -> None:
     run.log.log(run.position.step, record)
 
 
+def check_room_to_save(run: Run, final_dir) -> None:
+    """Before the first step: the disk must hold what the run will write (the model and the
+    checkpoints that exist at once), so that a full disk stops the run before any work, not at its end."""
+    parameters = list(run.accelerator.unwrap_model(run.model).parameters())  # tied weights counted once
+    weights = sum(p.numel() * p.element_size() for p in parameters)
+    moments = sum(2 * 4 * p.numel() for p in parameters if p.requires_grad)  # AdamW's two fp32 moments
+    saves = run.total_steps // run.config.save_every if run.config.save_every else 0
+    at_once = min(saves, run.config.keep_checkpoints + 1)  # a new checkpoint is written before the oldest goes
+    check_free_space(run.output_dir, (weights if final_dir else 0) + at_once * (weights + moments), "output folder")
+
+
 def checkpoint(run: Run) -> None:
     """Step 5: save the full training state (model, optimizer, schedule, RNG, position)."""
     check_finite(run, run.accelerator.reduce(run.loss_sum.clone(), reduction="sum"))
@@ -682,6 +693,7 @@ def train(
             # save, so a previous model there stays whole, logs included, until it is replaced.
             config = replace(config, output_dir=str(work_folder(final_dir)))
     run = build(model, train_dataset, eval_dataset, test_dataset, config, collate_fn)
+    check_room_to_save(run, final_dir)
     run.evaluate_fn, run.tokenizer = evaluate_fn, tokenizer
     restore(run)
     if config.eval_at_start and run.eval_loader is not None and run.position.step == 0:
