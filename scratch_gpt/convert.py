@@ -13,8 +13,11 @@ Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -125,10 +128,18 @@ def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwar
     `io_utils.check_model_folder`), code of its own that it would run (only with `trust_remote_code`,
     always passed explicitly so that transformers never asks on stdin), weights that do not fit the
     config, or neither a local folder nor a Hub id that can be downloaded or found in the cache."""
+    named = source
     if Path(source).is_dir():
         check_model_folder(source)
+        if getattr(load, "__self__", None) is not AutoTokenizer:  # an adapter folder holds its tokenizer itself
+            source = full_model_folder(source, trust_remote_code=trust_remote_code)
     try:
-        return load(source, *args, trust_remote_code=trust_remote_code, **kwargs)
+        loaded = load(source, *args, trust_remote_code=trust_remote_code, **kwargs)
+        if source is not named and hasattr(loaded, "name_or_path"):  # read from a merged copy: named as the user named it
+            loaded.name_or_path = str(named)
+            if hasattr(loaded, "config"):
+                loaded.config.name_or_path = str(named)
+        return loaded
     except ValueError as error:
         if trust_remote_code or "trust_remote_code=True" not in str(error):
             raise
@@ -150,6 +161,39 @@ def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwar
             f"{str(source)!r} is neither a local folder nor a Hub id that could be downloaded or found in the "
             "cache; check the path (or the name, and the network)."
         ) from None
+
+
+_MERGED: dict[Path, Path] = {}  # adapter folder -> its merged model, made once per process
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
+
+
+def full_model_folder(folder: str | os.PathLike, trust_remote_code: bool = False) -> str | os.PathLike:
+    """A LoRA adapter folder (what `--lora` writes without `--save-merged`) as a full model folder:
+    its base model with the adapters merged in, and the adapter folder's tokenizer, in a temporary
+    folder made once per process. Any other folder is returned as it is. So every command that
+    takes a model reads what the others write: full, merged and adapter folders."""
+    adapter = Path(folder) / "adapter_config.json"
+    if not adapter.is_file():
+        return folder
+    if Path(folder).resolve() not in _MERGED:
+        from peft import PeftConfig, PeftModel
+
+        settings = PeftConfig.from_pretrained(folder)
+        if settings.task_type != "CAUSAL_LM":
+            raise BadInput(
+                f"{str(folder)!r} holds {settings.task_type} adapters, not a language model's; pass a causal LM folder "
+                "(or the folder of a run with --save-merged)."
+            )
+        base = load_pretrained(ScratchGPTForCausalLM.from_pretrained, settings.base_model_name_or_path, trust_remote_code=trust_remote_code)
+        merged = PeftModel.from_pretrained(base, folder).merge_and_unload()
+        target = Path(tempfile.mkdtemp(prefix="scratch_gpt-merged-"))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)
+        merged.save_pretrained(target)
+        for name in TOKENIZER_FILES:
+            if (Path(folder) / name).is_file():
+                shutil.copy(Path(folder) / name, target / name)
+        _MERGED[Path(folder).resolve()] = target
+    return _MERGED[Path(folder).resolve()]
 
 
 def load_config(source: str | os.PathLike, **download_kwargs) -> ScratchGPTConfig:

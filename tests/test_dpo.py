@@ -299,3 +299,36 @@ def test_lora_dpo_on_conversational_records_saves_an_adapter_that_chat_loads(bas
     assert metrics["initial_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
     code, printed = run(instruct.chat_cli, [out, "--prompt", "fox", "--max-new-tokens", "3"], capsys)
     assert code == 0, printed.err
+
+
+@pytest.mark.slow
+def test_every_command_that_takes_a_model_reads_an_adapter_folder(base_dir, tmp_path, capsys):
+    """The README's chain: finetune-instruct --lora leaves an adapter folder; DPO (with or without LoRA),
+    another instruct run, a classifier and evaluate take it as --model, as chat does."""
+    from scratch_gpt.cli import main
+
+    data = tmp_path / "prefs.json"
+    data.write_text(json.dumps(toy_preferences(24)))
+    instructions = tmp_path / "instructions.json"
+    instructions.write_text(json.dumps([{k: r[k] for k in ("instruction", "input")} | {"output": r["chosen"]} for r in toy_preferences(24)]))
+    labelled = tmp_path / "labels.jsonl"
+    labelled.write_text("".join(json.dumps({"text": r["input"], "label": int(r["chosen"] == "FOX")}) + "\n" for r in toy_preferences(40)))
+    short = ["--max-steps", "1", "--batch-size", "2", "--no-progress"]
+    adapter = tmp_path / "instruct"
+    assert main(["finetune-instruct", "--model", str(base_dir), "--data", str(instructions), "--output-dir", str(adapter), "--lora", *short, "--max-answers", "1"]) == 0
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").exists()
+
+    runs = {
+        "dpo": ["finetune-dpo", "--data", str(data)],
+        "dpo-lora": ["finetune-dpo", "--data", str(data), "--lora"],
+        "instruct-again": ["finetune-instruct", "--data", str(instructions), "--max-answers", "1"],
+        "classifier": ["finetune-classifier", "--data", str(labelled)],
+    }
+    for name, (command, *flags) in runs.items():
+        assert main([command, "--model", str(adapter), *flags, "--output-dir", str(tmp_path / name), *short]) == 0, capsys.readouterr().err
+    # an adapter trained on an adapter names it as its base (not a temporary copy), and chat follows the chain
+    assert json.loads((tmp_path / "dpo-lora" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(adapter)
+    assert main(["chat", str(tmp_path / "dpo-lora"), "--prompt", "Say fox.", "--max-new-tokens", "2"]) == 0
+    assert not list(tmp_path.rglob("*scratch_gpt-merged*"))
+    saved = [p for p in tmp_path.rglob("*.json") if "scratch_gpt-merged" in p.read_text()]
+    assert not saved, saved

@@ -93,7 +93,8 @@ def test_training_lowers_the_loss_and_writes_metrics_curve_and_a_loadable_model(
         return {"answer": 42.0}
 
     config = quiet(
-        tmp_path, max_steps=40, learning_rate=1e-2, warmup_steps=4, eval_every=20, eval_at_start=True, bytes_per_token=2.0
+        tmp_path, max_steps=40, learning_rate=1e-2, warmup_steps=4, eval_every=20, eval_at_start=True, bytes_per_token=2.0,
+        peak_flops=1e12,  # on a CPU, MFU is shown only against a peak the user gives
     )
     results = train(tiny_model(), data[:64], data[64:], config, evaluate_fn=evaluate_fn, final_dir=tmp_path / "model")
     assert results["step"] == 40 and results["tokens"] == 40 * 4 * BLOCK
@@ -332,3 +333,26 @@ def test_a_log_line_cut_by_a_kill_is_dropped_and_every_earlier_line_kept(tmp_pat
     train(tiny_model(), data, None, quiet(tmp_path, max_steps=6, save_every=2, resume=True))
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_figures_are_true_or_absent_mfu_only_against_a_known_peak_perplexity_only_for_a_language_model(tmp_path):
+    """On a CPU nothing knows the peak: no MFU unless --peak-flops is given, and then never clamped.
+    Perplexity and bits per byte belong to next-token loss, not to a classifier's."""
+    from scratch_gpt import ScratchGPTForSequenceClassification
+
+    def records(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    data = pattern_blocks(24)
+    results = train(tiny_model(), data[:16], data[16:], quiet(tmp_path / "a", max_steps=2, eval_every=1, bytes_per_token=2.0))
+    assert not any("mfu" in r for r in records(tmp_path / "a" / "run"))
+    assert "perplexity" in results and "bits_per_byte" in results
+    train(tiny_model(), data[:16], data[16:], quiet(tmp_path / "b", max_steps=2, peak_flops=1.0))  # 1 FLOP/s: far below the truth
+    trained = [r for r in records(tmp_path / "b" / "run") if "mfu" in r]
+    assert trained and all(r["mfu"] > 1.0 for r in trained)  # shown as measured, not clamped to 100%
+
+    config = ScratchGPTConfig.from_preset("tiny", vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, max_position_embeddings=BLOCK, num_labels=2)
+    labelled = [{"input_ids": row["input_ids"], "labels": row["input_ids"][0] % 2} for row in data]
+    results = train(ScratchGPTForSequenceClassification(config), labelled[:16], labelled[16:], quiet(tmp_path / "c", max_steps=2, bytes_per_token=2.0))
+    assert "eval_loss" in results and "perplexity" not in results and "bits_per_byte" not in results
+    assert not any("perplexity" in r for r in records(tmp_path / "c" / "run"))

@@ -377,8 +377,6 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         on_save=card_writer(args, "classifier", labels=dict(enumerate(label_names))),
         merge_adapters=args.save_merged,
     )
-    for name in ("perplexity", "initial_perplexity", "test_perplexity"):  # exp(cross-entropy over classes) means little
-        metrics.pop(name, None)
     state.print("test: " + ", ".join(f"{name[5:]} {metrics[name]:.4f}" for name in metrics if name.startswith("test_")))
     state.print(f"saved to {config.output_dir}")
     return metrics

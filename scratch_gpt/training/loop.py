@@ -308,17 +308,21 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int 
 
 
 def measure(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn) -> dict[str, float]:
-    """Loss, perplexity, bits per byte and the `evaluate_fn` metrics of `model` on one split."""
+    """Loss and the `evaluate_fn` metrics of `model` on one split; for a language model's loss (next
+    token cross-entropy) also perplexity and bits per byte, which mean nothing for a class or a DPO loss."""
     model.eval()
     with torch.no_grad():
         extra = dict(evaluate_fn(model, dataloader, accelerator)) if evaluate_fn is not None else {}
         loss = extra.pop("loss", None)
+        language_model = loss is None and accelerator.unwrap_model(model).can_generate()
         if loss is None:
             loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches, **loss_kwargs(model, accelerator, config))
     model.train()
-    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    if config.bytes_per_token:
-        metrics["bits_per_byte"] = loss / math.log(2) / config.bytes_per_token
+    metrics = {"eval_loss": loss}
+    if language_model:
+        metrics["perplexity"] = math.exp(min(loss, 50.0))
+        if config.bytes_per_token:
+            metrics["bits_per_byte"] = loss / math.log(2) / config.bytes_per_token
     return {**metrics, **extra}
 
 

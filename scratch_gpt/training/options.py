@@ -77,7 +77,7 @@ OPTIONS = (
     Option("--overwrite", "overwrite", "replace an existing --output-dir that scratch-gpt did not write"),
     Option("--sample-prompt", "sample_prompts", "prompt to sample from at each evaluation (repeatable)", str, repeat=True),
     Option("--sample-tokens", "sample_max_new_tokens", "tokens sampled per prompt", int),
-    Option("--peak-flops", "peak_flops", "peak FLOP/s of one device, for MFU (default: measured or looked up)", float),
+    Option("--peak-flops", "peak_flops", "peak FLOP/s of one device, for MFU; known GPUs are looked up, elsewhere no MFU is shown without it", float),
     Option("--report-to", "report_to", "experiment tracker", str, choices=("auto", "tensorboard", "none")),
     Option("--no-progress", "progress", "no progress bars (ours, transformers' and datasets')"),
     # Config-file key (or JSON on the command line): published figures printed beside ours at the end.
