@@ -23,6 +23,7 @@ from pathlib import Path
 
 from scratch_gpt.convert import add_trust_remote_code_flag
 from scratch_gpt.errors import BadInput, MissingFile
+from scratch_gpt.io_utils import RESULTS_MARK, check_output_file, write_atomically
 from scratch_gpt.training.options import run_command
 
 TASKS_DIR = Path(__file__).parent / "eval_tasks"
@@ -116,6 +117,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     names = [name for group in args.tasks for name in group.split(",") if name]
     if args.val_fraction is not None and args.data is None:
         raise BadInput("--val-fraction selects the held-out part of --data; pass --data too.")
+    if args.output:  # before any work: never over an input, a model folder, or a file of the user's
+        check_output_file(args.output, inputs=[args.model, args.data, *args.include_path], overwrite=args.overwrite)
     with tempfile.TemporaryDirectory() as workdir:
         specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,8 +131,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         )
     print(make_table(results))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"results": results["results"]}, indent=2, default=str) + "\n", encoding="utf-8")
+        record = {RESULTS_MARK: "scratch-gpt evaluate", "model": str(args.model), "results": results["results"]}
+        write_atomically(args.output, json.dumps(record, indent=2, default=str) + "\n")
         print(f"results written to {args.output}")
     return results["results"]
 
@@ -153,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap samples for standard errors, 0: none (default: %(default)s)")
     parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output FILE that scratch-gpt did not write")
     add_trust_remote_code_flag(parser)
     return parser
 

@@ -47,6 +47,14 @@ def is_our_output(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MARKER).is_file()
 
 
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """A training run's folder: marked when the run started, with no list of files (it is added to)."""
+    try:
+        return "files" not in json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def files_added_since(folder: str | os.PathLike) -> list[str]:
     """Files in a folder `atomic_directory` wrote that it did not write (the user's): replacing the
     folder would delete them."""
@@ -183,13 +191,18 @@ def _local_paths(source) -> list[Path]:
     return [Path(text)] if Path(text).exists() else []
 
 
-def check_output(output, *, inputs=(), overwrite: bool = False, what: str = "output folder", flag: str = "--output-dir") -> Path:
+def check_output(
+    output, *, inputs=(), overwrite: bool = False, what: str = "output folder", flag: str = "--output-dir", replaces: bool = True
+) -> Path:
     """The one check of an output folder, before any work: one clear error instead of lost files.
 
     - `output` must not be one of `inputs` (files, folders, globs; Hub ids are skipped) or contain one:
       replacing it would delete them.
     - An existing, non-empty `output` must be an earlier output of this package (it holds the
       `.scratch_gpt` marker) unless `overwrite` (the command's `--overwrite`).
+    - A command that replaces its output (`replaces`) must not replace a training run's folder (marked
+      without a file list: its checkpoints, logs and model are added to over runs), and a training run
+      (not `replaces`) must not write into a saved folder (marked with its file list), unless `overwrite`.
     - It must be writable.
     - No other process may be writing it (see `lock_output`).
     """
@@ -210,6 +223,16 @@ def check_output(output, *, inputs=(), overwrite: bool = False, what: str = "out
         raise OutputExists(
             f"The {what} {str(path)!r} already exists and was not written by scratch-gpt; choose another {flag}, "
             "or pass --overwrite to replace it."
+        )
+    if not replaces and not overwrite and is_our_output(path) and not is_run_folder(path):
+        raise OutputExists(
+            f"The {what} {str(path)!r} holds a saved model or tokenizer, not a training run, and a run would write "
+            f"into it file by file; choose another {flag} (a new folder), or pass --overwrite to use it anyway."
+        )
+    if replaces and not overwrite and is_run_folder(path):
+        raise OutputExists(
+            f"The {what} {str(path)!r} is a training run's folder (its checkpoints, logs and model, and any file of "
+            f"yours), which replacing it would delete; choose another {flag}, or pass --overwrite to replace it anyway."
         )
     for folder in [path, *(p.parent for p in path.glob(f"*/{MARKER}"))]:  # it, and folders of ours inside it
         added = [] if overwrite else files_added_since(folder)
@@ -280,3 +303,49 @@ def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
             f"The {what} {str(folder)!r} is on a disk with {megabytes(free)} free, but this run will write about "
             f"{megabytes(needed)} there; free some space or choose a folder on another disk."
         )
+
+
+RESULTS_MARK = "written_by"  # the key a JSON results file of ours carries: a later run may replace it
+
+
+def check_output_file(output, *, inputs=(), overwrite: bool = False, flag: str = "--output") -> Path:
+    """The check of an output file, before any work: not an input nor inside one, not inside a folder
+    scratch-gpt wrote (a model or run folder keeps only its own files), and an existing file only
+    when it is an earlier results file of ours or with `overwrite`. Write it with `write_atomically`."""
+    path = Path(output)
+    target = path.resolve()
+    for source in _local_paths(inputs):
+        source = source.resolve()
+        if source == target or source in target.parents:
+            raise BadInput(
+                f"{flag} {str(path)!r} {'is' if source == target else 'lies inside'} the input {str(source)!r}, which "
+                f"writing it would change; choose a path outside the inputs."
+            )
+    ours = next((folder for folder in target.parents if (folder / MARKER).is_file()), None)
+    if ours is not None:
+        raise BadInput(
+            f"{flag} {str(path)!r} lies inside {str(ours)!r}, a folder scratch-gpt wrote, whose files it replaces as a "
+            "whole; choose a path outside it."
+        )
+    if path.is_dir():
+        raise NotAFolder(f"{flag} {str(path)!r} is a folder; pass a file path.")
+    if path.exists() and not overwrite and not _is_our_results(path):
+        raise OutputExists(f"{flag} {str(path)!r} already exists and was not written by scratch-gpt; choose another path, or pass --overwrite.")
+    check_writable(path.parent, "folder of " + flag)
+    return path
+
+
+def _is_our_results(path: Path) -> bool:
+    try:
+        return RESULTS_MARK in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

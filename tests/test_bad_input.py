@@ -172,6 +172,8 @@ CASES = [
     ("pt-streaming-no-steps", ["pretrain", "--data", "corpus", "--output-dir", "run", "--streaming"], "needs --max-steps"),
     ("pt-too-few-blocks", ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--batch-size", "4096"], "fewer than one global batch"),
     ("qs-output-users", ["quickstart", "--output-dir", "mine", "--max-steps", "1"], "not written by scratch-gpt"),
+    ("qs-into-model-folder", ["quickstart", "--output-dir", "ours", "--max-steps", "1"], "not a training run"),
+    ("pt-into-model-folder", ["pretrain", "--data", "corpus", "--output-dir", "run_with_notes/model", *PT], "not a training run"),
     # finetune-classifier
     ("cls-output-is-model", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "base", *FT], "is the input"),
     ("cls-output-is-data", ["finetune-classifier", "--model", "base", "--data", "data.csv", "--output-dir", "data.csv", *FT], "is the input"),
@@ -194,6 +196,11 @@ CASES = [
     ("ins-wrong-shape", ["finetune-instruct", "--model", "base", "--data", "wrong_shape.jsonl", "--output-dir", "out", *FT], "expected Alpaca keys"),
     ("ins-no-records", ["finetune-instruct", "--model", "base", "--data", "empty.json", "--output-dir", "out", *FT], "holds no records"),
     ("ins-missing-data", ["finetune-instruct", "--model", "base", "--data", "nope.jsonl", "--output-dir", "out", *FT], "does not exist"),
+    # a training run's folder is added to, never replaced by another command
+    ("exp-into-run-folder", ["export-gpt2", "base", "run_with_notes"], "is a training run's folder"),
+    ("tok-into-run-folder", ["train-tokenizer", "--data", "corpus", "--vocab-size", "300", "--output", "run_with_notes"], "is a training run's folder"),
+    ("ins-into-run-folder", ["finetune-instruct", "--model", "base", "--data", "instr.jsonl", "--output-dir", "run_with_notes", *FT], "is a training run's folder"),
+    ("ib-into-run-folder", ["import-book", "book.pth", "run_with_notes", "--num-heads", "2"], "is a training run's folder"),
     # export-gpt2
     ("exp-output-is-source", ["export-gpt2", "base", "base"], "is the input"),
     ("exp-output-holds-source", ["export-gpt2", "base", "."], "contains the input"),
@@ -267,6 +274,10 @@ CASES = [
     ("eval-missing-data", ["evaluate", "base", "--tasks", "scratch_choice", "--data", "nope.jsonl"], "is not a file"),
     ("eval-missing-text", ["evaluate", "base", "--tasks", "scratch_perplexity", "--data", "nope.txt"], "nope.txt"),
     ("eval-include-path-file", ["evaluate", "base", "--tasks", "x", "--include-path", "data.csv"], "is not a folder"),
+    ("eval-output-is-data", ["evaluate", "base", "--tasks", "scratch_perplexity", "--data", "corpus/a.txt", "--output", "corpus/a.txt"], "is the input"),
+    ("eval-output-in-model", ["evaluate", "base", "--tasks", "scratch_perplexity", "--data", "corpus/a.txt", "--output", "base/config.json"], "lies inside the input"),
+    ("eval-output-in-our-folder", ["evaluate", "base", "--tasks", "scratch_perplexity", "--data", "corpus/a.txt", "--output", "ours/results.json"], "a folder scratch-gpt wrote"),
+    ("eval-output-users-file", ["evaluate", "base", "--tasks", "scratch_perplexity", "--data", "corpus/a.txt", "--output", "data.csv"], "was not written by scratch-gpt"),
     ("eval-val-fraction-alone", ["evaluate", "base", "--tasks", "scratch_perplexity", "--val-fraction", "0.1"], "pass --data too"),
 ]
 
@@ -427,3 +438,19 @@ def test_a_disk_that_fills_up_while_saving_is_one_sentence_and_keeps_the_previou
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"scratch-gpt {command}: the disk is full: writing " in err and "free some space" in err
     assert tree_hashes(folder) == before and not list(folder.parent.glob(".tmp-*"))
+
+
+def test_an_output_file_of_ours_is_replaced_whole_and_a_users_file_only_with_overwrite(tmp_path):
+    from scratch_gpt.io_utils import check_output_file, write_atomically
+
+    results = tmp_path / "results.json"
+    check_output_file(results)
+    write_atomically(results, json.dumps({"written_by": "scratch-gpt evaluate", "results": {}}))
+    check_output_file(results)  # an earlier results file of ours: replaced
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    with pytest.raises(FileExistsError, match="was not written by scratch-gpt"):
+        check_output_file(notes)
+    check_output_file(notes, overwrite=True)
+    write_atomically(notes, "{}")
+    assert notes.read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.json", "results.json"]

@@ -396,12 +396,12 @@ class Run:
     sharded: bool = False  # FSDP: model and optimizer state are slices (sharding.py)
 
 
-def check_output_dir(config: TrainingConfig, inputs=()) -> Path:
+def check_output_dir(config: TrainingConfig, inputs=(), replaces: bool = True) -> Path:
     """A command's check of its output folder before any work: not an input nor containing one,
     ours or `--overwrite` (see `io_utils.check_output`), and no other run's checkpoints in it."""
     per_process_batch_size(config)
     check_fsdp_options(config)
-    output_dir = check_output(config.output_dir, inputs=inputs, overwrite=config.overwrite)
+    output_dir = check_output(config.output_dir, inputs=inputs, overwrite=config.overwrite, replaces=replaces)
     check_no_other_run(config, output_dir)
     return output_dir
 

@@ -191,7 +191,7 @@ def pretrain(args: argparse.Namespace) -> dict:
     from scratch_gpt.sources import read_texts
 
     config = from_args(args)  # bad options and output folders fail here, before the data work
-    output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from])
+    output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from], replaces=False)  # a run folder
     if args.model_vocab_size is not None and args.model_vocab_size < 1:
         raise BadInput(f"--model-vocab-size must be a positive number of embedding rows, got {args.model_vocab_size}; omit it to fit the tokenizer.")
     if args.streaming and not args.max_steps:
