@@ -266,6 +266,7 @@ def test_finetune_dpo_prefers_the_chosen_answers_and_chat_loads_the_result(base_
     keys = {"eval_reward_margin", "eval_reward_accuracy", "eval_chosen_reward", "eval_rejected_reward"}
     assert keys | {f"train_pairs_{k}" for k in ("loss", "reward_margin", "reward_accuracy")} <= set(evaluations[-1])
     assert (out / "loss_curve.png").is_file() and "DPO" in (out / "README.md").read_text()
+    assert not any("perplexity" in r for r in [metrics, *logged])  # exp(DPO loss) is no perplexity
 
     # an ordinary causal-LM folder: the policy alone, with as many weights as the base
     model = AutoModelForCausalLM.from_pretrained(out)

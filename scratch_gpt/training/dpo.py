@@ -281,6 +281,11 @@ class DPOModel(nn.Module):
             state_dict = {key.removeprefix("policy."): value for key, value in state_dict.items() if key.startswith("policy.")}
         self.policy.save_pretrained(folder, state_dict=state_dict, **kwargs)
 
+    def can_generate(self) -> bool:
+        """False: its loss is the DPO loss, not a next-token loss, so the loop shows no perplexity for it
+        (`generate` itself is still the policy's)."""
+        return False
+
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)  # parameters, buffers and submodules

@@ -314,7 +314,7 @@ def measure(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn)
     with torch.no_grad():
         extra = dict(evaluate_fn(model, dataloader, accelerator)) if evaluate_fn is not None else {}
         loss = extra.pop("loss", None)
-        language_model = loss is None and accelerator.unwrap_model(model).can_generate()
+        language_model = accelerator.unwrap_model(model).can_generate()  # a classifier's or DPO's loss is not
         if loss is None:
             loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches, **loss_kwargs(model, accelerator, config))
     model.train()
@@ -468,10 +468,7 @@ def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConf
     if config.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise BadInput(f"{type(model).__name__} does not support gradient checkpointing; drop --gradient-checkpointing.")
-        if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.24
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # transformers >= 5.24
     if sharded:  # each process keeps its slices only; new weights are initialised after sharding
         sharding.shard_model(model, accelerator.device, seed=config.seed, mixed_precision=config.mixed_precision)
         total = sum(p.numel() for p in model.parameters())
