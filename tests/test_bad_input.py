@@ -418,12 +418,18 @@ def test_a_run_that_would_fill_the_disk_is_refused_before_any_work(world, capsys
     assert tree_hashes(world) == before  # the previous run's metrics.jsonl and model are whole
 
 
-@pytest.mark.parametrize("command", ["export-gpt2", "pretrain"])
+@pytest.mark.parametrize("command", ["export-gpt2", "pretrain", "checkpoint"])
 def test_a_disk_that_fills_up_while_saving_is_one_sentence_and_keeps_the_previous_output(world, capsys, monkeypatch, command):
-    """ENOSPC injected where safetensors writes (it reports a full disk as its own SafetensorError)."""
+    """ENOSPC injected where safetensors writes (it reports a full disk as its own SafetensorError):
+    the model folder, and a checkpoint (accelerate writes it the same way)."""
+    import accelerate.checkpointing
     import transformers.modeling_utils
 
-    argv = {"export-gpt2": ["export-gpt2", "base", "gpt2"], "pretrain": ["pretrain", "--data", "corpus", "--output-dir", "run", *PT]}[command]
+    argv = {
+        "export-gpt2": ["export-gpt2", "base", "gpt2"],
+        "pretrain": ["pretrain", "--data", "corpus", "--output-dir", "run", *PT],
+        "checkpoint": ["pretrain", "--data", "corpus", "--output-dir", "run", *PT, "--save-every", "1", "--max-steps", "2"],
+    }[command]
     assert main(argv) == 0
     capsys.readouterr()
     folder = world / ("gpt2" if command == "export-gpt2" else "run/model")
@@ -433,10 +439,15 @@ def test_a_disk_that_fills_up_while_saving_is_one_sentence_and_keeps_the_previou
         raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    if command == "checkpoint":
+        monkeypatch.setattr(accelerate.checkpointing, "save", disk_full)
+        argv = [*argv, "--resume", "--max-steps", "3"]  # one more step, whose checkpoint cannot be written
+        folder = world / "run" / "checkpoints"
+        before = tree_hashes(folder)
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert f"scratch-gpt {command}: the disk is full: writing " in err and "free some space" in err
+    assert f"scratch-gpt {argv[0]}: the disk is full: writing " in err and "free some space" in err
     assert tree_hashes(folder) == before and not list(folder.parent.glob(".tmp-*"))
 
 

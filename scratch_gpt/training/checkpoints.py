@@ -7,6 +7,7 @@ of every file), then renamed into place: a kill never leaves a half-written `ste
 folder whose files do not match their recorded sizes is skipped when resuming.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from scratch_gpt.errors import BadInput, MissingFile
+from scratch_gpt.io_utils import disk_full
 from scratch_gpt.training import sharding
 
 CHECKPOINT_PREFIX = "step-"
@@ -58,9 +60,15 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if shards is not None:
-        sharding.save_sharded(*shards, tmp / sharding.SHARDS_FOLDER)
+    try:
+        accelerator.save_state(str(tmp))
+        if shards is not None:
+            sharding.save_sharded(*shards, tmp / sharding.SHARDS_FOLDER)
+    except Exception as error:  # a full disk is named in one sentence; the checkpoints before stay whole
+        if not disk_full(error):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(errno.ENOSPC, "No space left on device", str(final)) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
