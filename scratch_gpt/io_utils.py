@@ -34,12 +34,13 @@ def kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def mark_output(folder: str | os.PathLike, files: list[str] | None = None) -> None:
+def mark_output(folder: str | os.PathLike, files: list[str] | None = None, run: bool = False) -> None:
     """Create `folder` (if needed) and mark it as an output of this package; `files`, when given,
-    are all the files it wrote there (a later replacement must not delete any other)."""
+    are all the files it wrote there (a later replacement must not delete any other); `run`: it is a
+    training run's folder, added to by later runs and never replaced by another command."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"written_by": "scratch_gpt", **({"files": sorted(files)} if files is not None else {})}
+    record = {"written_by": "scratch_gpt", **({"files": sorted(files)} if files is not None else {}), **({"run": True} if run else {})}
     (folder / MARKER).write_text(json.dumps(record) + "\n")
 
 
@@ -48,24 +49,28 @@ def is_our_output(folder: str | os.PathLike) -> bool:
 
 
 def is_run_folder(folder: str | os.PathLike) -> bool:
-    """A training run's folder: marked when the run started, with no list of files (it is added to)."""
+    """A training run's folder: marked as one when the run started (`mark_output(..., run=True)`)."""
     try:
-        return "files" not in json.loads((Path(folder) / MARKER).read_text())
-    except (OSError, ValueError):
+        return json.loads((Path(folder) / MARKER).read_text()).get("run", False) is True
+    except (OSError, ValueError, AttributeError):
         return False
+
+
+def files_written(folder: str | os.PathLike) -> list[str] | None:
+    """The files a folder `atomic_directory` wrote lists in its marker; None for other folders."""
+    try:
+        return json.loads((Path(folder) / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def files_added_since(folder: str | os.PathLike) -> list[str]:
     """Files in a folder `atomic_directory` wrote that it did not write (the user's): replacing the
     folder would delete them."""
-    folder = Path(folder)
-    try:
-        written = json.loads((folder / MARKER).read_text()).get("files")
-    except (OSError, ValueError):
-        return []
+    written = files_written(folder)
     if written is None:  # a run folder, marked when its run started: it is added to, never replaced
         return []
-    return sorted(set(_files_in(folder)) - set(written) - {MARKER})
+    return sorted(set(_files_in(Path(folder))) - set(written) - {MARKER})
 
 
 def _files_in(folder: Path) -> list[str]:
@@ -200,9 +205,9 @@ def check_output(
       replacing it would delete them.
     - An existing, non-empty `output` must be an earlier output of this package (it holds the
       `.scratch_gpt` marker) unless `overwrite` (the command's `--overwrite`).
-    - A command that replaces its output (`replaces`) must not replace a training run's folder (marked
-      without a file list: its checkpoints, logs and model are added to over runs), and a training run
-      (not `replaces`) must not write into a saved folder (marked with its file list), unless `overwrite`.
+    - A command that replaces its output (`replaces`) must not replace a training run's folder (its
+      checkpoints, logs and model are added to over runs), and a training run (not `replaces`) must not
+      write into a saved folder (marked with its file list), unless `overwrite`.
     - It must be writable.
     - No other process may be writing it (see `lock_output`).
     """
@@ -224,7 +229,7 @@ def check_output(
             f"The {what} {str(path)!r} already exists and was not written by scratch-gpt; choose another {flag}, "
             "or pass --overwrite to replace it."
         )
-    if not replaces and not overwrite and is_our_output(path) and not is_run_folder(path):
+    if not replaces and not overwrite and is_our_output(path) and files_written(path) is not None:
         raise OutputExists(
             f"The {what} {str(path)!r} holds a saved model or tokenizer, not a training run, and a run would write "
             f"into it file by file; choose another {flag} (a new folder), or pass --overwrite to use it anyway."

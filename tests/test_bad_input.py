@@ -74,7 +74,7 @@ def world_template(tmp_path_factory, tiny_tokenizer):
     with atomic_directory(root / "ours") as tmp:  # an output of ours, to which the user then added a file
         tiny_tokenizer.save_pretrained(tmp)
     (root / "ours" / "notes.txt").write_text("the user's notes on this tokenizer")
-    mark_output(root / "run_with_notes")  # a pre-training run folder whose model folder got a user's file
+    mark_output(root / "run_with_notes", run=True)  # a pre-training run folder whose model folder got a user's file
     with atomic_directory(root / "run_with_notes" / "model") as tmp:
         (tmp / "config.json").write_text("{}")
     (root / "run_with_notes" / "model" / "notes.txt").write_text("the user's notes on this model")

@@ -527,7 +527,7 @@ def restore(run: Run) -> None:
         run.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
         run.last_checkpoint = checkpoint_name(run.position.step)
     if run.accelerator.is_main_process:
-        mark_output(run.output_dir)  # the run folder is ours from here on: a later run may replace what is in it
+        mark_output(run.output_dir, run=True)  # the run folder is ours from here on: a later run may replace what is in it
     run.log = MetricsLog(run.accelerator, run.output_dir, run.position.step if run.config.resume else None)
 
 
