@@ -39,8 +39,9 @@ if [ "$write" -eq 1 ]; then  # written first, so that the tests check the new pi
   {
     echo "# The versions CI tests (pip install -c .ci/constraints.txt): a full freeze, transitive packages included."
     echo "# Written by 'bash scripts/check_latest.sh --write-constraints' on $(date -u +%Y-%m-%d); its tests passed."
-    echo "# torch is the CPU build that 'pip install torch==2.13.0' takes; the package itself is not listed."
-    "$py" -m pip freeze --exclude-editable | grep -viE '^scratch[-_]gpt[ =@]' | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/'
+    echo "# torch is the CPU build that 'pip install torch==2.13.0' takes; setuptools (torch needs it) is pinned too;"
+    echo "# pip and the package itself are not listed."
+    "$py" -m pip freeze --all --exclude-editable | grep -viE '^(scratch[-_]gpt[ =@]|pip==)' | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/'
   } > .ci/constraints.txt
 fi
 

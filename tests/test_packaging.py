@@ -27,7 +27,8 @@ def pinned() -> dict[str, str]:
 def test_ci_runs_exactly_the_readme_test_command_with_the_constraints():
     command = readme_test_command()
     assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == command
-    assert "pip install -c .ci/constraints.txt" in command and "pip check" in command
+    assert "pip install -c .ci/constraints.txt torch==2.13.0" in command and "pip check" in command
+    assert "pip install -c .ci/constraints.txt -e" in command
 
 
 def test_the_constraints_pin_every_requirement_inside_its_range():
@@ -40,4 +41,4 @@ def test_the_constraints_pin_every_requirement_inside_its_range():
         assert name in pins, f"{requirement.name} is not pinned in .ci/constraints.txt; refresh it (see the README)"
         assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {requirement}"
     assert pins["torch"] == "2.13.0"  # the CPU build on disk; no local version (+cpu) in the pin
-    assert "kernels" in pins  # a transitive package (transformers brings it): the freeze is full
+    assert "kernels" in pins and "setuptools" in pins  # transitive (transformers, torch bring them): the freeze is full
