@@ -111,9 +111,10 @@ def atomic_directory(path: str | os.PathLike):
     try:
         yield tmp
     except BaseException as error:
-        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if disk_full(error) else 0
+        full = disk_full(error)
+        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if full else 0
         shutil.rmtree(tmp, ignore_errors=True)
-        if disk_full(error):  # one OSError that names the folder, whoever reported it (safetensors has its own)
+        if full:  # one OSError that names the folder, whoever reported it (safetensors has its own)
             raise OSError(errno.ENOSPC, f"No space left on device after writing {megabytes(written)} of it", str(path)) from None
         raise
     mark_output(tmp, files=_files_in(tmp))  # what it holds now is ours; anything added later is not
