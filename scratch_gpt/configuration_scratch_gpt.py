@@ -162,56 +162,37 @@ class ScratchGPTConfig(PretrainedConfig):
         pad_token_id: int | None = None,
         **kwargs,
     ):
-        # Accept the book's names. An explicit HF name wins over its alias.
-        book = {alias: kwargs.pop(alias) for alias in list(BOOK_ALIASES) if alias in kwargs}
-        drop_rate = kwargs.pop("drop_rate", None)
-        hf_values = dict(
-            hidden_size=hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            max_position_embeddings=max_position_embeddings,
-        )
-        for alias, value in book.items():
-            hf_values[BOOK_ALIASES[alias]] = value
+        values = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
+        for alias, name in BOOK_ALIASES.items():  # the book's names (emb_dim, n_layers, ...) set the HF ones
+            if alias in kwargs:
+                values[name] = kwargs.pop(alias)
+        drop_rate = kwargs.pop("drop_rate", None)  # the book's one dropout rate sets all three
         if drop_rate is not None:
-            embd_pdrop = attn_pdrop = resid_pdrop = drop_rate
-
-        self.vocab_size = vocab_size
-        self.hidden_size = hf_values["hidden_size"]
-        self.num_hidden_layers = hf_values["num_hidden_layers"]
-        self.num_attention_heads = hf_values["num_attention_heads"]
-        self.max_position_embeddings = hf_values["max_position_embeddings"]
-        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * self.hidden_size
-        self.hidden_act = hidden_act
-        self.embd_pdrop = embd_pdrop
-        self.attn_pdrop = attn_pdrop
-        self.resid_pdrop = resid_pdrop
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.init_style = init_style
-        self.qkv_bias = qkv_bias
-        self.position_embedding_type = position_embedding_type
-        if position_embedding_type == "rope":  # transformers' one dict: {"rope_type", "rope_theta", scaling...}
-            self.rope_parameters = dict(rope_parameters or {"rope_type": "default", "rope_theta": rope_theta, **(rope_scaling or {})})
-        self.norm_type = norm_type
-        self.rms_norm_eps = rms_norm_eps
-        self.mlp_type = mlp_type
-        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else self.num_attention_heads
-        if head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"ScratchGPTConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads}), or head_dim given."
-            )
-        self.head_dim = head_dim if head_dim is not None else self.hidden_size // self.num_attention_heads
-        self.qk_norm = qk_norm
-        self.attention_bias = attention_bias
-        self.mlp_bias = mlp_bias
-        self.use_cache = use_cache
-        self.tie_word_embeddings = tie_word_embeddings
+            values.update(embd_pdrop=drop_rate, attn_pdrop=drop_rate, resid_pdrop=drop_rate)
+        special_tokens = {name: values.pop(name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        self._set_attributes(values)
         self._validate()
-        super().__init__(
-            bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs
-        )
+        super().__init__(**special_tokens, **kwargs)
+
+    def _set_attributes(self, values: dict) -> None:
+        """Every value as an attribute, after the defaults that follow from others: the MLP width
+        (4 x hidden), one key/value head per query head, the head size, RoPE's parameters."""
+        parameters, theta, scaling = (values.pop(name) for name in ("rope_parameters", "rope_theta", "rope_scaling"))
+        if values["intermediate_size"] is None:
+            values["intermediate_size"] = 4 * values["hidden_size"]
+        if values["num_key_value_heads"] is None:
+            values["num_key_value_heads"] = values["num_attention_heads"]
+        if values["head_dim"] is None:
+            if values["hidden_size"] % values["num_attention_heads"]:
+                raise ConfigError(
+                    f"ScratchGPTConfig.hidden_size ({values['hidden_size']}) must be divisible by num_attention_heads "
+                    f"({values['num_attention_heads']}), or head_dim given."
+                )
+            values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
+        if values["position_embedding_type"] == "rope":  # transformers' one dict: {"rope_type", "rope_theta", scaling...}
+            values["rope_parameters"] = dict(parameters or {"rope_type": "default", "rope_theta": theta, **(scaling or {})})
+        for name, value in values.items():
+            setattr(self, name, value)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ScratchGPTConfig":

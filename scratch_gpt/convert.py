@@ -12,7 +12,6 @@ Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_
      `GPT2LMHeadModel` folder that every GPT-2 tool loads without `trust_remote_code`.
 """
 
-import argparse
 import atexit
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
+from .args import EXPORT_TARGETS, ExportOptions, ImportBookOptions
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .errors import BadInput, MissingFile
 from .io_utils import atomic_directory, check_free_space, check_model_folder, check_output
@@ -110,16 +110,6 @@ register_converter("gpt2", convert_gpt2)
 
 class NeedsTrustRemoteCode(BadInput):
     """A folder that ships code of its own, loaded without `--trust-remote-code`."""
-
-
-def add_trust_remote_code_flag(parser) -> None:
-    """`--trust-remote-code`, for every command that loads a model or a tokenizer."""
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="let the model folder run Python code of its own (an auto_map in its config or tokenizer config); "
-        "off by default: such a folder is refused",
-    )
 
 
 def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwargs):
@@ -330,6 +320,19 @@ def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[Scratc
     return config, ours
 
 
+def book_heads(num_heads: int | None, config: dict | None) -> int:
+    """The number of attention heads, which a state dict does not store: `--num-heads` or the config's n_heads."""
+    heads = num_heads or (config or {}).get("n_heads")
+    if num_heads and config and config.get("n_heads") not in (None, num_heads):
+        raise BadInput(f"--num-heads {num_heads} disagrees with n_heads {config['n_heads']} of the book's config; pass one.")
+    if not isinstance(heads, int) or heads < 1:
+        raise BadInput(
+            "A state dict does not store the number of attention heads; pass --num-heads (12 for GPT-2 124M, "
+            "16 medium, 20 large, 25 XL) or the book's config with n_heads."
+        )
+    return heads
+
+
 def import_book_checkpoint(
     path: str | Path,
     out_dir: str | Path,
@@ -351,14 +354,7 @@ def import_book_checkpoint(
 
     named = [tokenizer] if isinstance(tokenizer, (str, os.PathLike)) else []
     check_output(out_dir, inputs=[path, *named], overwrite=overwrite, flag="OUT_DIR")
-    heads = num_heads or (config or {}).get("n_heads")
-    if num_heads and config and config.get("n_heads") not in (None, num_heads):
-        raise BadInput(f"--num-heads {num_heads} disagrees with n_heads {config['n_heads']} of the book's config; pass one.")
-    if not isinstance(heads, int) or heads < 1:
-        raise BadInput(
-            "A state dict does not store the number of attention heads; pass --num-heads (12 for GPT-2 124M, "
-            "16 medium, 20 large, 25 XL) or the book's config with n_heads."
-        )
+    heads = book_heads(num_heads, config)
     if isinstance(tokenizer, (str, os.PathLike)):  # read first: a tokenizer it cannot use stops it before any work
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, tokenizer, trust_remote_code=trust_remote_code)
     model_config, state = convert_book(read_book_state_dict(path), heads)
@@ -542,7 +538,6 @@ def check_gpt2_shape(config: ScratchGPTConfig) -> None:
 # anything serving GPT-2, Llama or Qwen3 runs without remote code. `export-gpt2` is `--to gpt2`.
 # ----------------------------------------------------------------------------------------------
 NATIVE_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-EXPORT_TARGETS = tuple(NATIVE_CLASSES)
 
 
 def export_model(
@@ -592,61 +587,29 @@ def export_gpt2(model_dir: str | Path, out_dir: str | Path, **options) -> Path:
     return export_model(model_dir, out_dir, "gpt2", **options)
 
 
-def export_cli(argv: list[str] | None = None, *, to: str | None = None) -> int:
-    """`scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3`; `export-gpt2` is the same, `--to gpt2`."""
-    from .training.options import run_command
-
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt export" if to is None else f"scratch-gpt export-{to}",
-        description="Write a model folder as a native GPT-2, Llama or Qwen3 folder (loads without trust_remote_code).",
-    )
-    parser.add_argument("model_dir", help="a causal LM: a ScratchGPT, GPT-2, Llama or Qwen folder (save_pretrained) or Hub id")
-    parser.add_argument("out_dir", help="where to write the folder (replaced atomically)")
-    if to is None:
-        parser.add_argument("--to", required=True, choices=EXPORT_TARGETS, help="the transformers class to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR that scratch-gpt did not write")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model code shipped in MODEL_DIR")
-
-    def body(args):
-        target = to or args.to
-        out = export_model(args.model_dir, args.out_dir, target, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
-        print(f"Wrote a {NATIVE_CLASSES[target]} folder to {out}")
-
-    return run_command(parser, argv, body)
+def export_command(args: ExportOptions) -> None:
+    """`scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3` (`export-gpt2` is `--to gpt2`)."""
+    out = export_model(args.model_dir, args.out_dir, args.to, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    print(f"Wrote a {NATIVE_CLASSES[args.to]} folder to {out}")
 
 
-def export_gpt2_cli(argv: list[str] | None = None) -> int:
-    return export_cli(argv, to="gpt2")
+def read_book_config(path: str | None) -> dict | None:
+    """`--config-json`: the book's GPT_CONFIG dict, saved as one JSON object."""
+    if path is None:
+        return None
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise BadInput(f"{path!r} is not valid JSON ({error}); fix the file.") from None
+    if not isinstance(config, dict):
+        raise BadInput(f"{path!r} must hold the book's config as one JSON object.")
+    return config
 
 
-def import_book_cli(argv: list[str] | None = None) -> int:
-    from .training.options import run_command
-
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt import-book",
-        description="Turn the book's GPTModel checkpoint (torch.save of its state dict) into a ScratchGPT model folder.",
-    )
-    parser.add_argument("checkpoint", help="model.pth (a GPTModel state dict) or chapter 5's model_and_optimizer.pth")
-    parser.add_argument("out_dir", help="where to write the model folder (replaced atomically)")
-    parser.add_argument("--num-heads", type=int, help="attention heads (12 for GPT-2 124M); or use --config-json")
-    parser.add_argument("--config-json", help="the book's config dict as a JSON file (its n_heads is used)")
-    parser.add_argument("--tokenizer", help="tokenizer folder or Hub id saved with the model (the book uses GPT-2's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR that scratch-gpt did not write")
-    add_trust_remote_code_flag(parser)
-
-    def body(args):
-        config = None
-        if args.config_json:
-            try:
-                config = json.loads(Path(args.config_json).read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise BadInput(f"{args.config_json!r} is not valid JSON ({error}); fix the file.") from None
-            if not isinstance(config, dict):
-                raise BadInput(f"{args.config_json!r} must hold the book's config as one JSON object.")
-        out = import_book_checkpoint(
-            args.checkpoint, args.out_dir, num_heads=args.num_heads, config=config, tokenizer=args.tokenizer,
-            overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
-        )
-        print(f"Wrote the ScratchGPT model to {out}")
-
-    return run_command(parser, argv, body)
+def import_book_command(args: ImportBookOptions) -> None:
+    """`scratch-gpt import-book CHECKPOINT OUT_DIR [--num-heads N | --config-json FILE]`"""
+    out = import_book_checkpoint(
+        args.checkpoint, args.out_dir, num_heads=args.num_heads, config=read_book_config(args.config_json),
+        tokenizer=args.tokenizer, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+    )  # fmt: skip
+    print(f"Wrote the ScratchGPT model to {out}")

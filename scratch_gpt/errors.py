@@ -1,4 +1,4 @@
-"""The project's one error policy: what a command does with an exception.
+"""The project's errors, and what a command does with each (the policy runs in `scratch_gpt.cli`).
 
 - `BadInput`: something the user gave (a flag, a file, a folder, a missing extra) cannot be used.
   Only our own checks raise it, with a message of one sentence: what is wrong, where, what to do.
@@ -13,9 +13,6 @@
 The kinds of `BadInput` that concern files are also the matching `OSError`s (`MissingFile` is a
 `FileNotFoundError`), so code that catches those keeps working. This module imports nothing heavy.
 """
-
-import errno
-import sys
 
 
 class BadInput(ValueError):
@@ -40,32 +37,3 @@ class NotWritable(BadInput, PermissionError):
 
 class RunFailed(RuntimeError):
     """A run stopped for a reason the message names (not bad input, not a bug)."""
-
-
-def run_reporting(prog: str, body, *args) -> int:
-    """Run `body(*args)` under the policy above; returns the exit status (0 when it went well). The
-    outputs the command locked are let go when it ends (see `io_utils.lock_output`)."""
-    from scratch_gpt.io_utils import release_output_locks
-
-    try:
-        body(*args)
-    except SystemExit as exit_:  # argparse: --help (0), or a bad flag (2, already explained on stderr)
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-    except BadInput as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    except RunFailed as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            raise
-        print(
-            f"{prog}: the disk is full: writing {error.filename or 'the output'} failed ({error.strerror}); free some "
-            "space and run again (what was saved before is kept: every folder is swapped in whole).",
-            file=sys.stderr,
-        )
-        return 1
-    finally:
-        release_output_locks()
-    return 0

@@ -15,16 +15,14 @@ the same class `lm_eval --model hf` uses.
 training loop measures it (mean loss over packed blocks, divided by ln 2 and bytes per token).
 """
 
-import argparse
 import json
 import math
 import tempfile
 from pathlib import Path
 
-from scratch_gpt.convert import add_trust_remote_code_flag
+from scratch_gpt.args import EvaluateOptions
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.io_utils import RESULTS_MARK, check_output_file, write_atomically
-from scratch_gpt.training.options import run_command
 
 TASKS_DIR = Path(__file__).parent / "eval_tasks"
 INSTALL_HINT = "lm-evaluation-harness is not installed; run `pip install 'scratch_gpt[eval]'` (or `pip install lm-eval`)."
@@ -102,7 +100,7 @@ def write_documents(source: str, path: Path, val_fraction: float | None, seed: i
     return path
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def evaluate(args: EvaluateOptions) -> dict:
     """Load the model folder, run the tasks with lm-eval, print its table; returns lm-eval's results."""
     import torch
 
@@ -135,35 +133,6 @@ def evaluate(args: argparse.Namespace) -> dict:
         write_atomically(args.output, json.dumps(record, indent=2, default=str) + "\n")
         print(f"results written to {args.output}")
     return results["results"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt evaluate",
-        description="Evaluate a model folder with lm-evaluation-harness on local task files "
-        f"(shipped: {', '.join(shipped_tasks())}).",
-    )
-    parser.add_argument("model", help="model folder (or Hub id) with its tokenizer")
-    parser.add_argument("--tasks", action="append", required=True, help="task names, comma-separated (repeatable)")
-    parser.add_argument("--data", help="data file of the shipped tasks: text for scratch_perplexity (anything `pretrain --data` reads), "
-                        "JSON Lines {question, choices, answer} for scratch_choice")
-    parser.add_argument("--val-fraction", type=float, help="score only the held-out part of --data that `pretrain --val-fraction` keeps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of that split, as pretrain's --seed (default: %(default)s)")
-    parser.add_argument("--include-path", action="append", default=[], metavar="DIR", help="folder of your own lm-eval task YAML files (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: %(default)s)")
-    parser.add_argument("--max-length", type=int, help="context window in tokens (default: the model's context length)")
-    parser.add_argument("--limit", type=float, help="at most this many documents per task (below 1: a share of them)")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap samples for standard errors, 0: none (default: %(default)s)")
-    parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output FILE that scratch-gpt did not write")
-    add_trust_remote_code_flag(parser)
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """`scratch-gpt evaluate MODEL_DIR --tasks ... [--data FILE] [--include-path DIR]`"""
-    return run_command(build_parser(), argv, evaluate)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ Authentication is huggingface_hub's own (`HF_TOKEN` or `hf auth login`); the tok
 `HfApi` and never written, printed or logged here.
 """
 
-import argparse
 import hashlib
 import importlib
 import importlib.util
@@ -33,7 +32,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 
-from .errors import BadInput, MissingFile, NotWritable, RunFailed, run_reporting
+from .args import PushOptions
+from .errors import BadInput, MissingFile, NotWritable, RunFailed
 from .io_utils import atomic_directory, kill_point
 from .modeling_scratch_gpt import register_push_to_hub
 
@@ -82,6 +82,33 @@ SECRET_WORDS = ("token", "secret", "password")  # hyperparameters whose string v
 # ----------------------------------------------------------------------------------------- cards
 
 
+def card_data(task, adapter, hub_datasets, data_names, base_model, model_name, metrics, license, language, tags):
+    """The card's YAML metadata: what the Hub indexes (task, tags, datasets, base model, model-index)."""
+    return ModelCardData(
+        license=license,
+        language=language,
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag=task,
+        tags=["scratch_gpt", "gpt", "custom_code", task, *(["lora"] if adapter else []), *tags],
+        datasets=hub_datasets or None,
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=_eval_results(metrics, task, hub_datasets, data_names) or None,
+    )
+
+
+def folder_facts(folder: Path, config: dict, labels, metrics: dict, hyperparameters: dict) -> dict:
+    """What the card's text shows about the folder and its run: size, shape, classes, tables, plot."""
+    return dict(
+        num_parameters=_human_count(count_parameters(folder)),
+        architecture=_architecture(config),
+        labels=labels or config.get("id2label", {}),  # an adapter folder's config has none: the run passes them
+        hyperparameters=_table(_public_hyperparameters(hyperparameters)),
+        metrics=_table(metrics),
+        loss_curve=LOSS_CURVE if (folder / LOSS_CURVE).is_file() else None,
+    )
+
+
 def write_model_card(
     output_dir,
     *,
@@ -99,13 +126,10 @@ def write_model_card(
 ) -> Path:
     """Render the `kind` card ("base", "classifier", "instruct" or "dpo") into `output_dir/README.md`.
 
-    `metrics` and `hyperparameters` come from the run; every metric is listed in the text, the
-    evaluation results among them (see EVAL_METRICS) also form the card's model-index. `datasets`
-    are Hub dataset ids or local paths; local paths are named by their file name only and kept out
-    of the metadata, as are secrets and machine paths in `hyperparameters`. The parameter count is read
-    from the folder's safetensors files; `loss_curve.png`, when present, is shown. `model_name`
-    defaults to the folder name (pass it when writing into a temporary folder). A LoRA adapter
-    folder (peft's `adapter_config.json`) gets a card that loads it with peft on its base model.
+    `metrics` and `hyperparameters` come from the run; every metric is listed, the evaluation results
+    (EVAL_METRICS) also form the model-index. `datasets` are Hub ids or local paths (named by file name
+    only, kept out of the metadata, as are secrets and machine paths in `hyperparameters`). `model_name`
+    defaults to the folder name. A LoRA adapter folder gets a card that loads it with peft on its base.
     """
     if kind not in KINDS:
         raise BadInput(f"Unknown model card kind {kind!r}; use one of {', '.join(KINDS)}.")
@@ -119,19 +143,8 @@ def write_model_card(
     data_names = [d if d in hub_datasets else Path(str(d)).name for d in datasets]
     hub_base_model = base_model if base_model and _is_hub_id(base_model) else None
 
-    card_data = ModelCardData(
-        license=license,
-        language=language,
-        library_name="peft" if adapter else "transformers",
-        pipeline_tag=task,
-        tags=["scratch_gpt", "gpt", "custom_code", task, *(["lora"] if adapter else []), *tags],
-        datasets=hub_datasets or None,
-        base_model=hub_base_model,
-        model_name=model_name,
-        eval_results=_eval_results(metrics, task, hub_datasets, data_names) or None,
-    )
     card = ModelCard.from_template(
-        card_data,
+        card_data(task, adapter, hub_datasets, data_names, hub_base_model, model_name, metrics, license, language, tags),
         template_str=(TEMPLATES / f"{kind}.md").read_text(encoding="utf-8"),
         model_name=model_name,
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
@@ -139,15 +152,9 @@ def write_model_card(
         adapter=adapter,
         base_model_name=hub_base_model or (base_model and Path(base_model).name),
         data_names=data_names,
-        num_parameters=_human_count(count_parameters(folder)),
-        architecture=_architecture(config),
-        labels=labels or config.get("id2label", {}),  # an adapter folder's config has none: the run passes them
-        hyperparameters=_table(_public_hyperparameters(hyperparameters)),
-        metrics=_table(metrics),
-        loss_curve=LOSS_CURVE if (folder / LOSS_CURVE).is_file() else None,
+        **folder_facts(folder, config, labels, metrics, hyperparameters),
     )
-    path = folder / "README.md"
-    tmp = folder / ".README.md.tmp"
+    path, tmp = folder / "README.md", folder / ".README.md.tmp"
     card.save(tmp)
     os.replace(tmp, path)
     return path
@@ -501,20 +508,6 @@ def _sha256(content: bytes | Path) -> str:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt push",
-        description="Upload a model folder (weights, config, remote code, tokenizer, card, plots) to the "
-        "Hugging Face Hub in one commit. Log in first with `hf auth login` or set HF_TOKEN.",
-    )
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder written by a training command")
-    parser.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="the Hub repository to push to")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--revision", metavar="R", help="branch to commit to (created if missing; default main)")
-    parser.add_argument("--commit-message", metavar="M", help="commit message")
-    return parser
-
-
 def http_client_errors() -> tuple[type[Exception], ...]:
     """The errors of the HTTP client under huggingface_hub (httpx up to 1.x, httpx2 from 2.x): a
     network that cannot be reached surfaces as one of these, not as a `ConnectionError`."""
@@ -522,13 +515,8 @@ def http_client_errors() -> tuple[type[Exception], ...]:
     return tuple(client.HTTPError for client in clients)
 
 
-def push_cli(argv: list[str] | None = None) -> int:
-    """`scratch-gpt push`: the flags are checked first (argparse exits), the upload runs under the
-    error policy of `scratch_gpt.errors`."""
-    return run_reporting("scratch-gpt push", push_command, build_parser().parse_args(argv))
-
-
-def push_command(args) -> None:
+def push_command(args: PushOptions) -> None:
+    """`scratch-gpt push`: upload; a refusal of the Hub or a missing network is one sentence (exit 1)."""
     try:
         commit = push_folder(
             args.output_dir,

@@ -197,6 +197,19 @@ def _local_paths(source) -> list[Path]:
     return [Path(text)] if Path(text).exists() else []
 
 
+def check_not_an_input(path: Path, inputs, what: str, flag: str) -> None:
+    """`path` is none of `inputs` (files, folders, globs; Hub ids are skipped) and holds none of them."""
+    target = path.resolve()
+    for source in _local_paths(inputs):
+        source = source.resolve()
+        if source == target or target in source.parents:
+            relation = "is" if source == target else "contains"
+            raise BadInput(
+                f"The {what} {str(path)!r} {relation} the input {str(source)!r}, which writing it would delete; "
+                f"choose another {flag} (a new folder, e.g. inside the input, is fine)."
+            )
+
+
 def check_output(
     output, *, inputs=(), overwrite: bool = False, what: str = "output folder", flag: str = "--output-dir", replaces: bool = True
 ) -> Path:
@@ -215,15 +228,7 @@ def check_output(
     path = Path(output)
     lock_output(path)
     recover(path)
-    target = path.resolve()
-    for source in _local_paths(inputs):
-        source = source.resolve()
-        if source == target or target in source.parents:
-            relation = "is" if source == target else "contains"
-            raise BadInput(
-                f"The {what} {str(path)!r} {relation} the input {str(source)!r}, which writing it would delete; "
-                f"choose another {flag} (a new folder, e.g. inside the input, is fine)."
-            )
+    check_not_an_input(path, inputs, what, flag)
     check_writable(path, what)
     if path.is_dir() and any(path.iterdir()) and not is_our_output(path) and not overwrite:
         raise OutputExists(

@@ -12,13 +12,13 @@ After training, `model.merge_and_unload()` folds the updates into the base weigh
 plain `ScratchGPTFor...` model; `model.save_pretrained(folder)` saves only the adapter.
 """
 
-import argparse
 import importlib.abc
 import importlib.util
 import sys
 
 from torch import nn
 
+from scratch_gpt.args import LoraOptions
 from scratch_gpt.errors import BadInput
 
 DEFAULT_TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")  # GPT-2's MLP (mlp_type "gelu")
@@ -112,36 +112,10 @@ def describe_trainable(model: nn.Module) -> str:
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
 
 
-def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `--lora` options shared by every fine-tuning command."""
-    group = parser.add_argument_group("LoRA (PEFT)")
-    group.add_argument("--lora", action="store_true", help="train LoRA adapters instead of the full weights")
-    group.add_argument("--lora-r", type=int, default=8, help="adapter rank (default: 8)")
-    group.add_argument(
-        "--lora-alpha", type=int, default=16, help="scale numerator, update = alpha/r * B@A (default: 16)"
-    )
-    group.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter input (default: 0)")
-    group.add_argument(
-        "--lora-targets",
-        default=",".join(ALL_TARGETS),
-        help=f"comma-separated projections to adapt (default: those of {','.join(ALL_TARGETS)} the model has)",
-    )
-    group.add_argument(
-        "--save-merged",
-        action="store_true",
-        help="with --lora: merge the adapters into the weights and save a plain model (default: save the adapter)",
-    )
-
-
-def check_lora_arguments(args: argparse.Namespace) -> None:
-    """Refuse option combinations `add_lora_arguments` allows but that mean nothing."""
-    if args.save_merged and not args.lora:
-        raise BadInput("--save-merged only applies with --lora (without it the whole model is saved anyway).")
-
-
-def lora_config_from_args(args: argparse.Namespace, task: str):
-    targets = tuple(name.strip() for name in args.lora_targets.split(",") if name.strip())
-    return lora_config(task=task, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets)
+def lora_config_for(options: LoraOptions, task: str):
+    """The PEFT `LoraConfig` that the `--lora-*` options describe (scratch_gpt.args.LoraOptions)."""
+    targets = tuple(name.strip() for name in options.lora_targets.split(",") if name.strip())
+    return lora_config(task=task, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout, targets=targets)
 
 
 __all__ = [
@@ -152,7 +126,5 @@ __all__ = [
     "lora_config",
     "count_parameters",
     "describe_trainable",
-    "add_lora_arguments",
-    "check_lora_arguments",
-    "lora_config_from_args",
+    "lora_config_for",
 ]

@@ -28,7 +28,6 @@ file changes), so a corpus larger than memory is memory-mapped, not loaded; `str
 reads them lazily instead, one file after the other, and writes nothing.
 """
 
-import argparse
 import codecs
 import contextlib
 import glob
@@ -539,25 +538,3 @@ def _docstrings_of(module):
             for member_name, member in sorted(vars(obj).items()):
                 if not member_name.startswith("_") and (inspect.isroutine(member) or isinstance(member, property)):
                     yield member.__doc__
-
-
-# ---------------------------------------------------------------------------------------------
-# The command-line flags that name a source
-# ---------------------------------------------------------------------------------------------
-
-
-def add_data_arguments(parser: argparse.ArgumentParser, *, help: str, default: str | None = None, many: bool = False):
-    """`--data` (read here, the same in every command) and how to decode its files: `--encoding`, `--encoding-errors`."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", required=default is None, default=default, nargs="+" if many else None, help=help)
-    group.add_argument("--encoding", default="utf-8", help="text encoding of the data files, e.g. cp1252 (default: utf-8)")
-    group.add_argument(
-        "--encoding-errors",
-        choices=("strict", "replace"),
-        default="strict",
-        help="'replace' turns undecodable bytes into U+FFFD instead of stopping (default: strict)",
-    )
-    group.add_argument(
-        "--replace-invalid-utf8", dest="encoding_errors", action="store_const", const="replace", help=argparse.SUPPRESS
-    )
-    return group

@@ -14,7 +14,6 @@ renders the instruction format (the book's Alpaca prompt) used in stage 7.2.
 Command line: `scratch-gpt train-tokenizer --data PATH_OR_DATASET --vocab-size N --output-dir DIR`.
 """
 
-import argparse
 import itertools
 import os
 import sys
@@ -23,9 +22,10 @@ from collections.abc import Iterable, Iterator
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from scratch_gpt.errors import BadInput, run_reporting
+from scratch_gpt.args import MIN_VOCAB_SIZE, TokenizerOptions
+from scratch_gpt.errors import BadInput
 from scratch_gpt.io_utils import atomic_directory, check_output
-from scratch_gpt.sources import add_data_arguments, checked_texts, is_dataset, read_texts
+from scratch_gpt.sources import checked_texts, is_dataset, read_texts
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -36,7 +36,6 @@ SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN]  # ids 0 and 1, in this order
 # the regex would otherwise glue to the prompt's final "\n").
 RESPONSE_MARKER = "\n\n### Response:\n"
 BYTE_ALPHABET_SIZE = 256
-MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS) + 1
 
 DEFAULT_SYSTEM_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -300,48 +299,8 @@ def _hold_out(texts: Iterable[str], held_out: list[str], every: int, max_chars: 
             yield text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt train-tokenizer",
-        description="Train a byte-level BPE tokenizer and save it as a transformers tokenizer folder.",
-    )
-    add_data_arguments(
-        parser,
-        many=True,
-        help="files, folders or globs (.txt/.md text, or .jsonl/.json/.csv/.tsv/.parquet with a text column), "
-        "or hub:NAME for a Hugging Face Hub dataset",
-    )
-    parser.add_argument("--vocab-size", type=int, required=True, help=f"vocabulary size (at least {MIN_VOCAB_SIZE})")
-    parser.add_argument("--output-dir", help="folder to write the tokenizer to (replaced atomically; required)")
-    parser.add_argument("--output", dest="output_dir", help=argparse.SUPPRESS)  # the older spelling
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --output-dir folder that scratch-gpt did not write"
-    )
-    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged")
-    parser.add_argument("--model-max-length", type=int, default=None, help="context length of the model")
-    parser.add_argument("--text-column", default="text", help="column holding the text in tables and datasets")
-    parser.add_argument(
-        "--held-out-every",
-        type=int,
-        default=20,
-        help="keep every N-th text out of training to measure compression on (default 20, i.e. 5%%; 0: none)",
-    )
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """`scratch-gpt train-tokenizer`: the flags are checked here (argparse exits), the run under the
-    error policy of `scratch_gpt.errors`."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.output_dir is None:
-        parser.error("the following arguments are required: --output-dir")
-    if args.held_out_every < 0 or args.held_out_every == 1:
-        parser.error("--held-out-every must be 0 (hold nothing out) or at least 2.")
-    return run_reporting("scratch-gpt train-tokenizer", train_tokenizer_command, args)
-
-
-def train_tokenizer_command(args) -> None:
+def train_tokenizer_command(args: TokenizerOptions) -> None:
+    """`scratch-gpt train-tokenizer`: train on `--data` (every N-th text held out), save, report compression."""
     held_out: list[str] = []
     output = check_output(args.output_dir, inputs=args.data, overwrite=args.overwrite, flag="--output-dir")
     corpus = read_texts(args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=True)

@@ -7,7 +7,7 @@
 
 import sys
 
-from scratch_gpt.training.pretrain import cli
+from scratch_gpt.cli import main
 
 if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

@@ -319,12 +319,11 @@ def test_the_battery_covers_every_command():
 
 
 def test_a_yaml_string_for_a_repeatable_option_is_one_item(tmp_path):
-    from scratch_gpt.training.options import parse_args
-    from scratch_gpt.training.pretrain import build_parser
+    from scratch_gpt.cli import parse_command
 
     config = tmp_path / "run.yaml"
     config.write_text('sample_prompt: "Once upon"\n')
-    assert parse_args(build_parser(), ["--config", str(config)]).sample_prompts == ["Once upon"]
+    assert parse_command("pretrain", ["--config", str(config)])[0].sample_prompts == ["Once upon"]
 
 
 def test_an_interrupted_swap_is_undone_by_the_next_check(tmp_path):
@@ -343,7 +342,8 @@ def test_an_interrupted_swap_is_undone_by_the_next_check(tmp_path):
 
 
 def test_the_error_policy_maps_bad_input_to_2_a_failed_run_to_1_and_keeps_everything_else(capsys):
-    from scratch_gpt.errors import BadInput, MissingFile, RunFailed, run_reporting
+    from scratch_gpt.cli import run_reporting
+    from scratch_gpt.errors import BadInput, MissingFile, RunFailed
 
     def raising(error):
         raise error

@@ -9,17 +9,24 @@ import pytest
 import torch
 
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-from scratch_gpt.training import classify, instruct, pretrain
+from scratch_gpt.cli import main, parse_command
 from scratch_gpt.training.loop import TrainingConfig, build_optimizer, lr_factor, train
-from scratch_gpt.training.options import from_args, parse_args
 
 BOOK = Path(__file__).resolve().parents[1] / "scripts" / "book"
-RECIPES = {"ch05.yaml": pretrain.build_parser, "ch06.yaml": classify.build_parser, "ch07.yaml": instruct.build_parser}
+RECIPES = {"ch05.yaml": "pretrain", "ch06.yaml": "finetune-classifier", "ch07.yaml": "finetune-instruct"}
+
+
+def parse_args(command: str, argv: list[str]):
+    return parse_command(command, argv)[0]
+
+
+def from_args(options) -> TrainingConfig:
+    return options.part(TrainingConfig)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_each_recipe_parses_with_its_commands_parser_and_flags_override_it(name, tmp_path):
-    parser = RECIPES[name]()
+    parser = RECIPES[name]
     args = parse_args(parser, ["--config", str(BOOK / name)])  # an unknown key would raise here
     config = from_args(args)
     assert args.seed == 123 and config.seed == 123
@@ -33,15 +40,15 @@ def test_each_recipe_parses_with_its_commands_parser_and_flags_override_it(name,
 
 
 def test_the_recipes_name_the_books_base_models_and_settings():
-    ch05 = parse_args(pretrain.build_parser(), ["--config", str(BOOK / "ch05.yaml")])
+    ch05 = parse_args("pretrain", ["--config", str(BOOK / "ch05.yaml")])
     assert ch05.tokenizer == "openai-community/gpt2" and ch05.preset == "gpt2-small"
     assert (ch05.block_size, ch05.stride, ch05.batch_size, ch05.num_epochs, ch05.learning_rate) == (256, 256, 2, 10, 4e-4)
     assert ch05.untied_head and ch05.no_qkv_bias and ch05.init_style == "pytorch" and ch05.dropout == 0.1
     assert ch05.train_eval_batches == 5 and ch05.eval_every == 5 and ch05.eval_max_batches == 5
-    ch06 = parse_args(classify.build_parser(), ["--config", str(BOOK / "ch06.yaml")])
+    ch06 = parse_args("finetune-classifier", ["--config", str(BOOK / "ch06.yaml")])
     assert ch06.model == "openai-community/gpt2" and ch06.balance and ch06.trainable == "last-blocks"
     assert (ch06.val_fraction, ch06.test_fraction, ch06.num_epochs, ch06.batch_size) == (0.1, 0.2, 5, 8)
-    ch07 = parse_args(instruct.build_parser(), ["--config", str(BOOK / "ch07.yaml")])
+    ch07 = parse_args("finetune-instruct", ["--config", str(BOOK / "ch07.yaml")])
     assert ch07.model == "openai-community/gpt2-medium" and (ch07.num_epochs, ch07.batch_size) == (2, 8)
 
 
@@ -141,7 +148,7 @@ def test_train_eval_loss_is_the_eval_mode_loss_of_the_first_training_batches_and
 
 
 def test_book_figures_from_the_command_line_and_bad_values(tmp_path):
-    parser = pretrain.build_parser()
+    parser = "pretrain"
     args = parse_args(parser, ["--book-figures", '{"eval_loss": 6.12}', "--output-dir", str(tmp_path)])
     assert args.book_figures == {"eval_loss": 6.12}
     bad = tmp_path / "bad.yaml"
@@ -163,7 +170,7 @@ def test_ch05_recipe_runs_offline_end_to_end_on_a_tiny_story(tmp_path, tiny_toke
         "--output-dir", str(out), "--preset", "tiny", "--model-vocab-size", "512", "--block-size", "16",
         "--stride", "16", "--epochs", "1", "--sample-tokens", "3", "--no-progress",
     ]  # fmt: skip
-    assert pretrain.cli(flags) == 0
+    assert main(["pretrain", *flags]) == 0
     printed = capsys.readouterr().out
     assert "train_eval_loss: book: 0.57, ours:" in printed and "best_eval_loss: book: 6.12, ours:" in printed
     config = json.loads((out / "model" / "config.json").read_text())

@@ -10,7 +10,12 @@ import torch
 from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
+from scratch_gpt import (
+    ScratchGPTConfig,
+    ScratchGPTForCausalLM,
+    ScratchGPTForSequenceClassification,
+)
+from scratch_gpt.cli import main
 from scratch_gpt.training import classify
 from scratch_gpt.training.classify import (
     ClassificationMetrics,
@@ -194,7 +199,7 @@ def test_last_blocks_mode_trains_only_the_last_blocks_norm_and_head(base_dir):
 
 # ----------------------------------------------------------------------------------------- the command
 def run_cli(args, capsys):
-    code = classify.cli([str(arg) for arg in args])
+    code = main(["finetune-classifier", *(str(arg) for arg in args)])
     return code, capsys.readouterr()
 
 

@@ -10,9 +10,10 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+from scratch_gpt.cli import main
 from scratch_gpt.lora import lora_config
 from scratch_gpt.tokenizer import format_alpaca_messages
-from scratch_gpt.training import dpo, instruct
+from scratch_gpt.training import dpo
 from scratch_gpt.training.dpo import (
     DPOModel,
     PreferenceCollator,
@@ -208,7 +209,7 @@ def test_with_lora_the_reference_is_the_adapter_disabled_base_without_a_copy(bas
 
 # ----------------------------------------------------------------------------------------- the command
 def run(command, args, capsys):
-    code = command([str(arg) for arg in args])
+    code = main([command, *(str(arg) for arg in args)])
     return code, capsys.readouterr()
 
 
@@ -222,7 +223,7 @@ def run(command, args, capsys):
 )
 def test_bad_preference_files_fail_before_training(base_dir, tmp_path, capsys, records, message):
     (tmp_path / "p.json").write_text(json.dumps(records))
-    code, out = run(dpo.cli, ["--model", base_dir, "--data", tmp_path / "p.json", "--output-dir", tmp_path / "o"], capsys)
+    code, out = run("finetune-dpo", ["--model", base_dir, "--data", tmp_path / "p.json", "--output-dir", tmp_path / "o"], capsys)
     assert code == 2 and "Traceback" not in out.err and len(out.err.strip().splitlines()) == 1
     assert re.search(message, out.err)
     assert not (tmp_path / "o").exists()
@@ -252,7 +253,7 @@ def test_finetune_dpo_prefers_the_chosen_answers_and_chat_loads_the_result(base_
     out = tmp_path / "dpo"
     args = ["--model", base_dir, "--data", tmp_path / "prefs.jsonl", "--output-dir", out, "--beta", "0.5", "--skip-identical",
             "--lr", "3e-3", "--max-steps", "12", "--batch-size", "8", "--eval-every", "6", "--no-progress"]  # fmt: skip
-    code, printed = run(dpo.cli, args, capsys)
+    code, printed = run("finetune-dpo", args, capsys)
     assert code == 0, printed.err
     assert "36 training and 4 held-out pairs" in printed.out
     metrics = json.loads((out / "metrics.json").read_text())
@@ -272,7 +273,7 @@ def test_finetune_dpo_prefers_the_chosen_answers_and_chat_loads_the_result(base_
     model = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
-    code, printed = run(instruct.chat_cli, [out, "--prompt", "Rewrite the word in capitals.", "--max-new-tokens", "4"], capsys)
+    code, printed = run("chat", [out, "--prompt", "Rewrite the word in capitals.", "--max-new-tokens", "4"], capsys)
     assert code == 0, printed.err
     reply = pipeline("text-generation", model=str(out))([{"role": "user", "content": "Say fox."}], max_new_tokens=4)
     assert reply[0]["generated_text"][-1]["role"] == "assistant"
@@ -292,13 +293,13 @@ def test_lora_dpo_on_conversational_records_saves_an_adapter_that_chat_loads(bas
     out = tmp_path / "adapter"
     args = ["--model", base_dir, "--data", tmp_path / "prefs.json", "--output-dir", out, "--lora",
             "--lr", "1e-2", "--max-steps", "3", "--batch-size", "4", "--no-progress"]  # fmt: skip
-    code, printed = run(dpo.cli, args, capsys)
+    code, printed = run("finetune-dpo", args, capsys)
     assert code == 0, printed.err
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
     assert (out / "generation_config.json").is_file() and (out / "tokenizer.json").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["initial_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
-    code, printed = run(instruct.chat_cli, [out, "--prompt", "fox", "--max-new-tokens", "3"], capsys)
+    code, printed = run("chat", [out, "--prompt", "fox", "--max-new-tokens", "3"], capsys)
     assert code == 0, printed.err
 
 

@@ -21,7 +21,13 @@ from huggingface_hub import HfApi, ModelCard, RepoUrl, constants, metadata_load
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
-from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, hub
+from scratch_gpt import (
+    ScratchGPTConfig,
+    ScratchGPTForCausalLM,
+    ScratchGPTForSequenceClassification,
+    hub,
+)
+from scratch_gpt.cli import main
 from scratch_gpt.lora import lora_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +262,7 @@ def test_push_uploads_the_whole_folder_in_one_commit(lm_dir, fake_hub):
 def test_push_cli_takes_the_token_from_the_environment_and_never_shows_it(lm_dir, fake_hub, monkeypatch, capsys):
     write_card(lm_dir)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    assert hub.push_cli([str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 0
+    assert main(["push", str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 0
     output = capsys.readouterr()
     assert f"{constants.ENDPOINT}/owner/tiny-lm" in output.out
     assert FAKE_TOKEN not in output.out + output.err
@@ -289,7 +295,7 @@ def test_push_bad_input_fails_before_any_upload(
     if case in removed:
         (lm_dir / removed[case]).unlink()
     folder = lm_dir.parent / "missing" if case == "no folder" else lm_dir
-    assert hub.push_cli([str(folder), "--repo-id", repo_id]) == 2
+    assert main(["push", str(folder), "--repo-id", repo_id]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -300,7 +306,7 @@ def test_push_of_a_run_folder_names_the_model_folder_inside(lm_dir, hub_must_not
 
 
 def test_push_without_credentials_fails_before_any_upload(lm_dir, hub_must_not_be_called, no_stored_login, capsys):
-    assert hub.push_cli([str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 2
+    assert main(["push", str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 2
     assert "No Hugging Face credentials found; run `hf auth login` or set the HF_TOKEN" in capsys.readouterr().err
 
 
@@ -308,7 +314,7 @@ def test_push_with_the_hub_offline_fails_with_one_line(lm_dir, monkeypatch, caps
     """The real huggingface_hub client, up to its offline guard; nothing logs the token."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # HF_HUB_OFFLINE=1 comes from conftest
-    assert hub.push_cli([str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 1
+    assert main(["push", str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 1
     output = capsys.readouterr()
     assert "the upload failed" in output.err and "offline mode is enabled" in output.err
     assert "Traceback" not in output.err
@@ -625,7 +631,7 @@ def test_push_with_no_network_fails_with_one_line(lm_dir, monkeypatch, capsys):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     real_init = HfApi.__init__
     monkeypatch.setattr(HfApi, "__init__", lambda self, **kwargs: real_init(self, endpoint="http://127.0.0.1:9", **kwargs))
-    assert hub.push_cli([str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 1
+    assert main(["push", str(lm_dir), "--repo-id", "owner/tiny-lm"]) == 1
     err = capsys.readouterr().err
     assert "the upload failed" in err and "check the network" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and FAKE_TOKEN not in err

@@ -8,6 +8,7 @@ import datasets
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
+from scratch_gpt.cli import main
 from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training import instruct
 from scratch_gpt.training.instruct import (
@@ -173,20 +174,20 @@ def test_collator_pads_masks_padding_and_keeps_the_end_of_text_token():
 
 # ----------------------------------------------------------------------------------------- the commands
 def run(command, args, capsys):
-    code = command([str(arg) for arg in args])
+    code = main([command, *(str(arg) for arg in args)])
     return code, capsys.readouterr()
 
 
 def test_bad_instruction_file_fails_before_training(base_dir, tmp_path, capsys):
     (tmp_path / "d.jsonl").write_text(json.dumps(ALPACA) + "\n" + json.dumps({"question": "x"}) + "\n")
     code, out = run(
-        instruct.cli, ["--model", base_dir, "--data", tmp_path / "d.jsonl", "--output", tmp_path / "o"], capsys
+        "finetune-instruct", ["--model", base_dir, "--data", tmp_path / "d.jsonl", "--output", tmp_path / "o"], capsys
     )
     assert code == 2 and "Record 1 of" in out.err and "Traceback" not in out.err
     assert not (tmp_path / "o").exists()
     (tmp_path / "empty.json").write_text("[]")
     code, out = run(
-        instruct.cli, ["--model", base_dir, "--data", tmp_path / "empty.json", "--output", tmp_path / "o"], capsys
+        "finetune-instruct", ["--model", base_dir, "--data", tmp_path / "empty.json", "--output", tmp_path / "o"], capsys
     )
     assert code == 2 and "holds no records" in out.err
 
@@ -195,7 +196,7 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_fails_before_training(bas
     config = json.loads((base_dir / "config.json").read_text())
     (base_dir / "config.json").write_text(json.dumps({**config, "vocab_size": len(tiny_tokenizer) - 1}))
     (tmp_path / "d.json").write_text(json.dumps(toy_records(10)))
-    code, out = run(instruct.cli, ["--model", base_dir, "--data", tmp_path / "d.json", "--output", tmp_path / "o"], capsys)
+    code, out = run("finetune-instruct", ["--model", base_dir, "--data", tmp_path / "d.json", "--output", tmp_path / "o"], capsys)
     assert code == 2 and f"The tokenizer has {len(tiny_tokenizer)} tokens but the model in" in out.err
     assert "Traceback" not in out.err and not (tmp_path / "o").exists()
 
@@ -222,7 +223,7 @@ def test_finetune_instruct_lowers_masked_loss_and_chat_streams_the_answer(base_d
         "6",
         "--no-progress",
     ]
-    code, printed = run(instruct.cli, args, capsys)
+    code, printed = run("finetune-instruct", args, capsys)
     assert code == 0, printed.err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_loss"] < 0.6 * metrics["initial_eval_loss"]  # about 6.0 -> 1.8 nats
@@ -238,7 +239,7 @@ def test_finetune_instruct_lowers_masked_loss_and_chat_streams_the_answer(base_d
     messages = [{"role": "user", "content": "Say fox."}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     expected = tokenizer.decode(model.generate(**inputs)[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    code, printed = run(instruct.chat_cli, [out, "--prompt", "Say fox."], capsys)
+    code, printed = run("chat", [out, "--prompt", "Say fox."], capsys)
     assert code == 0 and printed.out.strip() == expected.strip()
     # pipeline("text-generation") with messages renders the same prompt
     generator = pipeline("text-generation", model=out)
@@ -268,7 +269,7 @@ def test_lora_instruct_saves_an_adapter_that_chat_loads(base_dir, tmp_path, caps
         "3",
         "--no-progress",
     ]
-    code, printed = run(instruct.cli, args, capsys)
+    code, printed = run("finetune-instruct", args, capsys)
     assert code == 0, printed.err
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == {"qkv_proj", "fc_in"}
@@ -284,7 +285,7 @@ def test_lora_instruct_saves_an_adapter_that_chat_loads(base_dir, tmp_path, caps
         return stream_reply(model, tokenizer, messages, generation_config)
 
     monkeypatch.setattr(instruct, "stream_reply", recording_reply)
-    code, printed = run(instruct.chat_cli, [out], capsys)
+    code, printed = run("chat", [out], capsys)
     assert code == 0
     assert len(seen) == 2 and seen[0] == ["Say fox."]
     assert seen[1][0] == "Say fox." and seen[1][2] == "Again." and len(seen[1]) == 3

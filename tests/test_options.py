@@ -1,7 +1,6 @@
-"""One description of the training flags: the same names, aliases and --config keys in every command;
-one save path for every head."""
+"""One description of the options: the same names, aliases and --config keys in every command, generated
+from the declarations in scratch_gpt.args; one save path for every head."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,63 +12,61 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-from scratch_gpt.training import classify, instruct, pretrain
-from scratch_gpt.training.loop import TrainingConfig, save_model
-from scratch_gpt.training.options import OPTIONS, add_training_options, from_args, parse_args
+from scratch_gpt.args import TrainingConfig, TrainingOptions, declared
+from scratch_gpt.cli import COMMANDS, main, parse_command
+from scratch_gpt.cli.parsing import build_parser
+from scratch_gpt.training.loop import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
-PARSERS = {
-    "pretrain": pretrain.build_parser,
-    "finetune-classifier": classify.build_parser,
-    "finetune-instruct": instruct.build_parser,
-}
-REQUIRED = {"pretrain": [], "finetune-classifier": ["--model", "m", "--data", "d"], "finetune-instruct": ["--model", "m", "--data", "d"]}
+TRAINING_COMMANDS = ("pretrain", "finetune-classifier", "finetune-instruct", "finetune-dpo")
+REQUIRED = {"pretrain": []} | dict.fromkeys(TRAINING_COMMANDS[1:], ["--model", "m", "--data", "d"])
 
 
-def flags(parser: argparse.ArgumentParser) -> set[str]:
-    return {flag for action in parser._actions for flag in action.option_strings}
+def parse_args(command: str, argv: list[str]):
+    return parse_command(command, argv)[0]
 
 
-@pytest.mark.parametrize("command", sorted(PARSERS))
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
 def test_every_training_command_has_every_shared_flag_and_the_old_spellings(command):
-    parser = PARSERS[command]()
-    shared = {option.flag for option in OPTIONS} | {alias for option in OPTIONS for alias in option.aliases}
-    assert shared | {"--config", "--data", "--encoding", "--encoding-errors"} <= flags(parser)
-    old = parse_args(parser, [*REQUIRED[command], "--output", "o", "--grad-accum", "3", "--lr", "0.5"])
-    new = parse_args(parser, [*REQUIRED[command], "--output-dir", "o", "--gradient-accumulation-steps", "3", "--lr", "0.5"])
-    assert vars(old) == vars(new)
-    config = from_args(new)
+    names = {f.name for f in declared(COMMANDS[command].options)}  # the flags are generated from these
+    assert {f.name for f in declared(TrainingOptions)} | {"data", "encoding", "encoding_errors"} <= names
+    old = parse_args(command, [*REQUIRED[command], "--output", "o", "--grad-accum", "3", "--lr", "0.5"])
+    new = parse_args(command, [*REQUIRED[command], "--output-dir", "o", "--gradient-accumulation-steps", "3", "--lr", "0.5"])
+    assert old == new
+    config = new.part(TrainingConfig)
     assert (config.output_dir, config.gradient_accumulation_steps, config.learning_rate) == ("o", 3, 0.5)
-    assert "--output " not in parser.format_help() and "--grad-accum" not in parser.format_help()  # aliases are hidden
+    help_text = build_parser(command, COMMANDS[command].options, {}).format_help()
+    assert "--output " not in help_text and "--grad-accum" not in help_text  # aliases are hidden
 
 
-def test_from_args_maps_every_flag_to_its_config_field(monkeypatch):
+def test_every_flag_sets_its_declared_field(monkeypatch):
     from scratch_gpt.training import loop
 
     monkeypatch.setattr(loop, "bf16_supported", lambda: True)  # the mapping, not this machine's CPU, is under test
-    parser = argparse.ArgumentParser()
-    add_training_options(parser, output_dir="x")
-    args = parser.parse_args(
+    options = parse_args(
+        "pretrain",
         ["--epochs", "2", "--max-steps", "7", "--batch-size", "3", "--max-grad-norm", "0", "--mixed-precision", "bf16",
          "--compile", "--gradient-checkpointing", "--eval-batches", "4", "--sample-prompt", "a", "--sample-prompt", "b",
          "--no-progress", "--report-to", "none", "--resume", "--save-every", "5", "--keep-checkpoints", "1"]
     )  # fmt: skip
-    config = from_args(args)
+    config = options.part(TrainingConfig)
     assert (config.num_epochs, config.max_steps, config.batch_size, config.max_grad_norm) == (2, 7, 3, 0.0)
     assert config.mixed_precision == "bf16" and config.compile and config.gradient_checkpointing
     assert config.eval_max_batches == 4 and config.sample_prompts == ("a", "b") and config.progress is False
     assert config.report_to == "none" and config.resume and (config.save_every, config.keep_checkpoints) == (5, 1)
-    assert from_args(parser.parse_args([])) == TrainingConfig(output_dir="x")  # the defaults are TrainingConfig's
+    defaults = parse_args("finetune-instruct", REQUIRED["finetune-instruct"] + ["--output-dir", "x"]).part(TrainingConfig)
+    expected = TrainingConfig(output_dir="x", **{k: v for k, v in COMMANDS["finetune-instruct"].defaults.items()})
+    assert defaults == expected  # the declared defaults, then the command's own
 
 
-@pytest.mark.parametrize("command", sorted(PARSERS))
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
 def test_config_file_keys_are_the_flag_names_aliases_too_and_flags_win(command, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(
         "grad-accum: 4\nmax_steps: 9\nlr: 1e-4\nsample_prompt: one prompt\nno-progress: true\noutput: from-file\n"
         + ("model: base\ndata: data.json\n" if REQUIRED[command] else "")
     )
-    args = parse_args(PARSERS[command](), ["--config", str(config), "--max-steps", "11"])
+    args = parse_args(command, ["--config", str(config), "--max-steps", "11"])
     assert args.gradient_accumulation_steps == 4 and args.learning_rate == 1e-4  # YAML reads 1e-4 as a string
     assert args.max_steps == 11  # the command line wins
     assert args.sample_prompts == ["one prompt"]  # one string for a list option is one item
@@ -93,14 +90,14 @@ def test_config_file_keys_are_the_flag_names_aliases_too_and_flags_win(command, 
 def test_a_bad_config_file_is_one_sentence(tmp_path, capsys, text, message):
     config = tmp_path / "run.yaml"
     config.write_text(text)
-    assert pretrain.cli(["--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0] and "Traceback" not in error[0]
     assert not (tmp_path / "run").exists()
 
 
 def test_required_flags_missing_everywhere_is_an_argparse_error(capsys):
-    assert classify.cli(["--data", "d", "--output-dir", "o"]) == 2
+    assert main(["finetune-classifier", "--data", "d", "--output-dir", "o"]) == 2
     assert "required: --model" in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import launch_processes
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
-from scratch_gpt.training.pretrain import cli, quickstart_cli
+from scratch_gpt.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the a model token learns reads writes returns each every small large list value key name file".split()
@@ -38,7 +38,7 @@ def tiny_flags(corpus, output_dir, *extra):
 
 def test_pretrain_cli_writes_a_model_folder_that_transformers_loads(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli(tiny_flags(corpus, out, "--sample-prompt", "the model")) == 0
+    assert main(["pretrain", *tiny_flags(corpus, out, "--sample-prompt", "the model")]) == 0
     printed = capsys.readouterr().out
     assert "sample: 'the model" in printed and "Done: validation loss" in printed
 
@@ -56,7 +56,7 @@ def test_pretrain_cli_writes_a_model_folder_that_transformers_loads(corpus, tmp_
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
 
     # --resume at the end of the run: nothing left to train, the folder is rewritten the same.
-    assert cli(tiny_flags(corpus, out, "--resume")) == 0
+    assert main(["pretrain", *tiny_flags(corpus, out, "--resume")]) == 0
     resumed = AutoModelForCausalLM.from_pretrained(folder)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
 
@@ -68,7 +68,7 @@ def test_config_file_sets_options_and_flags_override_it(corpus, tmp_path):
     flags = tiny_flags(corpus, out)
     flags[flags.index("--max-steps") : flags.index("--max-steps") + 2] = []
     flags[flags.index("--lr") : flags.index("--lr") + 2] = []
-    assert cli([*flags, "--config", str(config), "--lr", "1e-3"]) == 0
+    assert main(["pretrain", *flags, "--config", str(config), "--lr", "1e-3"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in records) == 3  # from the file
     lrs = [r["lr"] for r in records if "lr" in r]
@@ -87,18 +87,18 @@ def test_the_tokenizer_is_trained_on_the_training_documents_only(corpus, tmp_pat
         return real(data, **kwargs)
 
     monkeypatch.setattr(tokenizer_module, "train_tokenizer", recording)
-    assert cli([*tiny_flags(corpus, tmp_path / "run"), "--max-steps", "1", "--val-fraction", "0.2"]) == 0
+    assert main(["pretrain", *tiny_flags(corpus, tmp_path / "run"), "--max-steps", "1", "--val-fraction", "0.2"]) == 0
     train_docs, val_docs = train_val_split(load_text_corpus(str(corpus)), 0.2, 0)
     assert sorted(seen) == sorted(train_docs["text"])
     assert not set(val_docs["text"]) - set(train_docs["text"]) & set(seen)
 
 
 def test_init_from_continues_with_the_models_own_tokenizer(corpus, tmp_path):
-    assert cli([*tiny_flags(corpus, tmp_path / "a"), "--max-steps", "1", "--save-every", "0"]) == 0
+    assert main(["pretrain", *tiny_flags(corpus, tmp_path / "a"), "--max-steps", "1", "--save-every", "0"]) == 0
     other = tmp_path / "other.txt"
     other.write_text("zebra quartz jukebox " * 200)  # a corpus that would train a different tokenizer
     flags = [*tiny_flags(other, tmp_path / "b"), "--max-steps", "1", "--save-every", "0", "--init-from", str(tmp_path / "a" / "model")]
-    assert cli(flags) == 0
+    assert main(["pretrain", *flags]) == 0
     saved = lambda run: (tmp_path / run / "model" / "tokenizer.json").read_text()  # noqa: E731
     assert saved("b") == saved("a")
 
@@ -113,7 +113,7 @@ def test_init_from_continues_with_the_models_own_tokenizer(corpus, tmp_path):
     ],
 )
 def test_bad_input_is_one_clear_error_before_training(corpus, tmp_path, capsys, change, message):
-    assert cli([*tiny_flags(corpus, tmp_path / "run"), *change]) == 2
+    assert main(["pretrain", *tiny_flags(corpus, tmp_path / "run"), *change]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
@@ -121,18 +121,18 @@ def test_bad_input_is_one_clear_error_before_training(corpus, tmp_path, capsys, 
 def test_unknown_config_key_and_unwritable_output_are_errors(corpus, tmp_path, capsys):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"learning_rate": 1e-3}))
-    assert cli([*tiny_flags(corpus, tmp_path / "run"), "--config", str(config)]) == 2
+    assert main(["pretrain", *tiny_flags(corpus, tmp_path / "run"), "--config", str(config)]) == 2
     assert "Unknown option(s) learning_rate" in capsys.readouterr().err
     a_file = tmp_path / "file"
     a_file.write_text("")
-    assert cli(tiny_flags(corpus, a_file)) == 2
+    assert main(["pretrain", *tiny_flags(corpus, a_file)]) == 2
     assert "is a file" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_quickstart_as_the_readme_runs_it_ends_clearly_below_the_unigram_entropy(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the README runs it with the default output folder
-    assert quickstart_cli(["--no-progress"]) == 0
+    assert main(["quickstart", "--no-progress"]) == 0
     printed = capsys.readouterr().out
 
     def number_after(label):
@@ -179,7 +179,7 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(corpus, 
 
 def test_streaming_pretrain_reads_the_corpus_lazily_and_needs_max_steps(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli([*tiny_flags(corpus, out), "--streaming"]) == 0
+    assert main(["pretrain", *tiny_flags(corpus, out), "--streaming"]) == 0
     assert "training and" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -187,5 +187,5 @@ def test_streaming_pretrain_reads_the_corpus_lazily_and_needs_max_steps(corpus, 
 
     flags = tiny_flags(corpus, tmp_path / "other", "--streaming")
     flags[flags.index("--max-steps") : flags.index("--max-steps") + 2] = []
-    assert cli(flags) == 2
+    assert main(["pretrain", *flags]) == 2
     assert "--streaming needs --max-steps" in capsys.readouterr().err

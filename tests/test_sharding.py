@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+from scratch_gpt.cli import main
 from scratch_gpt.tokenizer import config_kwargs, train_tokenizer
-from scratch_gpt.training import classify, pretrain
 from scratch_gpt.training.loop import TrainingConfig, check_output_dir
 from scratch_gpt.training.sharding import block_classes
 
@@ -87,7 +87,7 @@ def resume_from_first_checkpoint(run: Path, copy: Path, *launch_args) -> None:
 def test_fsdp_pretrain_shards_trains_like_one_process_saves_one_folder_and_resumes_bitwise(folder, monkeypatch):
     monkeypatch.chdir(folder)
     one = folder / "one"
-    assert pretrain.cli([*pretrain_flags(one), "--batch-size", "4"][1:]) == 0  # one process, in this one
+    assert main(["pretrain", *[*pretrain_flags(one), "--batch-size", "4"][1:]]) == 0  # one process, in this one
     stdout = launch(folder, *pretrain_flags("fsdp", "--batch-size", "2", "--fsdp"))
     run = folder / "fsdp"
 
@@ -165,7 +165,7 @@ def test_classifier_under_two_processes_evaluates_every_example_like_one_process
     flags = ["finetune-classifier", "--model", "base", "--data", "labels.jsonl", "--max-steps", "3", "--no-progress", "--lr", "1e-3"]
     name = "classifier-fsdp" if sharded else "classifier-ddp"
     if not (folder / "classifier-one").exists():
-        assert classify.cli([*flags[1:], "--batch-size", "4", "--output-dir", str(folder / "classifier-one")]) == 0
+        assert main(["finetune-classifier", *flags[1:], "--batch-size", "4", "--output-dir", str(folder / "classifier-one")]) == 0
     stdout = launch(folder, *flags, "--batch-size", "2", "--output-dir", name, *(["--fsdp"] if sharded else []))
     assert stdout.count("saved to") == 1 and len(shard_sizes(stdout)) == (2 if sharded else 0)
     one = json.loads((folder / "classifier-one" / "metrics.json").read_text())
@@ -210,7 +210,7 @@ def test_fsdp_needs_a_model_made_of_blocks():
 def test_a_global_batch_the_processes_cannot_split_fails_before_any_work(folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.chdir(folder)
-    assert pretrain.cli(pretrain_flags(str(tmp_path / "run"), "--global-batch-size", "8")[1:]) == 2
+    assert main(["pretrain", *pretrain_flags(str(tmp_path / "run"), "--global-batch-size", "8")[1:]]) == 2
     assert "--global-batch-size 8 does not split evenly over 3 processes x 1 accumulation steps" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     monkeypatch.setenv("WORLD_SIZE", "2")

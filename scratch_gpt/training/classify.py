@@ -14,7 +14,6 @@ the last real token (see `ScratchGPTForSequenceClassification`). The steps, top 
    atomic step; the folder loads with `AutoModelForSequenceClassification` and `pipeline`.
 """
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -30,12 +29,12 @@ from transformers import DataCollatorWithPadding, set_seed
 from scratch_gpt import ScratchGPTForSequenceClassification
 from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput
-from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.args import ClassifyOptions
+from scratch_gpt.lora import describe_trainable, lora_config_for
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import check_fits
-from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
+from scratch_gpt.training.finetune import card_writer, load_base_tokenizer
 from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.options import from_args, run_command
 from scratch_gpt.training.sharding import build_context, fsdp_enabled
 
 logger = logging.getLogger(__name__)
@@ -249,53 +248,10 @@ def classification_metrics(model, dataloader, accelerator=None) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = build_finetune_parser(
-        "scratch-gpt finetune-classifier",
-        "Fine-tune a pre-trained ScratchGPT folder into a text classifier.",
-        data_help="a .csv, .tsv, .json, .jsonl or .parquet file, or a Hub dataset name",
-        num_epochs=3,
-        learning_rate=5e-5,
-        batch_size=8,
-    )
-    head = parser.add_argument_group("classification")
-    head.add_argument("--text-column", default="text", help="column with the text (default: text)")
-    head.add_argument("--label-column", default="label", help="column with the class (default: label)")
-    head.add_argument("--label-names", default=None, help="comma-separated class names, in label-id order")
-    head.add_argument("--num-labels", type=int, default=None, help="number of classes (default: from the data)")
-    head.add_argument("--balance", action="store_true", help="undersample every class to the size of the smallest")
-    head.add_argument("--test-fraction", type=float, default=0.2, help="share of records for testing (default: 0.2)")
-    head.add_argument(
-        "--trainable",
-        choices=("all", "last-blocks"),
-        default=None,
-        help="without --lora: train every weight, or the last --last-blocks blocks + final norm + head (default)",
-    )
-    head.add_argument("--last-blocks", type=int, default=1, help="blocks trained with --trainable last-blocks (default: 1)")
-    return parser
-
-
-def label_names_flag(value: str | None) -> list[str] | None:
-    """`--label-names a,b,c` as a list; a name given twice would make a class no example can have."""
-    if not value:
-        return None
-    names = value.split(",")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise BadInput(f"--label-names {value!r} names {', '.join(map(repr, repeated))} twice; give each class once.")
-    if "" in names:
-        raise BadInput(f"--label-names {value!r} has an empty name; give every class a name, separated by commas.")
-    return names
-
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, finetune_classifier)
-
-
-def make_trainable(model, args: argparse.Namespace):
+def make_trainable(model, args: ClassifyOptions):
     """Step 4 of the command: LoRA adapters + head, or the chosen weights of the model itself."""
     if args.lora:
-        return get_peft_model(model, lora_config_from_args(args, task="classification"))
+        return get_peft_model(model, lora_config_for(args, task="classification"))
     set_trainable(model, args.trainable or "last-blocks", args.last_blocks)
     return model
 
@@ -315,13 +271,10 @@ def check_head_size(model: str, num_labels: int) -> None:
             )
 
 
-def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
+def finetune_classifier(args: ClassifyOptions, *, make_trainable=make_trainable) -> dict:
     """The whole command; returns its metrics. `make_trainable(model, args)` chooses what trains
     (the benchmark passes one that swaps in transformers' GPT-2 with the same weights)."""
-    if args.lora and args.trainable:
-        raise BadInput("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
-    check_lora_arguments(args)
-    config = from_args(args)
+    config = args.training()
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
     tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)
@@ -333,7 +286,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         records,
         args.label_column,
         num_labels=args.num_labels,
-        label_names=label_names_flag(args.label_names),
+        label_names=args.label_names,
     )
     if args.balance:
         records = balance_by_undersampling(records, args.seed)

@@ -29,10 +29,8 @@ The steps of `finetune-dpo`, top to bottom:
    `pipeline("text-generation")` load like any instruction-tuned model.
 """
 
-import argparse
 import copy
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +45,10 @@ from transformers.utils import ModelOutput
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput
-from scratch_gpt.lora import check_lora_arguments, describe_trainable
+from scratch_gpt.args import DPOOptions
+from scratch_gpt.lora import describe_trainable
 from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training.finetune import (
-    build_finetune_parser,
     card_writer,
     hold_out,
     load_base_tokenizer,
@@ -58,7 +56,6 @@ from scratch_gpt.training.finetune import (
 )
 from scratch_gpt.training.instruct import make_trainable, read_instruction_records
 from scratch_gpt.training.loop import check_output_dir, make_loader, process_state, train
-from scratch_gpt.training.options import from_args, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -354,39 +351,9 @@ def evaluate_with_training_pairs(train_probe, collate_fn, config):
 # ----------------------------------------------------------------------------------------------
 # finetune-dpo
 # ----------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = build_finetune_parser(
-        "scratch-gpt finetune-dpo",
-        "Preference-tune an instruction-tuned causal LM with DPO on pairs of chosen and rejected answers.",
-        data_help="a .json / .jsonl file of records {instruction, input?, chosen, rejected} (the book's) or "
-        "{prompt, chosen, rejected} (TRL's: lists of messages, or text), or a Hub dataset name",
-        num_epochs=1,
-        learning_rate=5e-6,
-        weight_decay=0.01,
-        batch_size=8,
-    )
-    dpo = parser.add_argument_group("DPO")
-    dpo.add_argument("--beta", type=float, default=0.1, help="how far the policy may move from the reference (default: 0.1)")
-    dpo.add_argument(
-        "--skip-identical",
-        action="store_true",
-        help="skip records whose chosen and rejected answers are the same (6 of the book's 1,100), with a warning",
-    )
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, finetune_dpo)
-
-
-def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
+def finetune_dpo(args: DPOOptions, *, make_trainable=make_trainable) -> dict:
     """The whole command; returns its metrics."""
-    check_lora_arguments(args)
-    if not 0.0 < args.val_fraction < 1.0:
-        raise BadInput(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
-    if not (math.isfinite(args.beta) and args.beta > 0):
-        raise BadInput(f"--beta must be positive and finite, got {args.beta}.")
-    config = from_args(args)
+    config = args.training()
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()
     tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template

@@ -3,31 +3,10 @@ beyond the loop: the base-model flags, the tokenizer of the base model, the toke
 record, the held-out split, and the model card written into the folder that the loop's
 `save_model` produces. The training flags themselves are `options.py`'s."""
 
-import argparse
 from pathlib import Path
 
-from scratch_gpt.convert import add_trust_remote_code_flag
+from scratch_gpt.args import FinetuneOptions, hyperparameters
 from scratch_gpt.errors import BadInput
-from scratch_gpt.lora import add_lora_arguments
-from scratch_gpt.sources import add_data_arguments
-from scratch_gpt.training.options import add_training_options, public_options
-
-
-def build_finetune_parser(prog: str, description: str, *, data_help: str, **training_defaults) -> argparse.ArgumentParser:
-    """A parser with the flags every fine-tuning command has: the base model, the data, the
-    held-out share, LoRA and the shared training options (`training_defaults` are the command's)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--model", required=True, help="pre-trained causal LM folder (with its tokenizer) or Hub id")
-    add_trust_remote_code_flag(parser)
-    data = add_data_arguments(parser, help=data_help)
-    data.add_argument("--split", default="train", help="split of a Hub dataset to read (default: train)")
-    data.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of records (default: 0.1)")
-    data.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (default: context)")
-    add_lora_arguments(parser)
-    add_training_options(
-        parser, output_dir=None, log_every=1, report_to="none", eval_every=0, warmup_steps=0, **training_defaults
-    )
-    return parser
 
 
 def load_base_tokenizer(model: str, trust_remote_code: bool = False):
@@ -41,7 +20,7 @@ def load_base_tokenizer(model: str, trust_remote_code: bool = False):
     return complete_tokenizer(load_pretrained(AutoTokenizer.from_pretrained, model, trust_remote_code=trust_remote_code))
 
 
-def card_writer(args: argparse.Namespace, kind: str, extra=None, **card):
+def card_writer(args: FinetuneOptions, kind: str, extra=None, **card):
     """The `on_save` of a fine-tuning run: `extra(folder)` adds files, then the model card is written
     (`card`: more arguments of `write_model_card`, e.g. the labels of a classifier)."""
     from scratch_gpt.hub import write_model_card
@@ -53,7 +32,7 @@ def card_writer(args: argparse.Namespace, kind: str, extra=None, **card):
             folder,
             kind=kind,
             metrics=metrics,
-            hyperparameters=public_options(args),
+            hyperparameters=hyperparameters(args),
             datasets=[args.data],
             base_model=args.model,
             model_name=Path(args.output_dir).name,
@@ -63,7 +42,7 @@ def card_writer(args: argparse.Namespace, kind: str, extra=None, **card):
     return write
 
 
-def max_length_for(args: argparse.Namespace, tokenizer) -> int:
+def max_length_for(args: FinetuneOptions, tokenizer) -> int:
     """The token budget of one record: `--max-length`, at most the base model's context. The
     tokenizer is checked against the model's embeddings first; both come from config.json, so
     bad input fails before the weights load."""

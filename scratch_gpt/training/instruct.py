@@ -14,11 +14,9 @@ text it was trained on. The steps of `finetune-instruct`, top to bottom:
    `answers.jsonl`, and save model (or LoRA adapter), tokenizer, generation config and card.
 """
 
-import argparse
 import copy
 import json
 import logging
-import math
 import sys
 import threading
 from collections.abc import Iterator
@@ -38,21 +36,20 @@ from transformers import (
 )
 
 from scratch_gpt import ScratchGPTForCausalLM
-from scratch_gpt.convert import add_trust_remote_code_flag, load_pretrained
+from scratch_gpt.args import ChatOptions, InstructOptions
+from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.io_utils import check_model_folder
-from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
+from scratch_gpt.lora import describe_trainable, lora_config_for
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import complete_tokenizer, format_alpaca_messages
 from scratch_gpt.training.finetune import (
-    build_finetune_parser,
     card_writer,
     hold_out,
     load_base_tokenizer,
     max_length_for,
 )
 from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.options import from_args, run_command
 from scratch_gpt.training.sharding import build_context, fsdp_enabled, gathered_root, is_sharded
 
 logger = logging.getLogger(__name__)
@@ -240,42 +237,15 @@ def write_answers(path: Path, conversations: list[list[dict]], answers: list[str
 # ----------------------------------------------------------------------------------------------
 # finetune-instruct
 # ----------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = build_finetune_parser(
-        "scratch-gpt finetune-instruct",
-        "Instruction-tune a pre-trained ScratchGPT folder on Alpaca-style or chat records.",
-        data_help="a .json / .jsonl file of records {instruction, input?, output} or {messages}, or a Hub dataset name",
-        num_epochs=2,
-        learning_rate=5e-5,
-        batch_size=8,
-    )
-    head = parser.add_argument_group("instructions")
-    head.add_argument("--mask-prompt", action="store_true", help="learn only the answers (prompt labels = -100)")
-    head.add_argument(
-        "--max-new-tokens", type=int, default=256, help="answer length in the saved generation config (default: 256)"
-    )
-    head.add_argument(
-        "--max-answers", type=int, default=100, help="held-out instructions to answer in answers.jsonl (default: 100)"
-    )
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, finetune_instruct)
-
-
-def make_trainable(model, args: argparse.Namespace):
+def make_trainable(model, args: InstructOptions):
     """LoRA adapters with `--lora`, else every weight trains."""
-    return get_peft_model(model, lora_config_from_args(args, task="causal")) if args.lora else model
+    return get_peft_model(model, lora_config_for(args, task="causal")) if args.lora else model
 
 
-def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
+def finetune_instruct(args: InstructOptions, *, make_trainable=make_trainable) -> dict:
     """The whole command; returns its metrics. `make_trainable(model, args)` may swap the model
     (the benchmark passes transformers' GPT-2 with the same weights)."""
-    check_lora_arguments(args)
-    if not 0.0 < args.val_fraction < 1.0:
-        raise BadInput(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
-    config = from_args(args)
+    config = args.training()
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
     tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
@@ -450,40 +420,9 @@ def stream_reply(model, tokenizer, messages: list[dict], generation_config) -> s
     return answer
 
 
-def build_chat_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scratch-gpt chat",
-        description="Chat with an instruction-tuned model; answers stream token by token. "
-        "Interactive unless --prompt is given; an empty line or Ctrl-D ends, /reset forgets the conversation. "
-        "--web serves the chat as a page in the browser instead (needs pip install 'scratch_gpt[web]').",
-    )
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="output folder of finetune-instruct (model or adapter)")
-    parser.add_argument("--prompt", default=None, help="answer this one instruction and exit")
-    parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help="longest answer (default: the generation config's)"
-    )
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
-    parser.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens (with --temperature)")
-    add_trust_remote_code_flag(parser)
-    web = parser.add_argument_group("web page")
-    web.add_argument("--web", action="store_true", help="serve the chat as a web page (Gradio) instead of the terminal")
-    web.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: 127.0.0.1, this machine only)")
-    web.add_argument("--port", type=int, default=7860, help="port of the page (default: 7860)")
-    return parser
-
-
-def chat_cli(argv: list[str] | None = None) -> int:
-    return run_command(build_chat_parser(), argv, chat)
-
-
-def chat(args: argparse.Namespace) -> None:
+def chat(args: ChatOptions) -> None:
     """`scratch-gpt chat`: bad input (folder, prompt too long, --web without Gradio) is one sentence via `run_command`."""
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise BadInput(f"--temperature must be 0 (greedy) or a positive number, got {args.temperature}.")
     if args.web:
-        if args.prompt is not None:
-            raise BadInput("--web and --prompt do not go together; drop --prompt and type the message in the page.")
         from scratch_gpt import web
 
         web.import_gradio()  # a missing extra is reported before the model loads

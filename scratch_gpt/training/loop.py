@@ -56,6 +56,7 @@ from accelerate.utils import DataLoaderConfiguration, patch_environment, set_see
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
+from scratch_gpt.args import TrainingConfig
 from scratch_gpt.errors import BadInput, OutputExists, RunFailed
 from scratch_gpt.io_utils import atomic_directory, check_free_space, check_output, check_writable, mark_output
 from scratch_gpt.training import sharding
@@ -72,90 +73,6 @@ from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token
 
 class TrainingDiverged(RunFailed):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class TrainingConfig:
-    output_dir: str = "runs/train"
-    # Length of the run: `max_steps` optimizer steps if set, else `num_epochs` passes over the data.
-    num_epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 8  # per process; the global batch is batch_size * processes * accumulation
-    global_batch_size: int | None = None  # if set, batch_size = global_batch_size / (processes * accumulation)
-    eval_batch_size: int | None = None  # default: batch_size
-    gradient_accumulation_steps: int = 1
-    # AdamW, linear warmup then cosine decay down to min_lr_ratio * learning_rate.
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.1
-    weight_decay_all: bool = False  # decay biases, norms and embeddings too (torch's AdamW on all parameters, as the book)
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    adam_eps: float = 1e-8
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    max_grad_norm: float | None = 1.0  # None or 0: no clipping
-    mixed_precision: str = "no"  # "no", "bf16" or "fp16"
-    compile: bool = False  # torch.compile the model (inductor)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
-    # The causal-LM loss this many tokens at a time, fused with the LM head, so the (tokens x vocab)
-    # logits never exist (ScratchGPT's `loss_chunk_size`; other models ignore it). 0 or None: off.
-    loss_chunk_size: int | None = 256
-    fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (see sharding.py)
-    seed: int = 0
-    shuffle: bool = True
-    # Evaluation: every `eval_every` steps (0: only at the end), on at most `eval_max_batches` batches.
-    eval_every: int = 0
-    eval_max_batches: int | None = None
-    eval_at_start: bool = True  # the metrics before training, for comparison
-    train_eval_batches: int = 0  # also `train_eval_loss`: eval mode, the first N training batches (the book's training loss)
-    book_figures: dict[str, float] | None = None  # published figures, {our metric name: value}, printed beside ours at the end
-    bytes_per_token: float | None = None  # enables bits per byte
-    sample_prompts: tuple[str, ...] = ()
-    sample_max_new_tokens: int = 40
-    # Logging and progress.
-    log_every: int = 10
-    progress: bool = True
-    report_to: str = "auto"  # "auto" (TensorBoard when installed), "tensorboard" or "none"
-    peak_flops: float | None = None  # per process, for MFU; default: looked up or measured (metrics.py)
-    # Checkpoints.
-    save_every: int = 0  # 0: no checkpoints
-    keep_checkpoints: int = 2
-    resume: bool = False
-    overwrite: bool = False  # commands: replace an existing output folder that scratch-gpt did not write
-
-    def __post_init__(self):
-        positive = ("num_epochs", "batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise BadInput(f"TrainingConfig.{name} must be at least 1, got {getattr(self, name)!r}.")
-        for name in ("max_steps", "eval_batch_size", "eval_max_batches", "global_batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise BadInput(f"TrainingConfig.{name} must be at least 1 (or unset), got {getattr(self, name)!r}.")
-        for name in ("learning_rate", "weight_decay", "min_lr_ratio", "max_grad_norm", "peak_flops", "adam_betas"):
-            value = getattr(self, name)  # NaN passes every comparison below: refuse it (and inf) first
-            if any(number is not None and not math.isfinite(number) for number in (value if name == "adam_betas" else [value])):
-                raise BadInput(f"TrainingConfig.{name} must be a finite number, got {value!r}.")
-        for name in ("eval_every", "save_every", "warmup_steps", "train_eval_batches", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise BadInput(f"TrainingConfig.{name} must be 0 or more, got {getattr(self, name)!r}.")
-        for name in ("learning_rate", "peak_flops"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise BadInput(f"TrainingConfig.{name} must be positive, got {getattr(self, name)!r}.")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise BadInput(f"TrainingConfig.min_lr_ratio must be between 0 and 1 (a share of --lr), got {self.min_lr_ratio!r}.")
-        if not all(0 <= beta < 1 for beta in self.adam_betas):
-            raise BadInput(f"TrainingConfig.adam_betas must each be in [0, 1), got {tuple(self.adam_betas)!r}.")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise BadInput(f"TrainingConfig.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}.")
-        if self.mixed_precision == "bf16" and not bf16_supported():
-            raise BadInput(
-                "--mixed-precision bf16 needs bf16 support, which this machine's "
-                f"{'GPU' if torch.cuda.is_available() else 'CPU'} lacks; use --mixed-precision no"
-                f"{' (or fp16)' if torch.cuda.is_available() else ''}."
-            )
-        if self.report_to not in ("auto", "tensorboard", "none"):
-            raise BadInput(f"TrainingConfig.report_to must be 'auto', 'tensorboard' or 'none', got {self.report_to!r}.")
-        self.adam_betas = tuple(self.adam_betas)
-        self.sample_prompts = tuple(self.sample_prompts)
 
 
 def bf16_supported() -> bool:
@@ -194,8 +111,19 @@ def per_process_batch_size(config: TrainingConfig) -> int:
     return config.global_batch_size // share
 
 
+def check_precision(config: TrainingConfig) -> None:
+    """bf16 only where the device computes in it (checked before any work)."""
+    if config.mixed_precision == "bf16" and not bf16_supported():
+        raise BadInput(
+            "--mixed-precision bf16 needs bf16 support, which this machine's "
+            f"{'GPU' if torch.cuda.is_available() else 'CPU'} lacks; use --mixed-precision no"
+            f"{' (or fp16)' if torch.cuda.is_available() else ''}."
+        )
+
+
 def check_fsdp_options(config: TrainingConfig) -> None:
     """The options the sharded loop does not support, as one sentence each (before any work)."""
+    check_precision(config)
     if not sharding.fsdp_enabled(config.fsdp):
         return
     if config.mixed_precision == "fp16":

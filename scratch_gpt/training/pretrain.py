@@ -10,64 +10,15 @@ curve: load it with `AutoModelForCausalLM.from_pretrained` or `pipeline("text-ge
 `accelerate launch` (see `scripts/pretrain.py`) on many processes, GPUs or nodes.
 """
 
-import argparse
 import itertools
 import shutil
 from pathlib import Path
 
-from scratch_gpt.configuration_scratch_gpt import INIT_STYLES, PRESETS, ScratchGPTConfig
-from scratch_gpt.convert import add_trust_remote_code_flag
-from scratch_gpt.errors import BadInput, MissingFile
-from scratch_gpt.sources import add_data_arguments
+from scratch_gpt.args import PretrainOptions, hyperparameters
+from scratch_gpt.configuration_scratch_gpt import ScratchGPTConfig
+from scratch_gpt.errors import MissingFile, BadInput
 from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.options import add_training_options, from_args, public_options, run_command
 from scratch_gpt.training.sharding import build_context, fsdp_enabled
-
-# The training defaults of `pretrain` (the other flags are the shared ones of options.py).
-TRAINING_DEFAULTS = dict(
-    output_dir="runs/pretrain",
-    batch_size=16,
-    learning_rate=1e-3,
-    warmup_steps=100,
-    eval_every=200,
-    eval_max_batches=50,
-    save_every=500,
-)
-
-
-def build_parser(prog: str = "scratch-gpt pretrain", **defaults) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Pre-train a GPT on a text corpus with Accelerate.")
-    data = add_data_arguments(
-        parser, default="builtin", help="text/Markdown/JSONL/JSON/CSV/TSV/Parquet file, folder, glob, Hub dataset or 'builtin'"
-    )
-    data.add_argument("--text-column", default="text")
-    data.add_argument("--block-size", type=int, default=128, help="context length of the training blocks")
-    data.add_argument("--stride", type=int, help="tokens between block starts (default: block size, disjoint)")
-    data.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out for validation")
-    data.add_argument("--num-proc", type=int, help="processes for tokenization")
-    data.add_argument(
-        "--streaming", action="store_true", help="read and pack the corpus lazily (larger than memory); needs --max-steps"
-    )
-    tok = parser.add_argument_group("tokenizer")
-    tok.add_argument("--tokenizer", help="a saved tokenizer folder; default: train one on --data")
-    tok.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the tokenizer trained when --tokenizer is not given")
-    model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size to start from")
-    model.add_argument("--hidden-size", type=int)
-    model.add_argument("--num-layers", type=int)
-    model.add_argument("--num-heads", type=int)
-    model.add_argument("--num-kv-heads", type=int, help="key/value heads (GQA); default: the preset's share of --num-heads")
-    model.add_argument("--intermediate-size", type=int)
-    model.add_argument("--dropout", type=float, default=0.0)
-    model.add_argument("--model-vocab-size", type=int, help="embedding rows (default: the tokenizer's size, rounded up to 64)")
-    # The book's GPTModel differs from GPT-2's defaults in three ways; scripts/book/ch05.yaml sets them.
-    model.add_argument("--untied-head", action="store_true", help="an output head of its own (default: tied to the token embedding)")
-    model.add_argument("--no-qkv-bias", action="store_true", help="no bias in the query/key/value projection")
-    model.add_argument("--init-style", choices=INIT_STYLES, default="gpt2", help="gpt2: N(0, 0.02); pytorch: torch's layer defaults, as the book's model")
-    model.add_argument("--init-from", help="continue pre-training a saved causal-LM folder instead of a new model")
-    add_trust_remote_code_flag(model)
-    add_training_options(parser, **{**TRAINING_DEFAULTS, **defaults})
-    return parser
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +133,7 @@ def prepare_data(args, tokenizer, train_docs, val_docs):
     return train_blocks, val_blocks, stats
 
 
-def pretrain(args: argparse.Namespace) -> dict:
+def pretrain(args: PretrainOptions) -> dict:
     """Run the whole pipeline; returns the final metrics (plus data statistics)."""
     from accelerate.utils import set_seed
 
@@ -190,12 +141,8 @@ def pretrain(args: argparse.Namespace) -> dict:
     from scratch_gpt.hub import write_model_card
     from scratch_gpt.sources import read_texts
 
-    config = from_args(args)  # bad options and output folders fail here, before the data work
+    config = args.training()
     output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from], replaces=False)  # a run folder
-    if args.model_vocab_size is not None and args.model_vocab_size < 1:
-        raise BadInput(f"--model-vocab-size must be a positive number of embedding rows, got {args.model_vocab_size}; omit it to fit the tokenizer.")
-    if args.streaming and not args.max_steps:
-        raise BadInput("--streaming needs --max-steps: a stream has no length to count epochs by.")
     state = process_state()
     set_seed(args.seed)
     corpus = read_texts(
@@ -217,7 +164,7 @@ def pretrain(args: argparse.Namespace) -> dict:
             folder,
             kind="base",
             metrics={**{k: v for k, v in metrics.items() if k != "runtime_s"}, "unigram_entropy": stats["unigram_entropy"]},
-            hyperparameters=public_options(args),
+            hyperparameters=hyperparameters(args),
             datasets=[args.data],
             base_model=args.init_from,
             model_name=output_dir.resolve().name,
@@ -229,62 +176,29 @@ def pretrain(args: argparse.Namespace) -> dict:
     return {**results, **stats}
 
 
-def cli(argv: list[str] | None = None) -> int:
+def pretrain_command(args: PretrainOptions) -> None:
     """`scratch-gpt pretrain ...`"""
-
-    def body(args):
-        results = pretrain(args)
-        process_state().print(
-            f"Done: validation loss {results['eval_loss']:.3f} (unigram entropy {results['unigram_entropy']:.3f}); "
-            f"model in {Path(args.output_dir) / 'model'}"
-        )
-
-    return run_command(build_parser(), argv, body)
+    results = pretrain(args)
+    process_state().print(
+        f"Done: validation loss {results['eval_loss']:.3f} (unigram entropy {results['unigram_entropy']:.3f}); "
+        f"model in {Path(args.output_dir) / 'model'}"
+    )
 
 
-# ----------------------------------------------------------------------------------------------
-# quickstart: the README's first command. It is `pretrain` with other defaults: small sizes on
-# the built-in corpus (every pretrain flag still works, e.g. `scratch-gpt quickstart --max-steps 50`).
+def quickstart(args: PretrainOptions) -> None:
+    """`scratch-gpt quickstart`: `pretrain` with the small sizes of its command (scratch_gpt.cli), then a sample."""
+    from transformers import pipeline
 
-QUICKSTART = dict(
-    output_dir="runs/quickstart",
-    vocab_size=2048,
-    hidden_size=128,
-    num_layers=4,
-    num_heads=4,
-    learning_rate=2e-3,
-    warmup_steps=30,
-    max_steps=400,
-    eval_every=100,
-    eval_max_batches=20,
-    save_every=0,
-    sample_prompts=["Return the"],
-    sample_max_new_tokens=30,
-    report_to="none",
-)
-
-
-def quickstart_cli(argv: list[str] | None = None) -> int:
-    """`scratch-gpt quickstart [--output-dir DIR] [--max-steps N] [any pretrain flag]`"""
-    parser = build_parser("scratch-gpt quickstart")
-    parser.description = "Train a tokenizer and a small GPT on the built-in corpus (a few minutes on a CPU)."
-    parser.set_defaults(**QUICKSTART)
-
-    def body(args):
-        results = pretrain(args)
-        from transformers import pipeline
-
-        generator = pipeline("text-generation", model=str(Path(args.output_dir) / "model"))
-        sample = generator("Return the", max_new_tokens=30, do_sample=True, top_k=40)[0]["generated_text"]
-        print(
-            f"\nvalidation loss before training: {results['initial_eval_loss']:.3f} nats/token\n"
-            f"validation loss after training:  {results['eval_loss']:.3f} nats/token "
-            f"({results['bits_per_byte']:.3f} bits/byte)\n"
-            f"unigram entropy of the corpus:   {results['unigram_entropy']:.3f} nats/token "
-            "(the loss of a model that ignores context)\n"
-            f"sample: {sample!r}\n"
-            f"model folder: {Path(args.output_dir) / 'model'} "
-            "(load it with AutoModelForCausalLM.from_pretrained or pipeline('text-generation'))"
-        )
-
-    return run_command(parser, argv, body)
+    results = pretrain(args)
+    generator = pipeline("text-generation", model=str(Path(args.output_dir) / "model"))
+    sample = generator("Return the", max_new_tokens=30, do_sample=True, top_k=40)[0]["generated_text"]
+    print(
+        f"\nvalidation loss before training: {results['initial_eval_loss']:.3f} nats/token\n"
+        f"validation loss after training:  {results['eval_loss']:.3f} nats/token "
+        f"({results['bits_per_byte']:.3f} bits/byte)\n"
+        f"unigram entropy of the corpus:   {results['unigram_entropy']:.3f} nats/token "
+        "(the loss of a model that ignores context)\n"
+        f"sample: {sample!r}\n"
+        f"model folder: {Path(args.output_dir) / 'model'} "
+        "(load it with AutoModelForCausalLM.from_pretrained or pipeline('text-generation'))"
+    )

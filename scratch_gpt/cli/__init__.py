@@ -1,0 +1,183 @@
+"""`scratch-gpt <command> ...`: one entry point for every stage.
+
+The table below names each command's options (a dataclass of `scratch_gpt.args`), its own defaults
+and the function that runs it ("module:function", imported only when the command runs). Flags,
+`--config` keys and checks come from the declarations (`parsing.py`); this module and those
+import nothing heavy, so `--help` and a bad flag answer at once.
+
+The error policy of every command: `BadInput` (see scratch_gpt.errors) is one sentence and exit
+status 2, before any work; `RunFailed` and a full disk are one sentence and exit status 1;
+anything else is a bug and keeps its traceback.
+"""
+
+import errno
+import importlib
+import sys
+from dataclasses import dataclass, field
+
+from scratch_gpt import args
+from scratch_gpt.errors import BadInput, RunFailed
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    options: type
+    run: str  # "module:function", called with the parsed options
+    description: str = ""
+    defaults: dict = field(default_factory=dict)  # this command's defaults, over the declared ones
+    required: tuple = ()  # options this command cannot run without, besides those declared required
+
+
+PRETRAIN = dict(
+    output_dir="runs/pretrain", batch_size=16, learning_rate=1e-3, warmup_steps=100, eval_every=200, eval_max_batches=50,
+    save_every=500,
+)  # fmt: skip
+# quickstart: the README's first command, `pretrain` with small sizes on the built-in corpus.
+QUICKSTART = PRETRAIN | dict(
+    output_dir="runs/quickstart", data="builtin", vocab_size=2048, hidden_size=128, num_layers=4, num_heads=4,
+    learning_rate=2e-3, warmup_steps=30, max_steps=400, eval_every=100, eval_max_batches=20, save_every=0,
+    sample_prompts=["Return the"], sample_max_new_tokens=30, report_to="none",
+)  # fmt: skip
+FINETUNE = dict(log_every=1, report_to="none", eval_every=0, warmup_steps=0)
+
+COMMANDS = {
+    "train-tokenizer": Command(
+        "train a byte-level BPE tokenizer (stage 1)", args.TokenizerOptions, "scratch_gpt.tokenizer:train_tokenizer_command",
+        "Train a byte-level BPE tokenizer and save it as a transformers tokenizer folder.", required=("output_dir",),
+    ),
+    "pretrain": Command(
+        "pre-train a GPT with Accelerate (stages 2-6)", args.PretrainOptions, "scratch_gpt.training.pretrain:pretrain_command",
+        "Pre-train a GPT on a text corpus with Accelerate.", PRETRAIN | dict(data="builtin"),
+    ),
+    "quickstart": Command(
+        "tokenizer + small GPT on the built-in corpus", args.PretrainOptions, "scratch_gpt.training.pretrain:quickstart",
+        "Train a tokenizer and a small GPT on the built-in corpus (a few minutes on a CPU).", QUICKSTART,
+    ),
+    "finetune-classifier": Command(
+        "fine-tune a classification head (stage 7.1)", args.ClassifyOptions, "scratch_gpt.training.classify:finetune_classifier",
+        "Fine-tune a pre-trained ScratchGPT folder into a text classifier.",
+        FINETUNE | dict(num_epochs=3, learning_rate=5e-5, batch_size=8), required=("output_dir",),
+    ),
+    "finetune-instruct": Command(
+        "instruction fine-tuning (stage 7.2)", args.InstructOptions, "scratch_gpt.training.instruct:finetune_instruct",
+        "Instruction-tune a pre-trained ScratchGPT folder on Alpaca-style {instruction, input?, output} or {messages} records.",
+        FINETUNE | dict(num_epochs=2, learning_rate=5e-5, batch_size=8), required=("output_dir",),
+    ),
+    "finetune-dpo": Command(
+        "preference tuning with DPO (stage 7.3)", args.DPOOptions, "scratch_gpt.training.dpo:finetune_dpo",
+        "Preference-tune an instruction-tuned causal LM with DPO on records {instruction, input?, chosen, rejected} "
+        "(the book's) or {prompt, chosen, rejected} (TRL's: lists of messages, or text).",
+        FINETUNE | dict(num_epochs=1, learning_rate=5e-6, weight_decay=0.01, batch_size=8), required=("output_dir",),
+    ),
+    "chat": Command(
+        "chat with an instruction-tuned model", args.ChatOptions, "scratch_gpt.training.instruct:chat",
+        "Chat with an instruction-tuned model; answers stream token by token. Interactive unless --prompt is given; "
+        "an empty line or Ctrl-D ends, /reset forgets the conversation. --web serves the chat as a page in the "
+        "browser instead (needs pip install 'scratch_gpt[web]').",
+    ),
+    "import-book": Command(
+        "turn the book's GPTModel model.pth into a model folder", args.ImportBookOptions, "scratch_gpt.convert:import_book_command",
+        "Turn the book's GPTModel checkpoint (torch.save of its state dict) into a ScratchGPT model folder.",
+    ),
+    "export": Command(
+        "write a model folder as a native GPT-2, Llama or Qwen3 folder", args.ExportOptions, "scratch_gpt.convert:export_command",
+        "Write a model folder as a native GPT-2, Llama or Qwen3 folder (loads without trust_remote_code).",
+    ),
+    "export-gpt2": Command(
+        "write a model folder as a standard GPT2LMHeadModel", args.ExportOptions, "scratch_gpt.convert:export_command",
+        "Write a model folder as a GPT2LMHeadModel folder (export --to gpt2).", dict(to="gpt2"),
+    ),
+    "push": Command(
+        "upload an output folder to the Hugging Face Hub", args.PushOptions, "scratch_gpt.hub:push_command",
+        "Upload a model folder (weights, config, remote code, tokenizer, card, plots) to the Hugging Face Hub in one "
+        "commit. Log in first with `hf auth login` or set HF_TOKEN.",
+    ),
+    "evaluate": Command(
+        "run lm-evaluation-harness tasks (local perplexity, multiple choice)", args.EvaluateOptions,
+        "scratch_gpt.evaluation:evaluate",
+        "Evaluate a model folder with lm-evaluation-harness on local task files (shipped: scratch_perplexity, scratch_choice).",
+    ),
+}
+
+
+def usage() -> str:
+    lines = ["usage: scratch-gpt <command> [options]", "", "commands:"]
+    lines += [f"  {name:<20} {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "Run `scratch-gpt <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"scratch-gpt: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
+        return 2
+    return run_reporting(f"scratch-gpt {name}", run_command, COMMANDS[name], name, rest)
+
+
+def parse_command(name: str, argv: list[str]):
+    """`(options, print_config)`: the checked options `scratch-gpt NAME ARGV` runs with (nothing heavy imported)."""
+    from scratch_gpt.cli.parsing import parse
+
+    command = COMMANDS[name]
+    return parse(f"scratch-gpt {name}", command.options, argv, command.defaults, command.required, command.description)
+
+
+def run_command(command: Command, name: str, argv: list[str]) -> None:
+    """Parse and check `argv`, then run the command."""
+    from scratch_gpt.cli.parsing import print_config
+
+    options, show = parse_command(name, argv)
+    if show:
+        print_config(options)
+        return
+    if getattr(options, "progress", True) is False:
+        quiet_progress_bars()
+    module, function = command.run.split(":")
+    getattr(importlib.import_module(module), function)(options)
+
+
+def quiet_progress_bars() -> None:
+    """`--no-progress`: also silence the bars of datasets (tokenizing) and transformers (loading, saving)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run_reporting(prog: str, body, *arguments) -> int:
+    """Run `body(*arguments)` under the error policy above; returns the exit status. The outputs
+    the command locked are let go when it ends (see `io_utils.lock_output`)."""
+    try:
+        body(*arguments)
+    except SystemExit as exit_:  # argparse: --help (0), or a bad flag (2, already explained on stderr)
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except BadInput as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except RunFailed as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(
+            f"{prog}: the disk is full: writing {error.filename or 'the output'} failed ({error.strerror}); free some "
+            "space and run again (what was saved before is kept: every folder is swapped in whole).",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if "scratch_gpt.io_utils" in sys.modules:
+            sys.modules["scratch_gpt.io_utils"].release_output_locks()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
