@@ -42,11 +42,18 @@ class RunFailed(RuntimeError):
     """A run stopped for a reason the message names (not bad input, not a bug)."""
 
 
+_AT_COMMAND_END = []  # callables run when a command ends; io_utils adds the release of its output locks
+
+
+def at_command_end(callback) -> None:
+    """Run `callback()` whenever a command run by `run_reporting` ends (so this module imports no other)."""
+    if callback not in _AT_COMMAND_END:
+        _AT_COMMAND_END.append(callback)
+
+
 def run_reporting(prog: str, body, *args) -> int:
     """Run `body(*args)` under the policy above; returns the exit status (0 when it went well). The
     outputs the command locked are let go when it ends (see `io_utils.lock_output`)."""
-    from scratch_gpt.io_utils import release_output_locks
-
     try:
         body(*args)
     except SystemExit as exit_:  # argparse: --help (0), or a bad flag (2, already explained on stderr)
@@ -67,5 +74,6 @@ def run_reporting(prog: str, body, *args) -> int:
         )
         return 1
     finally:
-        release_output_locks()
+        for callback in _AT_COMMAND_END:
+            callback()
     return 0

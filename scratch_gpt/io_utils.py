@@ -22,7 +22,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from scratch_gpt.errors import BadInput, NotAFolder, NotWritable, OutputExists
+from scratch_gpt.errors import BadInput, NotAFolder, NotWritable, OutputExists, at_command_end
 
 MARKER = ".scratch_gpt"  # in every folder this package writes: a later run may replace it
 KILL_ENV = "SCRATCH_GPT_KILL_AT"  # tests: SIGKILL this process at the named point (see `kill_point`)
@@ -168,6 +168,9 @@ def release_output_locks() -> None:
     for fd in _HELD_LOCKS.values():
         os.close(fd)  # closing the file drops its flock
     _HELD_LOCKS.clear()
+
+
+at_command_end(release_output_locks)  # a command that ran in-process lets go of its outputs when it ends
 
 
 def check_writable(path: str | os.PathLike, what: str = "output folder") -> Path:
