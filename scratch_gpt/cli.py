@@ -15,7 +15,7 @@ COMMANDS = {
     "finetune-classifier": ("scratch_gpt.training.classify:cli", "fine-tune a classification head (stage 7.1)"),
     "finetune-instruct": ("scratch_gpt.training.instruct:cli", "instruction fine-tuning (stage 7.2)"),
     "finetune-dpo": ("scratch_gpt.training.dpo:cli", "preference tuning with DPO (stage 7.3)"),
-    "chat": ("scratch_gpt.training.instruct:chat_cli", "chat with an instruction-tuned model"),
+    "chat": ("scratch_gpt.inference.chat:chat_cli", "chat with an instruction-tuned model"),
     "import-book": ("scratch_gpt.convert:import_book_cli", "turn the book's GPTModel model.pth into a model folder"),
     "export": ("scratch_gpt.convert:export_cli", "write a model folder as a native GPT-2, Llama or Qwen3 folder"),
     "export-gpt2": ("scratch_gpt.convert:export_gpt2_cli", "write a model folder as a standard GPT2LMHeadModel"),

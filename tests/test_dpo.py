@@ -10,9 +10,10 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+from scratch_gpt.inference import chat
 from scratch_gpt.lora import lora_config
 from scratch_gpt.tokenizer import format_alpaca_messages
-from scratch_gpt.training import dpo, instruct
+from scratch_gpt.training import dpo
 from scratch_gpt.training.dpo import (
     DPOModel,
     PreferenceCollator,
@@ -272,7 +273,7 @@ def test_finetune_dpo_prefers_the_chosen_answers_and_chat_loads_the_result(base_
     model = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
-    code, printed = run(instruct.chat_cli, [out, "--prompt", "Rewrite the word in capitals.", "--max-new-tokens", "4"], capsys)
+    code, printed = run(chat.chat_cli, [out, "--prompt", "Rewrite the word in capitals.", "--max-new-tokens", "4"], capsys)
     assert code == 0, printed.err
     reply = pipeline("text-generation", model=str(out))([{"role": "user", "content": "Say fox."}], max_new_tokens=4)
     assert reply[0]["generated_text"][-1]["role"] == "assistant"
@@ -298,7 +299,7 @@ def test_lora_dpo_on_conversational_records_saves_an_adapter_that_chat_loads(bas
     assert (out / "generation_config.json").is_file() and (out / "tokenizer.json").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["initial_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
-    code, printed = run(instruct.chat_cli, [out, "--prompt", "fox", "--max-new-tokens", "3"], capsys)
+    code, printed = run(chat.chat_cli, [out, "--prompt", "fox", "--max-new-tokens", "3"], capsys)
     assert code == 0, printed.err
 
 

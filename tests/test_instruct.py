@@ -8,12 +8,13 @@ import datasets
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
+from scratch_gpt.inference import chat
+from scratch_gpt.inference.chat import stream_reply
 from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training import instruct
 from scratch_gpt.training.instruct import (
     InstructionCollator,
     read_instruction_records,
-    stream_reply,
     to_messages,
     tokenize_conversation,
     tokenize_conversations,
@@ -238,7 +239,7 @@ def test_finetune_instruct_lowers_masked_loss_and_chat_streams_the_answer(base_d
     messages = [{"role": "user", "content": "Say fox."}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     expected = tokenizer.decode(model.generate(**inputs)[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    code, printed = run(instruct.chat_cli, [out, "--prompt", "Say fox."], capsys)
+    code, printed = run(chat.chat_cli, [out, "--prompt", "Say fox."], capsys)
     assert code == 0 and printed.out.strip() == expected.strip()
     # pipeline("text-generation") with messages renders the same prompt
     generator = pipeline("text-generation", model=out)
@@ -283,8 +284,8 @@ def test_lora_instruct_saves_an_adapter_that_chat_loads(base_dir, tmp_path, caps
         seen.append([m["content"] for m in messages])
         return stream_reply(model, tokenizer, messages, generation_config)
 
-    monkeypatch.setattr(instruct, "stream_reply", recording_reply)
-    code, printed = run(instruct.chat_cli, [out], capsys)
+    monkeypatch.setattr(chat, "stream_reply", recording_reply)
+    code, printed = run(chat.chat_cli, [out], capsys)
     assert code == 0
     assert len(seen) == 2 and seen[0] == ["Say fox."]
     assert seen[1][0] == "Say fox." and seen[1][2] == "Again." and len(seen[1]) == 3
