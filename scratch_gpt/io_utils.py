@@ -22,7 +22,13 @@ import signal
 import tempfile
 from pathlib import Path
 
-from scratch_gpt.errors import BadInput, NotAFolder, NotWritable, OutputExists, at_command_end
+from scratch_gpt.errors import (
+    BadInput,
+    NotAFolder,
+    NotWritable,
+    OutputExists,
+    at_command_end,
+)
 
 MARKER = ".scratch_gpt"  # in every folder this package writes: a later run may replace it
 KILL_ENV = "SCRATCH_GPT_KILL_AT"  # tests: SIGKILL this process at the named point (see `kill_point`)

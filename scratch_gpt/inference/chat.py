@@ -11,7 +11,11 @@ import sys
 
 from scratch_gpt.convert import add_trust_remote_code_flag
 from scratch_gpt.errors import BadInput, run_reporting
-from scratch_gpt.inference.generation import chat_generation_config, load_for_chat, reply_pieces
+from scratch_gpt.inference.generation import (
+    chat_generation_config,
+    load_for_chat,
+    reply_pieces,
+)
 
 
 def stream_reply(model, tokenizer, messages: list[dict], generation_config) -> str:
