@@ -393,7 +393,7 @@ def test_reading_a_folder_never_asks_the_kernels_library(world):
 
 def test_trust_remote_code_lets_the_folders_own_code_run(world):
     """The other side of the refusals above: with the flag, the folder's tokenizer class is used."""
-    from scratch_gpt.training.instruct import load_for_chat
+    from scratch_gpt.inference.generation import load_for_chat
 
     _, tokenizer, _ = load_for_chat("remote_tokenizer", trust_remote_code=True)
     assert type(tokenizer).__name__ == "OwnTokenizer" and (world / "the_folder_code_ran.txt").is_file()

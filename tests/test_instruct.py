@@ -9,12 +9,12 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
 from scratch_gpt.cli import main
+from scratch_gpt.inference import chat
+from scratch_gpt.inference.chat import stream_reply
 from scratch_gpt.tokenizer import format_alpaca_messages
-from scratch_gpt.training import instruct
 from scratch_gpt.training.instruct import (
     InstructionCollator,
     read_instruction_records,
-    stream_reply,
     to_messages,
     tokenize_conversation,
     tokenize_conversations,
@@ -284,7 +284,7 @@ def test_lora_instruct_saves_an_adapter_that_chat_loads(base_dir, tmp_path, caps
         seen.append([m["content"] for m in messages])
         return stream_reply(model, tokenizer, messages, generation_config)
 
-    monkeypatch.setattr(instruct, "stream_reply", recording_reply)
+    monkeypatch.setattr(chat, "stream_reply", recording_reply)
     code, printed = run("chat", [out], capsys)
     assert code == 0
     assert len(seen) == 2 and seen[0] == ["Say fox."]

@@ -14,9 +14,9 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 
 import pytest  # noqa: E402
 
-from scratch_gpt import web  # noqa: E402
+from scratch_gpt.inference import web  # noqa: E402
 from scratch_gpt.cli import main  # noqa: E402
-from scratch_gpt.training.instruct import chat_generation_config, load_for_chat, reply_pieces  # noqa: E402
+from scratch_gpt.inference.generation import chat_generation_config, load_for_chat, reply_pieces  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [  # as root, offline: no sandbox, no GPU, no background traffic to the closed network

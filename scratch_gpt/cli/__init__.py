@@ -71,7 +71,7 @@ COMMANDS = {
         FINETUNE | dict(num_epochs=1, learning_rate=5e-6, weight_decay=0.01, batch_size=8), required=("output_dir",),
     ),
     "chat": Command(
-        "chat with an instruction-tuned model", args.ChatOptions, "scratch_gpt.training.instruct:chat",
+        "chat with an instruction-tuned model", args.ChatOptions, "scratch_gpt.inference.chat:chat",
         "Chat with an instruction-tuned model; answers stream token by token. Interactive unless --prompt is given; "
         "an empty line or Ctrl-D ends, /reset forgets the conversation. --web serves the chat as a page in the "
         "browser instead (needs pip install 'scratch_gpt[web]').",

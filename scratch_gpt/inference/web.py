@@ -13,7 +13,7 @@ the template on each message), and a sidebar with the temperature, top-k and ans
 import os
 
 from scratch_gpt.errors import BadInput
-from scratch_gpt.training.instruct import chat_generation_config, reply_pieces
+from scratch_gpt.inference.generation import chat_generation_config, reply_pieces
 
 INSTALL_HINT = "pip install 'scratch_gpt[web]'"
 
