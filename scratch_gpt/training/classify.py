@@ -32,8 +32,13 @@ from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
-from scratch_gpt.tokenizer import check_fits
-from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
+from scratch_gpt.training.finetune import (
+    build_finetune_parser,
+    card_writer,
+    check_fraction,
+    load_base_tokenizer,
+    max_length_for,
+)
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import from_args, run_command
 from scratch_gpt.training.sharding import build_context, fsdp_enabled
@@ -133,9 +138,8 @@ def split_dataset(
     dataset: datasets.Dataset, *, val_fraction: float, test_fraction: float, seed: int
 ) -> datasets.DatasetDict:
     """Shuffle once, then cut train / validation / test; every part gets at least one row."""
-    for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
-        if not 0.0 < value < 1.0:
-            raise BadInput(f"{name} must be between 0 and 1 (exclusive), got {value}.")
+    check_fraction("--val-fraction", val_fraction)
+    check_fraction("--test-fraction", test_fraction)
     total = len(dataset)
     n_test, n_val = round(total * test_fraction), round(total * val_fraction)
     if n_test < 1 or n_val < 1 or total - n_test - n_val < 1:
@@ -349,9 +353,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
             pad_token_id=tokenizer.pad_token_id,
             trust_remote_code=args.trust_remote_code,
         )
-    check_fits(tokenizer, model.config, f"the model in {args.model!r}")
-    context = model.config.max_position_embeddings
-    max_length = min(args.max_length or context, context)
+    max_length = max_length_for(args.model, args.max_length, tokenizer)  # also checks the tokenizer against the model
     records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])
     splits = split_dataset(records, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     state.print(

@@ -9,7 +9,8 @@ at inference exactly the text it was trained on. The steps of `finetune-instruct
    (`messages`: a list of `{"role", "content"}`), and check each one;
 2. render and tokenize every conversation, marking which tokens belong to assistant answers;
 3. train with the shared loop; `InstructionCollator` pads each batch and builds the labels
-   (padding -> -100, optionally the prompt -> -100 so only the answers are learned);
+   (padding -> -100, optionally the prompt -> -100 so only the answers are learned) with the
+   fine-tuning commands' one padding function, `finetune.pad_batch`;
 4. report the held-out loss, write the model's answers to the held-out instructions to
    `answers.jsonl`, and save model (or LoRA adapter), tokenizer, generation config and card.
 """
@@ -33,20 +34,21 @@ from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_conf
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training.finetune import (
+    ROLES,
     build_finetune_parser,
     card_writer,
+    check_fraction,
     hold_out,
+    is_messages,
     load_base_tokenizer,
     max_length_for,
+    pad_batch,
 )
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import from_args, run_command
 from scratch_gpt.training.sharding import build_context, fsdp_enabled, gathered_root, is_sharded
 
 logger = logging.getLogger(__name__)
-
-ROLES = ("system", "user", "assistant")
-IGNORE_INDEX = -100  # label value the loss skips
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,10 +71,7 @@ def to_messages(record, index: int, source: str) -> list[dict]:
         raise BadInput(f"{where} is a {type(record).__name__}, not an object with instruction/output or messages.")
     if "messages" in record:
         messages = record["messages"]
-        valid = isinstance(messages, list) and all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
-        )
-        if not valid:
+        if not is_messages(messages):
             raise BadInput(
                 f"{where}: 'messages' must be a list of {{'role': one of {ROLES}, 'content': text}} objects."
             )
@@ -164,18 +163,8 @@ class InstructionCollator:
     mask_prompt: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        length = max(len(row["input_ids"]) for row in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
-            input_ids[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
-            if self.mask_prompt:
-                ids = ids.masked_fill(~torch.as_tensor(row["assistant_mask"], dtype=torch.bool), IGNORE_INDEX)
-            labels[i, : len(ids)] = ids
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        sequences = [(row["input_ids"], row["assistant_mask"] if self.mask_prompt else None) for row in rows]
+        return pad_batch(sequences, self.pad_token_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,8 +243,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     """The whole command; returns its metrics. `make_trainable(model, args)` may swap the model
     (the benchmark passes transformers' GPT-2 with the same weights)."""
     check_lora_arguments(args)
-    if not 0.0 < args.val_fraction < 1.0:
-        raise BadInput(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
+    check_fraction("--val-fraction", args.val_fraction)
     config = from_args(args)
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
@@ -266,7 +254,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     if not records:
         raise BadInput(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
-    rows = tokenize_conversations(tokenizer, conversations, max_length_for(args, tokenizer))
+    rows = tokenize_conversations(tokenizer, conversations, max_length_for(args.model, args.max_length, tokenizer))
 
     # 2. a seeded held-out split
     train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "conversations")
