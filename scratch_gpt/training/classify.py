@@ -297,7 +297,8 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def make_trainable(model, args: argparse.Namespace):
-    """Step 4 of the command: LoRA adapters + head, or the chosen weights of the model itself."""
+    """Step 4 of the command: LoRA adapters + head, or the chosen weights of the model itself.
+    (`scripts/bench_finetune.py` patches this function to swap in transformers' GPT-2 with the same weights.)"""
     if args.lora:
         return get_peft_model(model, lora_config_from_args(args, task="classification"))
     set_trainable(model, args.trainable or "last-blocks", args.last_blocks)
@@ -319,9 +320,8 @@ def check_head_size(model: str, num_labels: int) -> None:
             )
 
 
-def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
-    """The whole command; returns its metrics. `make_trainable(model, args)` chooses what trains
-    (the benchmark passes one that swaps in transformers' GPT-2 with the same weights)."""
+def finetune_classifier(args: argparse.Namespace) -> dict:
+    """The whole command; returns its metrics."""
     if args.lora and args.trainable:
         raise BadInput("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
     check_lora_arguments(args)

@@ -366,7 +366,7 @@ def cli(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), argv, finetune_dpo)
 
 
-def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
+def finetune_dpo(args: argparse.Namespace) -> dict:
     """The whole command; returns its metrics."""
     check_lora_arguments(args)
     check_fraction("--val-fraction", args.val_fraction)

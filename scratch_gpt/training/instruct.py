@@ -235,13 +235,13 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def make_trainable(model, args: argparse.Namespace):
-    """LoRA adapters with `--lora`, else every weight trains."""
+    """LoRA adapters with `--lora`, else every weight trains. (`scripts/bench_finetune.py` patches this
+    function to swap in transformers' GPT-2 with the same weights.)"""
     return get_peft_model(model, lora_config_from_args(args, task="causal")) if args.lora else model
 
 
-def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable) -> dict:
-    """The whole command; returns its metrics. `make_trainable(model, args)` may swap the model
-    (the benchmark passes transformers' GPT-2 with the same weights)."""
+def finetune_instruct(args: argparse.Namespace) -> dict:
+    """The whole command; returns its metrics."""
     check_lora_arguments(args)
     check_fraction("--val-fraction", args.val_fraction)
     config = from_args(args)
