@@ -320,6 +320,37 @@ def check_head_size(model: str, num_labels: int) -> None:
             )
 
 
+def read_labelled_records(args: argparse.Namespace) -> tuple[datasets.Dataset, list[str]]:
+    """Steps 1-2: the records of `--data` with checked integer `labels` (balanced with `--balance`), and the label names."""
+    records = read_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
+    check_columns(records, [args.text_column, args.label_column], args.data)
+    records, label_names = encode_labels(
+        records,
+        args.label_column,
+        num_labels=args.num_labels,
+        label_names=label_names_flag(args.label_names),
+    )
+    if args.balance:
+        records = balance_by_undersampling(records, args.seed)
+    return records, label_names
+
+
+def load_classifier(args: argparse.Namespace, tokenizer, label_names: list[str]):
+    """The base model with a new classification head for `label_names` (or a classifier's own head)."""
+    check_head_size(args.model, len(label_names))
+    set_seed(args.seed)  # the new head (and LoRA) start the same way every run
+    with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
+        return load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
+            ScratchGPTForSequenceClassification.from_pretrained,
+            args.model,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            pad_token_id=tokenizer.pad_token_id,
+            trust_remote_code=args.trust_remote_code,
+        )
+
+
 def finetune_classifier(args: argparse.Namespace) -> dict:
     """The whole command; returns its metrics."""
     if args.lora and args.trainable:
@@ -331,28 +362,8 @@ def finetune_classifier(args: argparse.Namespace) -> dict:
     tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)
 
     # 1-3. records -> checked labels -> balanced -> tokens -> train / validation / test
-    records = read_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
-    check_columns(records, [args.text_column, args.label_column], args.data)
-    records, label_names = encode_labels(
-        records,
-        args.label_column,
-        num_labels=args.num_labels,
-        label_names=label_names_flag(args.label_names),
-    )
-    if args.balance:
-        records = balance_by_undersampling(records, args.seed)
-    check_head_size(args.model, len(label_names))
-    set_seed(args.seed)  # the new head (and LoRA) start the same way every run
-    with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
-        model = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
-            ScratchGPTForSequenceClassification.from_pretrained,
-            args.model,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-            pad_token_id=tokenizer.pad_token_id,
-            trust_remote_code=args.trust_remote_code,
-        )
+    records, label_names = read_labelled_records(args)
+    model = load_classifier(args, tokenizer, label_names)
     max_length = max_length_for(args.model, args.max_length, tokenizer)  # also checks the tokenizer against the model
     records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])
     splits = split_dataset(records, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)

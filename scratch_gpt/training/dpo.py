@@ -366,6 +366,19 @@ def cli(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), argv, finetune_dpo)
 
 
+def read_pairs(args: argparse.Namespace, tokenizer) -> datasets.Dataset:
+    """The records of `--data` as checked preference pairs (ties skipped with `--skip-identical`),
+    tokenized and cut to the token budget."""
+    records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
+    if not records:
+        raise BadInput(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
+    skipped = set(identical_pairs(records)) if args.skip_identical else set()
+    if skipped:
+        logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
+    pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
+    return tokenize_pairs(tokenizer, pairs, max_length_for(args.model, args.max_length, tokenizer))
+
+
 def finetune_dpo(args: argparse.Namespace) -> dict:
     """The whole command; returns its metrics."""
     check_lora_arguments(args)
@@ -378,14 +391,7 @@ def finetune_dpo(args: argparse.Namespace) -> dict:
     tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
 
     # 1-2. records -> pairs -> tokens, all checked before the model loads
-    records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
-    if not records:
-        raise BadInput(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
-    skipped = set(identical_pairs(records)) if args.skip_identical else set()
-    if skipped:
-        logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
-    pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
-    rows = tokenize_pairs(tokenizer, pairs, max_length_for(args.model, args.max_length, tokenizer))
+    rows = read_pairs(args, tokenizer)
     train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "pairs")
     train_probe = train_set.select(range(min(len(val_set), len(train_set))))  # training pairs measured like the held-out
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
