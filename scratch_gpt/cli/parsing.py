@@ -13,7 +13,14 @@ import sys
 from dataclasses import Field
 from pathlib import Path
 
-from scratch_gpt.args import as_config, check_values, declared, default_of, flag_of, value_type
+from scratch_gpt.args import (
+    as_config,
+    check_values,
+    declared,
+    default_of,
+    flag_of,
+    value_type,
+)
 from scratch_gpt.errors import BadInput, MissingFile
 
 

@@ -27,13 +27,17 @@ from peft import get_peft_model
 from transformers import DataCollatorWithPadding, set_seed
 
 from scratch_gpt import ScratchGPTForSequenceClassification
+from scratch_gpt.args import ClassifyOptions
 from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput
-from scratch_gpt.args import ClassifyOptions
 from scratch_gpt.lora import describe_trainable, lora_config_for
 from scratch_gpt.sources import read_records
-from scratch_gpt.tokenizer import check_fits
-from scratch_gpt.training.finetune import card_writer, load_base_tokenizer
+from scratch_gpt.training.finetune import (
+    card_writer,
+    check_fraction,
+    load_base_tokenizer,
+    max_length_for,
+)
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.sharding import build_context, fsdp_enabled
 
@@ -132,9 +136,8 @@ def split_dataset(
     dataset: datasets.Dataset, *, val_fraction: float, test_fraction: float, seed: int
 ) -> datasets.DatasetDict:
     """Shuffle once, then cut train / validation / test; every part gets at least one row."""
-    for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
-        if not 0.0 < value < 1.0:
-            raise BadInput(f"{name} must be between 0 and 1 (exclusive), got {value}.")
+    check_fraction("--val-fraction", val_fraction)
+    check_fraction("--test-fraction", test_fraction)
     total = len(dataset)
     n_test, n_val = round(total * test_fraction), round(total * val_fraction)
     if n_test < 1 or n_val < 1 or total - n_test - n_val < 1:
@@ -249,7 +252,8 @@ def classification_metrics(model, dataloader, accelerator=None) -> dict:
 # The command
 # ----------------------------------------------------------------------------------------------
 def make_trainable(model, args: ClassifyOptions):
-    """Step 4 of the command: LoRA adapters + head, or the chosen weights of the model itself."""
+    """Step 4 of the command: LoRA adapters + head, or the chosen weights of the model itself.
+    (`scripts/bench_finetune.py` patches this function to swap in transformers' GPT-2 with the same weights.)"""
     if args.lora:
         return get_peft_model(model, lora_config_for(args, task="classification"))
     set_trainable(model, args.trainable or "last-blocks", args.last_blocks)
@@ -271,15 +275,8 @@ def check_head_size(model: str, num_labels: int) -> None:
             )
 
 
-def finetune_classifier(args: ClassifyOptions, *, make_trainable=make_trainable) -> dict:
-    """The whole command; returns its metrics. `make_trainable(model, args)` chooses what trains
-    (the benchmark passes one that swaps in transformers' GPT-2 with the same weights)."""
-    config = args.training()
-    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
-    state = process_state()  # this process among those `accelerate launch` started (one by default)
-    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)
-
-    # 1-3. records -> checked labels -> balanced -> tokens -> train / validation / test
+def read_labelled_records(args: ClassifyOptions) -> tuple[datasets.Dataset, list[str]]:
+    """Steps 1-2: the records of `--data` with checked integer `labels` (balanced with `--balance`), and the label names."""
     records = read_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     check_columns(records, [args.text_column, args.label_column], args.data)
     records, label_names = encode_labels(
@@ -290,10 +287,15 @@ def finetune_classifier(args: ClassifyOptions, *, make_trainable=make_trainable)
     )
     if args.balance:
         records = balance_by_undersampling(records, args.seed)
+    return records, label_names
+
+
+def load_classifier(args: ClassifyOptions, tokenizer, label_names: list[str]):
+    """The base model with a new classification head for `label_names` (or a classifier's own head)."""
     check_head_size(args.model, len(label_names))
     set_seed(args.seed)  # the new head (and LoRA) start the same way every run
     with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
-        model = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
+        return load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
             ScratchGPTForSequenceClassification.from_pretrained,
             args.model,
             num_labels=len(label_names),
@@ -302,9 +304,21 @@ def finetune_classifier(args: ClassifyOptions, *, make_trainable=make_trainable)
             pad_token_id=tokenizer.pad_token_id,
             trust_remote_code=args.trust_remote_code,
         )
-    check_fits(tokenizer, model.config, f"the model in {args.model!r}")
-    context = model.config.max_position_embeddings
-    max_length = min(args.max_length or context, context)
+
+
+def finetune_classifier(args: ClassifyOptions) -> dict:
+    """The whole command; returns its metrics."""
+    if args.lora and args.trainable:
+        raise BadInput("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
+    config = args.training()
+    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
+    state = process_state()  # this process among those `accelerate launch` started (one by default)
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)
+
+    # 1-3. records -> checked labels -> balanced -> tokens -> train / validation / test
+    records, label_names = read_labelled_records(args)
+    model = load_classifier(args, tokenizer, label_names)
+    max_length = max_length_for(args.model, args.max_length, tokenizer)  # also checks the tokenizer against the model
     records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])
     splits = split_dataset(records, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     state.print(

@@ -22,7 +22,8 @@ The steps of `finetune-dpo`, top to bottom:
 2. tokenize prompt + chosen and prompt + rejected, marking which tokens are the answer;
 3. train with the shared loop: `DPOModel` holds the policy and the reference and its `forward`
    returns the DPO loss of a batch of pairs, so the loop trains it like any other head;
-   `PreferenceCollator` stacks the chosen sequences, then the rejected ones, into one batch;
+   `PreferenceCollator` stacks the chosen sequences, then the rejected ones, into one batch
+   (padded by the fine-tuning commands' one padding function, `finetune.pad_batch`);
 4. at each evaluation, on held-out pairs and on as many training pairs: DPO loss, reward margin,
    reward accuracy, chosen and rejected rewards (`metrics.jsonl`); then save the policy alone (or
    its LoRA adapter) with tokenizer, generation config and card: a folder `scratch-gpt chat` and
@@ -43,24 +44,29 @@ from transformers import set_seed
 from transformers.utils import ModelOutput
 
 from scratch_gpt import ScratchGPTForCausalLM
+from scratch_gpt.args import DPOOptions
 from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput
-from scratch_gpt.args import DPOOptions
 from scratch_gpt.lora import describe_trainable
 from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training.finetune import (
+    IGNORE_INDEX,
     card_writer,
     hold_out,
+    is_messages,
     load_base_tokenizer,
     max_length_for,
+    pad_batch,
 )
 from scratch_gpt.training.instruct import make_trainable, read_instruction_records
-from scratch_gpt.training.loop import check_output_dir, make_loader, process_state, train
+from scratch_gpt.training.loop import (
+    check_output_dir,
+    make_loader,
+    process_state,
+    train,
+)
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100  # label of a token that is not part of an answer (prompt, padding)
-ROLES = ("system", "user", "assistant")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,12 +118,6 @@ def to_pair(record, index: int, source: str) -> dict:
 def identical_pairs(records: list) -> list[int]:
     """Indices of the records whose chosen and rejected answers are the same (a tie: its gradient is 0)."""
     return [i for i, r in enumerate(records) if isinstance(r, dict) and r.get("chosen") and r["chosen"] == r.get("rejected")]
-
-
-def is_messages(value) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in value
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,16 +191,7 @@ class PreferenceCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         sequences = [(row["chosen_input_ids"], row["chosen_answer_mask"]) for row in rows]
         sequences += [(row["rejected_input_ids"], row["rejected_answer_mask"]) for row in rows]
-        length = max(len(ids) for ids, _ in sequences)
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
-        for i, (ids, answer_mask) in enumerate(sequences):
-            ids = torch.as_tensor(ids, dtype=torch.long)
-            input_ids[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
-            labels[i, : len(ids)] = ids.masked_fill(torch.as_tensor(answer_mask) == 0, IGNORE_INDEX)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return pad_batch(sequences, self.pad_token_id)
 
 
 def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -351,14 +342,9 @@ def evaluate_with_training_pairs(train_probe, collate_fn, config):
 # ----------------------------------------------------------------------------------------------
 # finetune-dpo
 # ----------------------------------------------------------------------------------------------
-def finetune_dpo(args: DPOOptions, *, make_trainable=make_trainable) -> dict:
-    """The whole command; returns its metrics."""
-    config = args.training()
-    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
-    state = process_state()
-    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
-
-    # 1-2. records -> pairs -> tokens, all checked before the model loads
+def read_pairs(args: DPOOptions, tokenizer) -> datasets.Dataset:
+    """The records of `--data` as checked preference pairs (ties skipped with `--skip-identical`),
+    tokenized and cut to the token budget."""
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     if not records:
         raise BadInput(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
@@ -366,7 +352,18 @@ def finetune_dpo(args: DPOOptions, *, make_trainable=make_trainable) -> dict:
     if skipped:
         logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
     pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
-    rows = tokenize_pairs(tokenizer, pairs, max_length_for(args, tokenizer))
+    return tokenize_pairs(tokenizer, pairs, max_length_for(args.model, args.max_length, tokenizer))
+
+
+def finetune_dpo(args: DPOOptions) -> dict:
+    """The whole command; returns its metrics."""
+    config = args.training()
+    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
+    state = process_state()
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
+
+    # 1-2. records -> pairs -> tokens, all checked before the model loads
+    rows = read_pairs(args, tokenizer)
     train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "pairs")
     train_probe = train_set.select(range(min(len(val_set), len(train_set))))  # training pairs measured like the held-out
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")

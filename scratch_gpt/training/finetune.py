@@ -1,12 +1,18 @@
 """What the fine-tuning commands (`finetune-classifier`, `finetune-instruct`, `finetune-dpo`) share
-beyond the loop: the base-model flags, the tokenizer of the base model, the token budget of a
-record, the held-out split, and the model card written into the folder that the loop's
-`save_model` produces. The training flags themselves are `options.py`'s."""
+beyond the loop: the base-model flags, the tokenizer of the base model, the check of chat messages,
+the token budget of a record, the check of a held-out share and the held-out split, the padding of
+a batch for a causal LM, and the model card written into the folder that the loop's `save_model`
+produces. The training flags themselves are `options.py`'s."""
 
 from pathlib import Path
 
+import torch
+
 from scratch_gpt.args import FinetuneOptions, hyperparameters
 from scratch_gpt.errors import BadInput
+
+IGNORE_INDEX = -100  # the label value the loss skips (prompt and padding tokens)
+ROLES = ("system", "user", "assistant")  # the roles a chat message may have
 
 
 def load_base_tokenizer(model: str, trust_remote_code: bool = False):
@@ -42,17 +48,30 @@ def card_writer(args: FinetuneOptions, kind: str, extra=None, **card):
     return write
 
 
-def max_length_for(args: FinetuneOptions, tokenizer) -> int:
-    """The token budget of one record: `--max-length`, at most the base model's context. The
-    tokenizer is checked against the model's embeddings first; both come from config.json, so
-    bad input fails before the weights load."""
+def max_length_for(model: str, max_length: int | None, tokenizer) -> int:
+    """The token budget of one record: `max_length` (`--max-length`), at most the context of the base
+    model `model`. The tokenizer is checked against the model's embeddings first; both come from
+    config.json, so bad input fails before the weights load."""
     from scratch_gpt.convert import load_config
     from scratch_gpt.tokenizer import check_fits
 
-    config = load_config(args.model)  # a ScratchGPT's, or a GPT-2 / Llama / Qwen checkpoint's converted
-    check_fits(tokenizer, config, f"the model in {args.model!r}")
+    config = load_config(model)  # a ScratchGPT's, or a GPT-2 / Llama / Qwen checkpoint's converted
+    check_fits(tokenizer, config, f"the model in {model!r}")
     context = config.max_position_embeddings
-    return min(args.max_length or context, context)
+    return min(max_length or context, context)
+
+
+def is_messages(value) -> bool:
+    """Whether `value` is a list of chat messages, each `{"role": one of ROLES, "content": text}`."""
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in value
+    )
+
+
+def check_fraction(flag: str, value: float) -> None:
+    """One sentence unless the share `value` given with `flag` (`--val-fraction`, ...) lies strictly between 0 and 1."""
+    if not 0.0 < value < 1.0:
+        raise BadInput(f"{flag} must be between 0 and 1 (exclusive), got {value}.")
 
 
 def hold_out(rows, fraction: float, seed: int, what: str):
@@ -62,3 +81,25 @@ def hold_out(rows, fraction: float, seed: int, what: str):
         raise BadInput(f"{len(rows)} {what} are too few to hold out {fraction:.0%}; add data or change --val-fraction.")
     rows = rows.shuffle(seed=seed)
     return rows.select(range(n_val, len(rows))), rows.select(range(n_val))
+
+
+def pad_batch(sequences: list[tuple], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A batch for a causal LM from `(input_ids, label_mask)` pairs, padded on the right.
+
+    `input_ids` are padded with `pad_token_id`, `attention_mask` is 1 on tokens and 0 on padding, and
+    `labels` are the input ids (the model shifts them by one) with IGNORE_INDEX on padding and where
+    `label_mask` is 0 (None: every token is a label). Padding is told by length, never by id, so each
+    sequence keeps its own end-of-text target even when the pad token is end-of-text.
+    """
+    length = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+    for i, (ids, label_mask) in enumerate(sequences):
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        input_ids[i, : len(ids)] = ids
+        attention_mask[i, : len(ids)] = 1
+        if label_mask is not None:
+            ids = ids.masked_fill(torch.as_tensor(label_mask) == 0, IGNORE_INDEX)
+        labels[i, : len(ids)] = ids
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -9,7 +9,8 @@ at inference exactly the text it was trained on. The steps of `finetune-instruct
    (`messages`: a list of `{"role", "content"}`), and check each one;
 2. render and tokenize every conversation, marking which tokens belong to assistant answers;
 3. train with the shared loop; `InstructionCollator` pads each batch and builds the labels
-   (padding -> -100, optionally the prompt -> -100 so only the answers are learned);
+   (padding -> -100, optionally the prompt -> -100 so only the answers are learned) with the
+   fine-tuning commands' one padding function, `finetune.pad_batch`;
 4. report the held-out loss, write the model's answers to the held-out instructions to
    `answers.jsonl`, and save model (or LoRA adapter), tokenizer, generation config and card.
 """
@@ -33,18 +34,23 @@ from scratch_gpt.lora import describe_trainable, lora_config_for
 from scratch_gpt.sources import read_records
 from scratch_gpt.tokenizer import format_alpaca_messages
 from scratch_gpt.training.finetune import (
+    ROLES,
     card_writer,
     hold_out,
+    is_messages,
     load_base_tokenizer,
     max_length_for,
+    pad_batch,
 )
 from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.sharding import build_context, fsdp_enabled, gathered_root, is_sharded
+from scratch_gpt.training.sharding import (
+    build_context,
+    fsdp_enabled,
+    gathered_root,
+    is_sharded,
+)
 
 logger = logging.getLogger(__name__)
-
-ROLES = ("system", "user", "assistant")
-IGNORE_INDEX = -100  # label value the loss skips
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,10 +73,7 @@ def to_messages(record, index: int, source: str) -> list[dict]:
         raise BadInput(f"{where} is a {type(record).__name__}, not an object with instruction/output or messages.")
     if "messages" in record:
         messages = record["messages"]
-        valid = isinstance(messages, list) and all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
-        )
-        if not valid:
+        if not is_messages(messages):
             raise BadInput(
                 f"{where}: 'messages' must be a list of {{'role': one of {ROLES}, 'content': text}} objects."
             )
@@ -162,18 +165,8 @@ class InstructionCollator:
     mask_prompt: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        length = max(len(row["input_ids"]) for row in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
-            input_ids[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
-            if self.mask_prompt:
-                ids = ids.masked_fill(~torch.as_tensor(row["assistant_mask"], dtype=torch.bool), IGNORE_INDEX)
-            labels[i, : len(ids)] = ids
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        sequences = [(row["input_ids"], row["assistant_mask"] if self.mask_prompt else None) for row in rows]
+        return pad_batch(sequences, self.pad_token_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,33 +213,26 @@ def write_answers(path: Path, conversations: list[list[dict]], answers: list[str
 # finetune-instruct
 # ----------------------------------------------------------------------------------------------
 def make_trainable(model, args: InstructOptions):
-    """LoRA adapters with `--lora`, else every weight trains."""
+    """LoRA adapters with `--lora`, else every weight trains. (`scripts/bench_finetune.py` patches this
+    function to swap in transformers' GPT-2 with the same weights.)"""
     return get_peft_model(model, lora_config_for(args, task="causal")) if args.lora else model
 
 
-def finetune_instruct(args: InstructOptions, *, make_trainable=make_trainable) -> dict:
-    """The whole command; returns its metrics. `make_trainable(model, args)` may swap the model
-    (the benchmark passes transformers' GPT-2 with the same weights)."""
-    config = args.training()
-    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
-    state = process_state()  # this process among those `accelerate launch` started (one by default)
-    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
-
-    # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
+def read_conversations(args: InstructOptions, tokenizer) -> tuple[list[list[dict]], datasets.Dataset]:
+    """The records of `--data` as checked conversations, and their tokens cut to the token budget."""
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     if not records:
         raise BadInput(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
-    rows = tokenize_conversations(tokenizer, conversations, max_length_for(args, tokenizer))
+    rows = tokenize_conversations(tokenizer, conversations, max_length_for(args.model, args.max_length, tokenizer))
+    return conversations, rows
 
-    # 2. a seeded held-out split
-    train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "conversations")
-    answered = [conversations[index] for index in val_set["record"]][: args.max_answers]
-    state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
 
+def load_model(args: InstructOptions, tokenizer):
+    """The base model (GPT-2 / Llama / Qwen are converted) with the generation config saved with the result."""
     set_seed(args.seed)  # LoRA adapters start the same way every run
     with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)  # GPT-2 / Llama / Qwen are converted
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
     model.generation_config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         do_sample=False,
@@ -254,23 +240,50 @@ def finetune_instruct(args: InstructOptions, *, make_trainable=make_trainable) -
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = make_trainable(model, args)
-    state.print(describe_trainable(model))
+    return model
 
-    # 3-4. the shared loop (its evaluations, before and after, are the held-out loss), then one
-    # save that also holds the answers to the held-out instructions
-    # The answers are generated by every process (under FSDP each holds a slice of the model and they
-    # run the forward passes together), then written by the main one into the saved folder.
+
+def answer_hooks(model, tokenizer, answered: list[list[dict]], batch_size: int):
+    """The loop's `before_save` and the save's `extra` step for the answers to the held-out instructions.
+
+    The answers are generated by every process (under FSDP each holds a slice of the model and they
+    run the forward passes together), then written by the main one into the saved folder, next to
+    the generation config.
+    """
     answers = []
 
     def answer_held_out(trained) -> None:
         with gathered_root(trained):
-            answers[:] = generate_answers(trained, tokenizer, answered, model.generation_config, batch_size=args.batch_size)
+            answers[:] = generate_answers(trained, tokenizer, answered, model.generation_config, batch_size=batch_size)
 
     def write_answers_and_generation_config(folder: Path) -> None:
         write_answers(folder / "answers.jsonl", answered, answers)
         model.generation_config.save_pretrained(folder)
 
+    return answer_held_out, write_answers_and_generation_config
+
+
+def finetune_instruct(args: InstructOptions) -> dict:
+    """The whole command; returns its metrics."""
+    config = args.training()
+    check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
+    state = process_state()  # this process among those `accelerate launch` started (one by default)
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
+
+    # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
+    conversations, rows = read_conversations(args, tokenizer)
+
+    # 2. a seeded held-out split
+    train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "conversations")
+    answered = [conversations[index] for index in val_set["record"]][: args.max_answers]
+    state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
+
+    model = make_trainable(load_model(args, tokenizer), args)
+    state.print(describe_trainable(model))
+
+    # 3-4. the shared loop (its evaluations, before and after, are the held-out loss), then one
+    # save that also holds the answers to the held-out instructions
+    answer_held_out, write_answers_and_generation_config = answer_hooks(model, tokenizer, answered, args.batch_size)
     metrics = train(
         model,
         train_set,

@@ -58,7 +58,13 @@ from tqdm.auto import tqdm
 
 from scratch_gpt.args import TrainingConfig
 from scratch_gpt.errors import BadInput, OutputExists, RunFailed
-from scratch_gpt.io_utils import atomic_directory, check_free_space, check_output, check_writable, mark_output
+from scratch_gpt.io_utils import (
+    atomic_directory,
+    check_free_space,
+    check_output,
+    check_writable,
+    mark_output,
+)
 from scratch_gpt.training import sharding
 from scratch_gpt.training.checkpoints import (
     checkpoint_dirs,
@@ -68,7 +74,13 @@ from scratch_gpt.training.checkpoints import (
     read_checkpoint_state,
     save_checkpoint,
 )
-from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
+from scratch_gpt.training.metrics import (
+    MetricsLog,
+    Throughput,
+    flops_per_token,
+    peak_flops,
+    use_tensorboard,
+)
 
 
 class TrainingDiverged(RunFailed):

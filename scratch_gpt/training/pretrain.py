@@ -16,10 +16,9 @@ from pathlib import Path
 
 from scratch_gpt.args import PretrainOptions, hyperparameters
 from scratch_gpt.configuration_scratch_gpt import ScratchGPTConfig
-from scratch_gpt.errors import MissingFile, BadInput
+from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.sharding import build_context, fsdp_enabled
-
 
 # ----------------------------------------------------------------------------------------------
 
