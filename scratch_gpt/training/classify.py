@@ -61,6 +61,32 @@ def check_columns(dataset: datasets.Dataset, required: list[str], source: str) -
 # ----------------------------------------------------------------------------------------------
 # 2. Labels, balancing and splits
 # ----------------------------------------------------------------------------------------------
+def label_ids(feature, values: list, label_column: str, num_labels: int | None, label_names: list[str] | None):
+    """(ids, label names, num_labels) of the labels `values`: a ClassLabel's own names, names (strings,
+    sorted unless given) or integer ids."""
+    if isinstance(feature, datasets.ClassLabel):
+        return values, label_names or feature.names, num_labels
+    if all(isinstance(value, str) for value in values):
+        label_names = label_names or sorted(set(values))
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise BadInput(
+                f"Labels {unknown[:5]} in column {label_column!r} are not among the label names {label_names}; "
+                "fix the data or pass every name with --label-names."
+            )
+        return [index[value] for value in values], label_names, num_labels
+    if all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+        ids = [int(value) for value in values]
+        num_labels = num_labels or (len(label_names) if label_names else max(ids) + 1)
+        return ids, label_names or [str(i) for i in range(num_labels)], num_labels
+    found = sorted({type(value).__name__ for value in values})
+    raise BadInput(
+        f"Column {label_column!r} must hold only integer class ids or only class names (strings), "
+        f"found values of type {', '.join(found)}; fix the data."
+    )
+
+
 def encode_labels(
     dataset: datasets.Dataset,
     label_column: str,
@@ -74,7 +100,6 @@ def encode_labels(
     labels must lie in [0, num_labels) (default: num_labels = largest label + 1). A `ClassLabel`
     column brings its own names.
     """
-    feature = dataset.features[label_column]
     values = list(dataset[label_column])
     blank = [row for row, value in enumerate(values) if value is None or (isinstance(value, str) and not value.strip())]
     if blank:
@@ -83,29 +108,7 @@ def encode_labels(
             f"{len(blank)} record(s) have no label in column {label_column!r} (record {rows}, counting from 1 "
             "after the header); fill in their labels or remove them."
         )
-    if isinstance(feature, datasets.ClassLabel):
-        label_names = label_names or feature.names
-        ids = values
-    elif all(isinstance(value, str) for value in values):
-        label_names = label_names or sorted(set(values))
-        index = {name: i for i, name in enumerate(label_names)}
-        unknown = sorted(set(values) - set(index))
-        if unknown:
-            raise BadInput(
-                f"Labels {unknown[:5]} in column {label_column!r} are not among the label names {label_names}; "
-                "fix the data or pass every name with --label-names."
-            )
-        ids = [index[value] for value in values]
-    elif all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
-        ids = [int(value) for value in values]
-        num_labels = num_labels or (len(label_names) if label_names else max(ids) + 1)
-        label_names = label_names or [str(i) for i in range(num_labels)]
-    else:
-        found = sorted({type(value).__name__ for value in values})
-        raise BadInput(
-            f"Column {label_column!r} must hold only integer class ids or only class names (strings), "
-            f"found values of type {', '.join(found)}; fix the data."
-        )
+    ids, label_names, num_labels = label_ids(dataset.features[label_column], values, label_column, num_labels, label_names)
     num_labels = num_labels or len(label_names)
     if len(label_names) != num_labels:
         raise BadInput(f"--num-labels is {num_labels} but {len(label_names)} label names were given or found.")
