@@ -561,7 +561,8 @@ def resume_changes(saved: dict, now: dict) -> list[str]:
 
 
 def hyperparameters(options: Options) -> dict:
-    """The options of a run as its model card lists them (not where it ran or how it printed)."""
-    hidden = ("progress", "output_dir", "overwrite")
-    values = {f.name: getattr(options, f.name) for f in declared(type(options)) if f.metadata["cli"] and f.name not in hidden}
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
+    """The options of a run as its model card lists them (not where it ran or how it printed): the
+    command's own first, then the shared training options."""
+    hidden, shared = ("progress", "output_dir", "overwrite"), {f.name for f in fields(TrainingOptions)}
+    listed = [f for f in declared(type(options)) if f.metadata["cli"] and f.name not in hidden]
+    return {f.name: getattr(options, f.name) for f in sorted(listed, key=lambda f: f.name in shared)}
