@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import launch_processes
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
@@ -189,3 +190,18 @@ def test_streaming_pretrain_reads_the_corpus_lazily_and_needs_max_steps(corpus, 
     flags[flags.index("--max-steps") : flags.index("--max-steps") + 2] = []
     assert main(["pretrain", *flags]) == 2
     assert "--streaming needs --max-steps" in capsys.readouterr().err
+
+
+def test_resume_refuses_an_option_that_may_not_change_and_accepts_one_that_may(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", *tiny_flags(corpus, out, "--max-steps", "6")]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lr"] == 3e-3 and saved["max-steps"] == 6 and saved["block-size"] == 16  # the resolved options
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    capsys.readouterr()
+    assert main(["pretrain", *tiny_flags(corpus, out, "--max-steps", "8", "--resume", "--lr", "1e-3")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--lr 0.003 -> 0.001" in error[0] and "config.yaml" in error[0], error
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before  # refused before any work
+    assert main(["pretrain", *tiny_flags(corpus, out, "--max-steps", "8", "--resume", "--eval-every", "4")]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["max-steps"] == 8
