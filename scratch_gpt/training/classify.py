@@ -32,11 +32,9 @@ from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import check_lora_arguments, describe_trainable, lora_config_from_args
 from scratch_gpt.sources import read_records
-from scratch_gpt.tokenizer import check_fits
-from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer
+from scratch_gpt.training.finetune import build_finetune_parser, card_writer, load_base_tokenizer, max_length_for
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import from_args, run_command
-from scratch_gpt.training.sharding import build_context, fsdp_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +337,16 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         records = balance_by_undersampling(records, args.seed)
     check_head_size(args.model, len(label_names))
     set_seed(args.seed)  # the new head (and LoRA) start the same way every run
-    with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
+    max_length = max_length_for(args, tokenizer)  # the tokenizer checked against the model's config first
+    records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])
+    splits = split_dataset(records, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    state.print(
+        f"{len(records)} records, labels {label_names}: "
+        + ", ".join(f"{name} {len(part)}" for name, part in splits.items())
+    )
+
+    # 4. the model and what trains, built by the loop (under FSDP the main process reads the weights)
+    def build_model():
         model = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
             ScratchGPTForSequenceClassification.from_pretrained,
             args.model,
@@ -349,23 +356,13 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
             pad_token_id=tokenizer.pad_token_id,
             trust_remote_code=args.trust_remote_code,
         )
-    check_fits(tokenizer, model.config, f"the model in {args.model!r}")
-    context = model.config.max_position_embeddings
-    max_length = min(args.max_length or context, context)
-    records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])
-    splits = split_dataset(records, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
-    state.print(
-        f"{len(records)} records, labels {label_names}: "
-        + ", ".join(f"{name} {len(part)}" for name, part in splits.items())
-    )
-
-    # 4. what trains
-    model = make_trainable(model, args)
-    state.print(describe_trainable(model))
+        model = make_trainable(model, args)
+        state.print(describe_trainable(model))
+        return model
 
     # 5-6. the shared loop: validation during training, the test split at the end, then one save
     metrics = train(
-        model,
+        build_model,
         splits["train"],
         splits["validation"],
         config,

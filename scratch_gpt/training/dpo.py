@@ -404,20 +404,25 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     train_probe = train_set.select(range(min(len(val_set), len(train_set))))  # training pairs measured like the held-out
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
 
-    # 3. the policy (the model, or its LoRA adapters) and the reference, in one module
+    # 3. the policy (the model, or its LoRA adapters) and the reference, in one module, built by the
+    # loop (in its build context: under FSDP the main process reads the weights)
     set_seed(args.seed)
-    policy = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)  # GPT-2 is converted on the way in
-    disable_dropout(policy)
-    policy = make_trainable(policy, args)
-    state.print(describe_trainable(policy))
-    model = DPOModel(policy, beta=args.beta)
+    policy = None
+
+    def build_model() -> DPOModel:
+        nonlocal policy
+        policy = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)  # GPT-2 is converted on the way in
+        disable_dropout(policy)
+        policy = make_trainable(policy, args)
+        state.print(describe_trainable(policy))
+        return DPOModel(policy, beta=args.beta)
 
     def write_generation_config(folder: Path) -> None:  # an adapter folder gets it too
         policy.generation_config.save_pretrained(folder)
 
     collate_fn = PreferenceCollator(tokenizer.pad_token_id)
     metrics = train(
-        model,
+        build_model,
         train_set,
         val_set,
         config,

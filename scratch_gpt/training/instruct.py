@@ -53,7 +53,7 @@ from scratch_gpt.training.finetune import (
 )
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.options import from_args, run_command
-from scratch_gpt.training.sharding import build_context, fsdp_enabled, gathered_root, is_sharded
+from scratch_gpt.training.sharding import gathered_root, is_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -293,17 +293,20 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     state.print(f"{len(train_set)} training and {len(val_set)} held-out conversations")
 
     set_seed(args.seed)  # LoRA adapters start the same way every run
-    with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)  # GPT-2 / Llama / Qwen are converted
-    model.generation_config = GenerationConfig(
+    generation_config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         do_sample=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = make_trainable(model, args)
-    state.print(describe_trainable(model))
+
+    def build_model():  # called by the loop, in its build context (under FSDP the main process reads the weights)
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)  # GPT-2 / Llama / Qwen are converted
+        model.generation_config = generation_config
+        model = make_trainable(model, args)
+        state.print(describe_trainable(model))
+        return model
 
     # 3-4. the shared loop (its evaluations, before and after, are the held-out loss), then one
     # save that also holds the answers to the held-out instructions
@@ -313,14 +316,14 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
 
     def answer_held_out(trained) -> None:
         with gathered_root(trained):
-            answers[:] = generate_answers(trained, tokenizer, answered, model.generation_config, batch_size=args.batch_size)
+            answers[:] = generate_answers(trained, tokenizer, answered, generation_config, batch_size=args.batch_size)
 
     def write_answers_and_generation_config(folder: Path) -> None:
         write_answers(folder / "answers.jsonl", answered, answers)
-        model.generation_config.save_pretrained(folder)
+        generation_config.save_pretrained(folder)
 
     metrics = train(
-        model,
+        build_model,
         train_set,
         val_set,
         config,

@@ -152,7 +152,7 @@ class FSDP2(Plain):
             raise BadInput("--compile is not supported with FSDP yet; drop --compile or train without FSDP.")
 
     def build_context(self, *, load: bool):
-        return sharding.build_context(True, load=load)
+        return sharding.build_context(load=load)
 
     def place(self, model: torch.nn.Module, accelerator, config) -> torch.nn.Module:
         """Each process keeps its slices only; new weights are initialised after sharding."""

@@ -19,9 +19,8 @@ from scratch_gpt.configuration_scratch_gpt import INIT_STYLES, PRESETS, ScratchG
 from scratch_gpt.convert import add_trust_remote_code_flag
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.sources import add_data_arguments
-from scratch_gpt.training.loop import check_output_dir, process_state, train
+from scratch_gpt.training.loop import NewModel, check_output_dir, process_state, train
 from scratch_gpt.training.options import add_training_options, from_args, public_options, run_command
-from scratch_gpt.training.sharding import build_context, fsdp_enabled
 
 # The training defaults of `pretrain` (the other flags are the shared ones of options.py).
 TRAINING_DEFAULTS = dict(
@@ -110,15 +109,15 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     return tokenizer
 
 
-def build_model(args, tokenizer):
-    from scratch_gpt import ScratchGPTForCausalLM
-    from scratch_gpt.convert import load_pretrained
+def model_config(args, tokenizer) -> ScratchGPTConfig:
+    """The config of the model to train, checked against the tokenizer and `--block-size` before the
+    data work: `--init-from`'s (read without its weights), else a new one from `--preset` and the
+    size flags."""
+    from scratch_gpt.convert import load_config
     from scratch_gpt.tokenizer import check_fits, model_vocab_size
 
-    fsdp = fsdp_enabled(args.fsdp)  # then only the shapes here; the loop fills the slices of each process
     if args.init_from:  # a ScratchGPT folder or Hub id, or a GPT-2 / Llama / Qwen one converted on the way in
-        with build_context(fsdp, load=True):
-            model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
+        config = load_config(args.init_from, trust_remote_code=args.trust_remote_code)
         where = f"the model in {args.init_from!r}"
     else:
         sizes = {
@@ -141,19 +140,47 @@ def build_model(args, tokenizer):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        with build_context(fsdp, load=False):
-            model = ScratchGPTForCausalLM(config)
         where = "--model-vocab-size"
-    check_fits(tokenizer, model.config, where)
-    if args.block_size > model.config.max_position_embeddings:
+    check_fits(tokenizer, config, where)
+    if args.block_size > config.max_position_embeddings:
         raise BadInput(
-            f"--block-size {args.block_size} exceeds the model's context length ({model.config.max_position_embeddings}); "
+            f"--block-size {args.block_size} exceeds the model's context length ({config.max_position_embeddings}); "
             "lower --block-size."
         )
+    return config
+
+
+def build_model(args, tokenizer, config: ScratchGPTConfig):
+    """The model to train: `--init-from`'s weights, else a new model of `config` (see `model_config`).
+    The loop calls it in its build context: under FSDP only the shapes here, the loop fills the
+    slices of each process."""
+    from scratch_gpt import ScratchGPTForCausalLM
+    from scratch_gpt.convert import load_pretrained
+
+    if args.init_from:
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
+    else:
+        model = ScratchGPTForCausalLM(config)
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
+    """What the loop builds the model with, in its build context: `build_model`, then one line on the
+    data, the tokenizer and the model. A new model is marked `NewModel` (initialised by the loop)."""
+
+    def build():
+        model = build_model(args, tokenizer, config)
+        process_state().print(
+            f"{stats['train_blocks']} training and {stats['val_blocks']} validation blocks of {args.block_size} tokens; "
+            f"tokenizer {len(tokenizer)} tokens ({stats['bytes_per_token']:.2f} bytes/token); "
+            f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters."
+        )
+        return model
+
+    return build if args.init_from else NewModel(build)
 
 
 def prepare_data(args, tokenizer, train_docs, val_docs):
@@ -196,21 +223,16 @@ def pretrain(args: argparse.Namespace) -> dict:
         raise BadInput(f"--model-vocab-size must be a positive number of embedding rows, got {args.model_vocab_size}; omit it to fit the tokenizer.")
     if args.streaming and not args.max_steps:
         raise BadInput("--streaming needs --max-steps: a stream has no length to count epochs by.")
-    state = process_state()
+    process_state()  # this process among those launched, before any other accelerate object
     set_seed(args.seed)
     corpus = read_texts(
         args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=args.streaming
     )
     train_docs, val_docs = train_val_split(corpus, args.val_fraction, args.seed)
     tokenizer = load_or_train_tokenizer(args, train_docs, output_dir)
-    model = build_model(args, tokenizer)
+    checked = model_config(args, tokenizer)  # bad model options fail before the data work
     train_blocks, val_blocks, stats = prepare_data(args, tokenizer, train_docs, val_docs)
     config.bytes_per_token = stats["bytes_per_token"]
-    state.print(
-        f"{stats['train_blocks']} training and {stats['val_blocks']} validation blocks of {args.block_size} tokens; "
-        f"tokenizer {len(tokenizer)} tokens ({stats['bytes_per_token']:.2f} bytes/token); "
-        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters."
-    )
 
     def write_card(folder: Path, metrics: dict) -> None:
         write_model_card(
@@ -224,7 +246,13 @@ def pretrain(args: argparse.Namespace) -> dict:
         )
 
     results = train(
-        model, train_blocks, val_blocks, config, tokenizer=tokenizer, final_dir=output_dir / "model", on_save=write_card
+        model_factory(args, tokenizer, checked, stats),
+        train_blocks,
+        val_blocks,
+        config,
+        tokenizer=tokenizer,
+        final_dir=output_dir / "model",
+        on_save=write_card,
     )
     return {**results, **stats}
 
