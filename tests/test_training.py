@@ -356,3 +356,25 @@ def test_figures_are_true_or_absent_mfu_only_against_a_known_peak_perplexity_onl
     results = train(ScratchGPTForSequenceClassification(config), labelled[:16], labelled[16:], quiet(tmp_path / "c", max_steps=2, bytes_per_token=2.0))
     assert "eval_loss" in results and "perplexity" not in results and "bits_per_byte" not in results
     assert not any("perplexity" in r for r in records(tmp_path / "c" / "run"))
+
+
+def test_a_model_factory_trains_like_the_model_it_builds_and_seq_len_is_never_read_off_the_data(tmp_path):
+    """`train` takes a zero-argument factory (called once, by the trainer) as well as a built model;
+    the context length behind MFU is the one handed over, not the length of a data row."""
+    data = pattern_blocks(16)
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return tiny_model()
+
+    built = train(tiny_model(), data, None, quiet(tmp_path / "a", max_steps=2), final_dir=tmp_path / "a" / "model")
+    made = train(factory, data, None, quiet(tmp_path / "b", max_steps=2, peak_flops=1.0), final_dir=tmp_path / "b" / "model", seq_len=7)
+    assert len(calls) == 1 and made["train_loss"] == built["train_loss"]
+    weights = [load_file(tmp_path / run / "model" / "model.safetensors") for run in ("a", "b")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    records = [json.loads(line) for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    expected = tiny_model().flops_per_token(7) / 1.0  # MFU x peak / tokens per second: the FLOPs per token
+    logged = [r for r in records if "mfu" in r]
+    assert logged and all(r["mfu"] / r["tokens_per_s"] == pytest.approx(expected) for r in logged)
+

@@ -373,6 +373,7 @@ def finetune_classifier(args: argparse.Namespace, *, make_trainable=make_trainab
         final_dir=config.output_dir,
         on_save=card_writer(args, "classifier", labels=dict(enumerate(label_names))),
         merge_adapters=args.save_merged,
+        seq_len=max_length,
     )
     state.print("test: " + ", ".join(f"{name[5:]} {metrics[name]:.4f}" for name in metrics if name.startswith("test_")))
     state.print(f"saved to {config.output_dir}")

@@ -399,7 +399,8 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
     if skipped:
         logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
     pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
-    rows = tokenize_pairs(tokenizer, pairs, max_length_for(args, tokenizer))
+    max_length = max_length_for(args, tokenizer)
+    rows = tokenize_pairs(tokenizer, pairs, max_length)
     train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "pairs")
     train_probe = train_set.select(range(min(len(val_set), len(train_set))))  # training pairs measured like the held-out
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
@@ -432,6 +433,7 @@ def finetune_dpo(args: argparse.Namespace, *, make_trainable=make_trainable) -> 
         final_dir=config.output_dir,
         on_save=card_writer(args, "dpo", extra=write_generation_config),
         merge_adapters=args.save_merged,
+        seq_len=max_length,
     )
     state.print(
         f"held-out DPO loss {metrics['initial_eval_loss']:.4f} -> {metrics['eval_loss']:.4f}, "

@@ -285,7 +285,8 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
     if not records:
         raise BadInput(f"{args.data!r} holds no records; pass at least two instruction records.")
     conversations = [to_messages(record, index, args.data) for index, record in enumerate(records)]
-    rows = tokenize_conversations(tokenizer, conversations, max_length_for(args, tokenizer))
+    max_length = max_length_for(args, tokenizer)
+    rows = tokenize_conversations(tokenizer, conversations, max_length)
 
     # 2. a seeded held-out split
     train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "conversations")
@@ -333,6 +334,7 @@ def finetune_instruct(args: argparse.Namespace, *, make_trainable=make_trainable
         before_save=answer_held_out,
         on_save=card_writer(args, "instruct", extra=write_answers_and_generation_config),
         merge_adapters=args.save_merged,
+        seq_len=max_length,
     )
     state.print(
         f"held-out loss {metrics['initial_eval_loss']:.4f} before, {metrics['eval_loss']:.4f} after fine-tuning"

@@ -4,7 +4,7 @@
 
     metrics = train(model, train_dataset, eval_dataset, TrainingConfig(output_dir="runs/x", max_steps=500),
                     test_dataset=None, collate_fn=None, evaluate_fn=None, tokenizer=None,
-                    final_dir=None, on_save=None, before_save=None, merge_adapters=False)
+                    final_dir=None, on_save=None, before_save=None, merge_adapters=False, seq_len=None)
 
 - `model` is any `nn.Module` whose `model(**batch)` returns an object with `.loss` (every HF model
   given `labels`), or a zero-argument factory that builds one (`lambda: load_pretrained(...)`,
@@ -26,6 +26,9 @@
   command (see there); `on_save(folder, metrics)` adds files (a model card) before it appears,
   on the main process; `before_save(model)` runs first on every process (work that needs the
   trained model, such as generating: under FSDP each process holds a slice, all must take part).
+- `seq_len`: the context length of the training rows (pre-training's block size, a fine-tune's
+  maximum length), for the FLOPs per token behind MFU; without it, the model's own count (a
+  ScratchGPT counts its full context). The loop never reads it off the data.
 - How the processes share the model is the strategy's (`parallel.py`): one process, DDP, or FSDP2
   (`config.fsdp` or an accelerate FSDP config, more than one process: the model is sharded by
   `sharding.shard_model` instead of copied to each device; see `sharding.py`).
@@ -416,6 +419,7 @@ class Trainer:
         collate_fn: Callable[[list], dict] | None = None,
         evaluate_fn: Callable[..., dict[str, float]] | None = None,
         tokenizer=None,
+        seq_len: int | None = None,
     ):
         self.config = config = replace(config, batch_size=per_process_batch_size(config))
         self.strategy = parallel.choose(config.fsdp)
@@ -430,8 +434,6 @@ class Trainer:
         self.build_loaders(train_dataset, eval_dataset, test_dataset, collate_fn)
         self.build_model(model)
         self.prepare_evaluation(train_dataset, collate_fn)
-        first = next(iter(train_dataset)) if self.streaming else train_dataset[0]
-        seq_len = len(first["input_ids"]) if "input_ids" in first else 1
         self.flops_per_token = flops_per_token(self.accelerator.unwrap_model(self.model), seq_len)
         self.peak_flops = config.peak_flops or peak_flops(self.accelerator.device, config.mixed_precision)
         self.forward_kwargs = loss_kwargs(self.model, self.accelerator, config)  # see loss_kwargs
@@ -722,6 +724,7 @@ def train(
     on_save: Callable[[Path, dict], None] | None = None,
     before_save: Callable[[torch.nn.Module], None] | None = None,
     merge_adapters: bool = False,
+    seq_len: int | None = None,
 ) -> dict[str, Any]:
     """Train `model`, or the model a zero-argument factory builds, on `train_dataset`; see the
     module docstring for the contract."""
@@ -740,6 +743,7 @@ def train(
         collate_fn=collate_fn,
         evaluate_fn=evaluate_fn,
         tokenizer=tokenizer,
+        seq_len=seq_len,
     )
     return trainer.fit(final_dir=final_dir, on_save=on_save, before_save=before_save, merge_adapters=merge_adapters)
 

@@ -253,6 +253,7 @@ def pretrain(args: argparse.Namespace) -> dict:
         tokenizer=tokenizer,
         final_dir=output_dir / "model",
         on_save=write_card,
+        seq_len=args.block_size,
     )
     return {**results, **stats}
 
