@@ -378,3 +378,32 @@ def test_a_model_factory_trains_like_the_model_it_builds_and_seq_len_is_never_re
     logged = [r for r in records if "mfu" in r]
     assert logged and all(r["mfu"] / r["tokens_per_s"] == pytest.approx(expected) for r in logged)
 
+
+def test_the_private_accelerate_reset_is_pinned_to_the_versions_it_is_known_to_hold_for(tmp_path):
+    """`new_accelerator` resets accelerate's process-wide state with `AcceleratorState._reset_state()`
+    (private: accelerate has no public reset), so that each run in a process chooses its own
+    precision and plugins. Known to hold for accelerate 1.10 to 1.x (read in 1.16.0's state.py);
+    before another version is allowed, check that call there and move KNOWN."""
+    import tomllib
+
+    import accelerate
+    from accelerate.state import AcceleratorState, PartialState
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    from scratch_gpt.training.loop import new_accelerator
+
+    known = SpecifierSet(">=1.10,<2")
+    root = Path(__file__).resolve().parents[1]
+    pins = dict(line.split("==") for line in (root / ".ci" / "constraints.txt").read_text().splitlines() if "==" in line)
+    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    allowed = next(Requirement(r).specifier for r in dependencies if Requirement(r).name == "accelerate")
+    assert accelerate.__version__ in known and pins["accelerate"] in known
+    assert Version("1.10") in allowed and not any(Version(v) in allowed for v in ("1.9.1", "0.34.2"))  # none older
+    assert callable(AcceleratorState._reset_state)
+
+    assert new_accelerator(quiet(tmp_path), tmp_path, tensorboard=False).mixed_precision == "no"
+    # accelerate refuses another precision in the same process unless its state is reset
+    assert new_accelerator(quiet(tmp_path, mixed_precision="fp16"), tmp_path, tensorboard=False).mixed_precision == "fp16"
+    assert PartialState().initialized  # the process group stays

@@ -362,8 +362,10 @@ def check_no_other_run(config: TrainingConfig, output_dir: Path) -> None:
 def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool) -> Accelerator:
     """An Accelerator with this run's precision, accumulation and tracker."""
     # Each run chooses its own precision and plugins, so the state a previous run in this process
-    # left behind is reset (accelerate keeps it in a singleton and has no public reset; the
-    # process group of PartialState is kept).
+    # left behind is reset; the process group of PartialState is kept. accelerate keeps that state
+    # in a singleton and has no public reset (1.16: only the private `_reset_state`, which its own
+    # tests use), so this private call stays; tests/test_training.py pins the accelerate versions
+    # it is known to hold for.
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
