@@ -223,3 +223,23 @@ def test_fsdp_refuses_fp16_in_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="use --mixed-precision bf16"):
         check_output_dir(TrainingConfig(output_dir=str(tmp_path / "x"), fsdp=True, mixed_precision="fp16"))
+
+
+def test_the_strategy_builds_the_model_of_a_factory_in_its_build_context(folder, monkeypatch):
+    """The trainer calls a command's factory inside the strategy's build context: under FSDP a read
+    model is read by the main process only (the others build shapes on meta), a new one
+    (`NewModel`) is shapes on every process; one process, or DDP, builds as usual."""
+    from scratch_gpt.training import parallel
+
+    read = lambda: ScratchGPTForCausalLM.from_pretrained(folder / "base")  # noqa: E731
+    new = parallel.NewModel(lambda: ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny", hidden_size=32, num_attention_heads=2)))
+    on_meta = lambda model: all(p.is_meta for p in model.parameters())  # noqa: E731
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert isinstance(parallel.choose(fsdp=False), parallel.DDP) and isinstance(parallel.choose(fsdp=True), parallel.FSDP2)
+    assert not on_meta(parallel.choose().build(read)) and not on_meta(parallel.choose().build(new))
+    for rank, read_on_meta in (("0", False), ("1", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert on_meta(parallel.FSDP2().build(read)) == read_on_meta
+        assert on_meta(parallel.FSDP2().build(new))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert type(parallel.choose(fsdp=True)) is parallel.Plain

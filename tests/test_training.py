@@ -356,3 +356,54 @@ def test_figures_are_true_or_absent_mfu_only_against_a_known_peak_perplexity_onl
     results = train(ScratchGPTForSequenceClassification(config), labelled[:16], labelled[16:], quiet(tmp_path / "c", max_steps=2, bytes_per_token=2.0))
     assert "eval_loss" in results and "perplexity" not in results and "bits_per_byte" not in results
     assert not any("perplexity" in r for r in records(tmp_path / "c" / "run"))
+
+
+def test_a_model_factory_trains_like_the_model_it_builds_and_seq_len_is_never_read_off_the_data(tmp_path):
+    """`train` takes a zero-argument factory (called once, by the trainer) as well as a built model;
+    the context length behind MFU is the one handed over, not the length of a data row."""
+    data = pattern_blocks(16)
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return tiny_model()
+
+    built = train(tiny_model(), data, None, quiet(tmp_path / "a", max_steps=2), final_dir=tmp_path / "a" / "model")
+    made = train(factory, data, None, quiet(tmp_path / "b", max_steps=2, peak_flops=1.0), final_dir=tmp_path / "b" / "model", seq_len=7)
+    assert len(calls) == 1 and made["train_loss"] == built["train_loss"]
+    weights = [load_file(tmp_path / run / "model" / "model.safetensors") for run in ("a", "b")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    records = [json.loads(line) for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    expected = tiny_model().flops_per_token(7) / 1.0  # MFU x peak / tokens per second: the FLOPs per token
+    logged = [r for r in records if "mfu" in r]
+    assert logged and all(r["mfu"] / r["tokens_per_s"] == pytest.approx(expected) for r in logged)
+
+
+def test_the_private_accelerate_reset_is_pinned_to_the_versions_it_is_known_to_hold_for(tmp_path):
+    """`new_accelerator` resets accelerate's process-wide state with `AcceleratorState._reset_state()`
+    (private: accelerate has no public reset), so that each run in a process chooses its own
+    precision and plugins. Known to hold for accelerate 1.10 to 1.x (read in 1.16.0's state.py);
+    before another version is allowed, check that call there and move KNOWN."""
+    import tomllib
+
+    import accelerate
+    from accelerate.state import AcceleratorState, PartialState
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    from scratch_gpt.training.loop import new_accelerator
+
+    known = SpecifierSet(">=1.10,<2")
+    root = Path(__file__).resolve().parents[1]
+    pins = dict(line.split("==") for line in (root / ".ci" / "constraints.txt").read_text().splitlines() if "==" in line)
+    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    allowed = next(Requirement(r).specifier for r in dependencies if Requirement(r).name == "accelerate")
+    assert accelerate.__version__ in known and pins["accelerate"] in known
+    assert Version("1.10") in allowed and not any(Version(v) in allowed for v in ("1.9.1", "0.34.2"))  # none older
+    assert callable(AcceleratorState._reset_state)
+
+    assert new_accelerator(quiet(tmp_path), tmp_path, tensorboard=False).mixed_precision == "no"
+    # accelerate refuses another precision in the same process unless its state is reset
+    assert new_accelerator(quiet(tmp_path, mixed_precision="fp16"), tmp_path, tensorboard=False).mixed_precision == "fp16"
+    assert PartialState().initialized  # the process group stays

@@ -1,10 +1,11 @@
 """Checkpoints of a training run: `OUTPUT_DIR/checkpoints/step-XXXXXXXX/`.
 
-Each is accelerate's `save_state` (model, optimizer, scheduler, RNG states, one set per process;
-under FSDP the model and optimizer are `sharding.save_sharded`'s slices in `sharded/` instead)
-written into a temporary folder, plus `trainer_state.json` (the position in the data and the size
-of every file), then renamed into place: a kill never leaves a half-written `step-*` folder, and a
-folder whose files do not match their recorded sizes is skipped when resuming.
+Each is accelerate's `save_state` (model, optimizer, scheduler, RNG states, one set per process)
+plus the strategy's slices (`parallel.py`: under FSDP each process' slices of the model and
+optimizer in `sharded/`; nothing more otherwise), written into a temporary folder, plus
+`trainer_state.json` (the position in the data and the size of every file), then renamed into
+place: a kill never leaves a half-written `step-*` folder, and a folder whose files do not match
+their recorded sizes is skipped when resuming.
 """
 
 import errno
@@ -18,7 +19,7 @@ from accelerate import Accelerator
 
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.io_utils import disk_full
-from scratch_gpt.training import sharding
+from scratch_gpt.training.parallel import NoSlices
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -50,9 +51,11 @@ def read_checkpoint_state(checkpoint: Path) -> dict:
     return state
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int, shards=None) -> None:
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int, slices=NoSlices()) -> None:
     """Write checkpoint `state["step"]` (every process takes part), then keep only the newest `keep`.
-    `shards`: the (model, optimizer) of a sharded run, which every process writes its slices of."""
+    `slices`: what every process writes besides `save_state` (a strategy's `slices(model, optimizer)`);
+    whether they are slices of a sharded run is recorded as `sharded` in the trainer state."""
+    state = {**state, "sharded": slices.sharded}
     folder = output_dir / "checkpoints"
     final = folder / checkpoint_name(state["step"])
     tmp = folder / f".tmp-{final.name}"  # the same name on every process: all of them write into it
@@ -62,8 +65,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
-        if shards is not None:
-            sharding.save_sharded(*shards, tmp / sharding.SHARDS_FOLDER)
+        slices.save(tmp)
     except Exception as error:  # a full disk is named in one sentence; the checkpoints before stay whole
         if not disk_full(error):
             raise
@@ -110,13 +112,14 @@ def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> Non
         )
 
 
-def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature: dict | None = None, shards=None) -> dict:
+def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature: dict | None = None, slices=NoSlices()) -> dict:
     """Restore the newest complete checkpoint of the run in `output_dir`; skip damaged ones with a warning.
 
     Each checkpoint is checked before any state is touched: its files against their recorded sizes,
     then (with `signature`, see `model_signature`) its model against this one. Another model is an
-    error, not a reason to skip; no checkpoint at all, or none loadable, is an error too. `shards`:
-    the (model, optimizer) of a sharded run, read from the checkpoint's slices.
+    error, not a reason to skip; so is a checkpoint of a sharded run for a run that is not (or the
+    reverse); no checkpoint at all, or none loadable, is an error too. `slices`: what is read besides
+    `load_state` (a strategy's `slices(model, optimizer)`).
     """
     checkpoints = checkpoint_dirs(output_dir)
     if not checkpoints:
@@ -132,16 +135,15 @@ def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature
             continue
         if signature is not None:
             check_compatible(checkpoint, state.get("model"), signature)
-        if state.get("sharded", False) != (shards is not None):
-            written, now = ("with", "without") if shards is None else ("without", "with")
+        if state.get("sharded", False) != slices.sharded:
+            written, now = ("without", "with") if slices.sharded else ("with", "without")
             raise BadInput(
                 f"The checkpoint {str(checkpoint)!r} was written {written} FSDP and this run is {now} it; "
                 "resume with the same launch configuration (--fsdp or the FSDP accelerate config)."
             )
         try:
             accelerator.load_state(str(checkpoint))
-            if shards is not None:
-                sharding.load_sharded(*shards, checkpoint / sharding.SHARDS_FOLDER)
+            slices.load(checkpoint)
         except Exception as error:  # damaged contents of the right size: torch/safetensors raise many kinds
             warnings.warn(f"Skipping checkpoint {checkpoint.name}: {error}. Trying the previous one.", stacklevel=3)
             continue

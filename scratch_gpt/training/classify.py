@@ -39,7 +39,6 @@ from scratch_gpt.training.finetune import (
     max_length_for,
 )
 from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.sharding import build_context, fsdp_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -293,12 +292,13 @@ def read_labelled_records(args: ClassifyOptions) -> tuple[datasets.Dataset, list
     return records, label_names
 
 
-def load_classifier(args: ClassifyOptions, tokenizer, label_names: list[str]):
-    """The base model with a new classification head for `label_names` (or a classifier's own head)."""
+def classifier_factory(args: ClassifyOptions, tokenizer, label_names: list[str], state):
+    """What the trainer calls, in its build context, to build the model: the base model with a new
+    classification head for `label_names` (or a classifier's own head), then what trains (step 4)."""
     check_head_size(args.model, len(label_names))
-    set_seed(args.seed)  # the new head (and LoRA) start the same way every run
-    with build_context(fsdp_enabled(args.fsdp), load=True):  # under FSDP: read by the main process only
-        return load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
+
+    def build():
+        model = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
             ScratchGPTForSequenceClassification.from_pretrained,
             args.model,
             num_labels=len(label_names),
@@ -307,12 +307,15 @@ def load_classifier(args: ClassifyOptions, tokenizer, label_names: list[str]):
             pad_token_id=tokenizer.pad_token_id,
             trust_remote_code=args.trust_remote_code,
         )
+        model = make_trainable(model, args)
+        state.print(describe_trainable(model))
+        return model
+
+    return build
 
 
 def finetune_classifier(args: ClassifyOptions) -> dict:
     """The whole command; returns its metrics."""
-    if args.lora and args.trainable:
-        raise BadInput("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
     config = args.training()
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
@@ -320,7 +323,8 @@ def finetune_classifier(args: ClassifyOptions) -> dict:
 
     # 1-3. records -> checked labels -> balanced -> tokens -> train / validation / test
     records, label_names = read_labelled_records(args)
-    model = load_classifier(args, tokenizer, label_names)
+    build_model = classifier_factory(args, tokenizer, label_names, state)
+    set_seed(args.seed)  # the new head (and LoRA) start the same way every run
     max_length = max_length_for(args.model, args.max_length, tokenizer)  # also checks the tokenizer against the model
     records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])
     splits = split_dataset(records, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
@@ -329,13 +333,10 @@ def finetune_classifier(args: ClassifyOptions) -> dict:
         + ", ".join(f"{name} {len(part)}" for name, part in splits.items())
     )
 
-    # 4. what trains
-    model = make_trainable(model, args)
-    state.print(describe_trainable(model))
-
-    # 5-6. the shared loop: validation during training, the test split at the end, then one save
+    # 4-6. the shared loop builds the model (under FSDP the main process reads the weights), validates
+    # during training, measures the test split at the end, then saves once
     metrics = train(
-        model,
+        build_model,
         splits["train"],
         splits["validation"],
         config,
@@ -346,6 +347,7 @@ def finetune_classifier(args: ClassifyOptions) -> dict:
         final_dir=config.output_dir,
         on_save=card_writer(args, "classifier", labels=dict(enumerate(label_names))),
         merge_adapters=args.save_merged,
+        seq_len=max_length,
     )
     state.print("test: " + ", ".join(f"{name[5:]} {metrics[name]:.4f}" for name in metrics if name.startswith("test_")))
     state.print(f"saved to {config.output_dir}")

@@ -342,7 +342,7 @@ def evaluate_with_training_pairs(train_probe, collate_fn, config):
 # ----------------------------------------------------------------------------------------------
 # finetune-dpo
 # ----------------------------------------------------------------------------------------------
-def read_pairs(args: DPOOptions, tokenizer) -> datasets.Dataset:
+def read_pairs(args: DPOOptions, tokenizer) -> tuple[datasets.Dataset, int]:
     """The records of `--data` as checked preference pairs (ties skipped with `--skip-identical`),
     tokenized and cut to the token budget."""
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
@@ -352,7 +352,27 @@ def read_pairs(args: DPOOptions, tokenizer) -> datasets.Dataset:
     if skipped:
         logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
     pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
-    return tokenize_pairs(tokenizer, pairs, max_length_for(args.model, args.max_length, tokenizer))
+    max_length = max_length_for(args.model, args.max_length, tokenizer)
+    return tokenize_pairs(tokenizer, pairs, max_length), max_length
+
+
+def dpo_factory(args: DPOOptions, state):
+    """What the trainer calls, in its build context, to build the model: the policy (the model, or
+    its LoRA adapters) and the reference in one `DPOModel`; and the save's step that writes the
+    policy's generation config (an adapter folder gets it too)."""
+    built = {}
+
+    def build() -> DPOModel:
+        policy = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
+        disable_dropout(policy)
+        built["policy"] = policy = make_trainable(policy, args)
+        state.print(describe_trainable(policy))
+        return DPOModel(policy, beta=args.beta)
+
+    def write_generation_config(folder: Path) -> None:
+        built["policy"].generation_config.save_pretrained(folder)
+
+    return build, write_generation_config
 
 
 def finetune_dpo(args: DPOOptions) -> dict:
@@ -363,25 +383,17 @@ def finetune_dpo(args: DPOOptions) -> dict:
     tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
 
     # 1-2. records -> pairs -> tokens, all checked before the model loads
-    rows = read_pairs(args, tokenizer)
+    rows, max_length = read_pairs(args, tokenizer)
     train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "pairs")
     train_probe = train_set.select(range(min(len(val_set), len(train_set))))  # training pairs measured like the held-out
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
 
-    # 3. the policy (the model, or its LoRA adapters) and the reference, in one module
+    # 3. the loop builds the policy and the reference (under FSDP the main process reads the weights)
     set_seed(args.seed)
-    policy = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)  # GPT-2 is converted on the way in
-    disable_dropout(policy)
-    policy = make_trainable(policy, args)
-    state.print(describe_trainable(policy))
-    model = DPOModel(policy, beta=args.beta)
-
-    def write_generation_config(folder: Path) -> None:  # an adapter folder gets it too
-        policy.generation_config.save_pretrained(folder)
-
+    build_model, write_generation_config = dpo_factory(args, state)
     collate_fn = PreferenceCollator(tokenizer.pad_token_id)
     metrics = train(
-        model,
+        build_model,
         train_set,
         val_set,
         config,
@@ -391,6 +403,7 @@ def finetune_dpo(args: DPOOptions) -> dict:
         final_dir=config.output_dir,
         on_save=card_writer(args, "dpo", extra=write_generation_config),
         merge_adapters=args.save_merged,
+        seq_len=max_length,
     )
     state.print(
         f"held-out DPO loss {metrics['initial_eval_loss']:.4f} -> {metrics['eval_loss']:.4f}, "

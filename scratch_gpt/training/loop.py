@@ -4,10 +4,15 @@
 
     metrics = train(model, train_dataset, eval_dataset, TrainingConfig(output_dir="runs/x", max_steps=500),
                     test_dataset=None, collate_fn=None, evaluate_fn=None, tokenizer=None,
-                    final_dir=None, on_save=None, merge_adapters=False)
+                    final_dir=None, on_save=None, before_save=None, merge_adapters=False, seq_len=None)
 
 - `model` is any `nn.Module` whose `model(**batch)` returns an object with `.loss` (every HF model
-  given `labels`). Only parameters with `requires_grad` are optimized (LoRA just works).
+  given `labels`), or a zero-argument factory that builds one (`lambda: load_pretrained(...)`,
+  with whatever wrapping the command adds), which the trainer calls inside its parallelism
+  strategy's build context: so a command cannot build its model in the wrong place (under FSDP,
+  on the meta device). A factory reads its weights from a folder unless it is wrapped as
+  `NewModel(factory)` (new weights, initialised after sharding). Only parameters with
+  `requires_grad` are optimized (LoRA just works).
 - `train_dataset` / `eval_dataset` / `test_dataset` are map-style datasets (a `datasets.Dataset`,
   a list, a torch `Dataset`; the training set may also be an `IterableDataset`, read in order);
   `collate_fn` turns a list of rows into a dict of tensors (default: stack each column). The
@@ -21,21 +26,25 @@
   command (see there); `on_save(folder, metrics)` adds files (a model card) before it appears,
   on the main process; `before_save(model)` runs first on every process (work that needs the
   trained model, such as generating: under FSDP each process holds a slice, all must take part).
-- FSDP (`config.fsdp` or an accelerate FSDP config, more than one process): the model is sharded
-  by `sharding.shard_model` instead of copied to each device; see `sharding.py`.
+- `seq_len`: the context length of the training rows (pre-training's block size, a fine-tune's
+  maximum length), for the FLOPs per token behind MFU; without it, the model's own count (a
+  ScratchGPT counts its full context). The loop never reads it off the data.
+- How the processes share the model is the strategy's (`parallel.py`): one process, DDP, or FSDP2
+  (`config.fsdp` or an accelerate FSDP config, more than one process: the model is sharded by
+  `sharding.shard_model` instead of copied to each device; see `sharding.py`).
 - Returns a dict of final metrics: `step`, `tokens`, `train_loss`, `eval_loss`, `perplexity`,
   `bits_per_byte` (when known), the `evaluate_fn` metrics, `runtime_s`, and the metrics of the
   evaluation before the first step, prefixed `initial_` (with `eval_at_start`).
 - Raises `TrainingDiverged` when the loss becomes NaN or infinite; the last good checkpoint stays.
 
-`train` reads as its steps: `build` (accelerator, loaders, optimizer, schedule), `restore` (from
-a checkpoint), `run_epoch` (micro-batches; after each optimizer step `log_progress`, `evaluate`,
-`checkpoint`), then the final evaluation and `save_model`. What it writes in `config.output_dir`
-(main process only): `metrics.jsonl`, `loss_curve.png`, TensorBoard logs in `tensorboard/` when
-installed, and `checkpoints/step-XXXXXXXX/` every `save_every` steps (see `checkpoints.py`);
-`resume=True` continues from the newest complete one, so an interrupted run ends with the same
-weights as an uninterrupted one. The same code runs on one CPU and under `accelerate launch` on
-many GPUs or nodes.
+`train` is `Trainer(...).fit(...)`, which reads as its steps: the constructor builds (strategy,
+model, accelerator, loaders, optimizer, schedule), `restore` (from a checkpoint), `run_epoch`
+(micro-batches; after each optimizer step `log_progress`, `evaluate`, `checkpoint`), then
+`final_evaluation` and `save` (`save_model`). What it writes in `config.output_dir` (main process
+only): `metrics.jsonl`, `loss_curve.png`, TensorBoard logs in `tensorboard/` when installed, and
+`checkpoints/step-XXXXXXXX/` every `save_every` steps (see `checkpoints.py`); `resume=True`
+continues from the newest complete one, so an interrupted run ends with the same weights as an
+uninterrupted one. The same code runs on one CPU and under `accelerate launch` on many GPUs or nodes.
 """
 
 import copy
@@ -45,7 +54,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -65,7 +74,7 @@ from scratch_gpt.io_utils import (
     check_writable,
     mark_output,
 )
-from scratch_gpt.training import sharding
+from scratch_gpt.training import parallel
 from scratch_gpt.training.checkpoints import (
     checkpoint_dirs,
     checkpoint_name,
@@ -81,10 +90,22 @@ from scratch_gpt.training.metrics import (
     peak_flops,
     use_tensorboard,
 )
+from scratch_gpt.training.parallel import NewModel, cpu_processes, world_size
+from scratch_gpt.training.run_config import check_resume_options, save_run_options
 
 
 class TrainingDiverged(RunFailed):
     """The training loss became NaN or infinite."""
+
+
+def check_precision(config: TrainingConfig) -> None:
+    """bf16 only where the device computes in it (checked before any work)."""
+    if config.mixed_precision == "bf16" and not bf16_supported():
+        raise BadInput(
+            "--mixed-precision bf16 needs bf16 support, which this machine's "
+            f"{'GPU' if torch.cuda.is_available() else 'CPU'} lacks; use --mixed-precision no"
+            f"{' (or fp16)' if torch.cuda.is_available() else ''}."
+        )
 
 
 def bf16_supported() -> bool:
@@ -93,20 +114,6 @@ def bf16_supported() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def cpu_processes() -> bool:
-    """True in a process that `accelerate launch --multi_gpu` started on a machine without a GPU.
-
-    The launcher resets ACCELERATE_USE_CPU, and accelerate then sets up no process group at all;
-    telling it `cpu=True` gives the gloo backend, so the same command works on CPU (and in CI).
-    """
-    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def world_size() -> int:
-    """How many processes `accelerate launch` (or torchrun) started; 1 without a launcher."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def per_process_batch_size(config: TrainingConfig) -> int:
@@ -121,27 +128,6 @@ def per_process_batch_size(config: TrainingConfig) -> int:
             f"{config.gradient_accumulation_steps} accumulation steps; make it a multiple of {share} or launch other process counts."
         )
     return config.global_batch_size // share
-
-
-def check_precision(config: TrainingConfig) -> None:
-    """bf16 only where the device computes in it (checked before any work)."""
-    if config.mixed_precision == "bf16" and not bf16_supported():
-        raise BadInput(
-            "--mixed-precision bf16 needs bf16 support, which this machine's "
-            f"{'GPU' if torch.cuda.is_available() else 'CPU'} lacks; use --mixed-precision no"
-            f"{' (or fp16)' if torch.cuda.is_available() else ''}."
-        )
-
-
-def check_fsdp_options(config: TrainingConfig) -> None:
-    """The options the sharded loop does not support, as one sentence each (before any work)."""
-    check_precision(config)
-    if not sharding.fsdp_enabled(config.fsdp):
-        return
-    if config.mixed_precision == "fp16":
-        raise BadInput("FSDP trains in bf16 or fp32 here (fp16 would need a sharded gradient scaler); use --mixed-precision bf16.")
-    if config.compile:
-        raise BadInput("--compile is not supported with FSDP yet; drop --compile or train without FSDP.")
 
 
 def process_state() -> PartialState:
@@ -267,8 +253,9 @@ def measure(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn)
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device) -> list[str]:
-    """Sample a continuation of each prompt (top-k 40, temperature 0.8), within the model's context."""
+def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device, synced: bool = False) -> list[str]:
+    """Sample a continuation of each prompt (top-k 40, temperature 0.8), within the model's context.
+    `synced`: every process runs each step until all are done (a strategy's `generating` says when)."""
     model.eval()
     context = getattr(model.config, "max_position_embeddings", None) or 10**9
     texts = []
@@ -282,7 +269,7 @@ def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device) -> 
             top_k=40,
             temperature=0.8,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            synced_gpus=sharding.is_sharded(model),  # under FSDP every process runs each step, until all are done
+            synced_gpus=synced,
         )
         texts.append(tokenizer.decode(output[0], skip_special_tokens=True))
     model.train()
@@ -290,59 +277,21 @@ def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# A run: what `build` sets up and the steps below advance.
-
-
-@dataclass
-class Position:
-    """Where a run is; saved in every checkpoint, so a resumed run continues from the same batch."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    tokens: int = 0
-
-
-@dataclass
-class Run:
-    config: TrainingConfig
-    accelerator: Accelerator
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: DataLoader
-    eval_loader: DataLoader | None
-    test_loader: DataLoader | None
-    train_eval_loader: DataLoader | None  # the training data in order, for `train_eval_loss`
-    sampler: EpochShuffleSampler | None
-    total_steps: int
-    batches_per_epoch: int | None  # per process; None for a stream
-    output_dir: Path
-    evaluate_fn: Callable | None = None
-    tokenizer: Any = None
-    position: Position = field(default_factory=Position)
-    log: MetricsLog | None = None
-    progress: tqdm | None = None
-    throughput: Throughput = field(default_factory=Throughput)
-    flops_per_token: float = 0.0
-    peak_flops: float | None = None
-    last_checkpoint: str | None = None
-    results: dict = field(default_factory=dict)
-    # the training loss since the last log, summed on the device (no host sync per step)
-    loss_sum: torch.Tensor | None = None
-    loss_count: int = 0
-    forward_kwargs: dict = field(default_factory=dict)  # see loss_kwargs
-    pending_tokens: int = 0  # tokens of the micro-batches of the optimizer step in progress
-    sharded: bool = False  # FSDP: model and optimizer state are slices (sharding.py)
+# The checks a command makes before any work, and the accelerator of a run.
 
 
 def check_output_dir(config: TrainingConfig, inputs=(), replaces: bool = True) -> Path:
     """A command's check of its output folder before any work: not an input nor containing one,
-    ours or `--overwrite` (see `io_utils.check_output`), and no other run's checkpoints in it."""
+    ours or `--overwrite` (see `io_utils.check_output`), and no other run's checkpoints in it.
+    The options the run's parallelism strategy cannot train with fail here too."""
     per_process_batch_size(config)
-    check_fsdp_options(config)
+    parallel.choose(config.fsdp).check(config)
+    check_precision(config)
     output_dir = check_output(config.output_dir, inputs=inputs, overwrite=config.overwrite, replaces=replaces)
     check_no_other_run(config, output_dir)
+    if config.resume:  # the run folder: the output folder, or the work folder beside a fine-tune's model folder
+        run_dir = output_dir if (output_dir / "config.yaml").is_file() else work_folder(output_dir)
+        check_resume_options(config.run_options, run_dir)
     return output_dir
 
 
@@ -357,13 +306,15 @@ def check_no_other_run(config: TrainingConfig, output_dir: Path) -> None:
 def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool) -> Accelerator:
     """An Accelerator with this run's precision, accumulation and tracker."""
     # Each run chooses its own precision and plugins, so the state a previous run in this process
-    # left behind is reset (accelerate keeps it in a singleton and has no public reset; the
-    # process group of PartialState is kept).
+    # left behind is reset; the process group of PartialState is kept. accelerate keeps that state
+    # in a singleton and has no public reset (1.16: only the private `_reset_state`, which its own
+    # tests use), so this private call stays; tests/test_training.py pins the accelerate versions
+    # it is known to hold for.
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
-    # The loop shards the model itself (sharding.py): accelerate, told of an FSDP config, would
-    # wrap the model again; it runs as plain multi-process here.
+    # The strategy shards the model itself (parallel.py): accelerate, told of an FSDP config,
+    # would wrap the model again; it runs as plain multi-process here.
     with patch_environment(ACCELERATE_USE_FSDP="false"):
         return Accelerator(
             cpu=cpu_processes(),
@@ -377,242 +328,339 @@ def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool)
         )
 
 
-def build(model, train_dataset, eval_dataset, test_dataset, config: TrainingConfig, collate_fn) -> Run:
-    """Step 1: the accelerator, the data loaders, the optimizer and the schedule, all prepared."""
-    config = replace(config, batch_size=per_process_batch_size(config))
-    check_fsdp_options(config)
-    sharded = sharding.fsdp_enabled(config.fsdp)
-    output_dir = check_writable(config.output_dir)
-    check_no_other_run(config, output_dir)
-    tensorboard = use_tensorboard(config.report_to)
-    accelerator = new_accelerator(config, output_dir, tensorboard)
-    set_seed(config.seed)
-    streaming = isinstance(train_dataset, IterableDataset)  # read in order, once per epoch; no length
-    if streaming and not config.max_steps:
-        raise BadInput("A streamed training set has no length; set max_steps (--max-steps).")
-    global_batch = config.batch_size * accelerator.num_processes
-    if not streaming and len(train_dataset) < global_batch:
-        raise BadInput(
-            f"The training set has {len(train_dataset)} examples, fewer than one global batch ({global_batch}); "
-            "lower batch_size or add data."
+# ----------------------------------------------------------------------------------------------
+# The trainer: what the constructor builds, and the steps of `fit` that advance it.
+
+
+@dataclass
+class Position:
+    """Where a run is; saved in every checkpoint, so a resumed run continues from the same batch."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    tokens: int = 0
+
+
+class Trainer:
+    """One training run (see the module docstring): `Trainer(model, ...).fit(final_dir=...)`.
+
+    The constructor builds the run: its parallelism strategy (`parallel.choose`), the model (a
+    factory is called in the strategy's build context), the accelerator, the data loaders, the
+    optimizer and the schedule, all prepared. `fit` then restores a checkpoint (`restore`), runs
+    the epochs (`run_epoch`; after each optimizer step `log_progress`, `evaluate`, `checkpoint`
+    when due), evaluates at the end (`final_evaluation`) and saves (`save`). How the processes
+    share the model (placing, preparing, gradient sync, generating, saving, checkpoint slices) is
+    the strategy's decision, never this class'.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | Callable[[], torch.nn.Module],
+        train_dataset,
+        eval_dataset,
+        config: TrainingConfig,
+        *,
+        test_dataset=None,
+        collate_fn: Callable[[list], dict] | None = None,
+        evaluate_fn: Callable[..., dict[str, float]] | None = None,
+        tokenizer=None,
+        seq_len: int | None = None,
+    ):
+        self.config = config = replace(config, batch_size=per_process_batch_size(config))
+        self.strategy = parallel.choose(config.fsdp)
+        self.strategy.check(config)
+        check_precision(config)
+        model = self.strategy.build(model)  # a factory: called in the strategy's build context
+        self.output_dir = check_writable(config.output_dir)
+        check_no_other_run(config, self.output_dir)
+        self.tensorboard = use_tensorboard(config.report_to)
+        self.accelerator = new_accelerator(config, self.output_dir, self.tensorboard)
+        set_seed(config.seed)
+        self.evaluate_fn, self.tokenizer = evaluate_fn, tokenizer
+        self.build_loaders(train_dataset, eval_dataset, test_dataset, collate_fn)
+        self.build_model(model)
+        self.prepare_evaluation(train_dataset, collate_fn)
+        self.flops_per_token = flops_per_token(self.accelerator.unwrap_model(self.model), seq_len)
+        self.peak_flops = config.peak_flops or peak_flops(self.accelerator.device, config.mixed_precision)
+        self.forward_kwargs = loss_kwargs(self.model, self.accelerator, config)  # see loss_kwargs
+        # the training loss since the last log, summed on the device (no host sync per step)
+        self.loss_sum, self.loss_count = torch.zeros((), device=self.accelerator.device), 0
+        self.pending_tokens = 0  # tokens of the micro-batches of the optimizer step in progress
+        self.position, self.throughput, self.results = Position(), Throughput(), {}
+        self.log: MetricsLog | None = None
+        self.progress: tqdm | None = None
+        self.last_checkpoint: str | None = None
+
+    def build_loaders(self, train_dataset, eval_dataset, test_dataset, collate_fn) -> None:
+        """The data loaders, not yet prepared; the training set must hold one global batch."""
+        config = self.config
+        self.streaming = isinstance(train_dataset, IterableDataset)  # read in order, once per epoch; no length
+        if self.streaming and not config.max_steps:
+            raise BadInput("A streamed training set has no length; set max_steps (--max-steps).")
+        global_batch = config.batch_size * self.accelerator.num_processes
+        if not self.streaming and len(train_dataset) < global_batch:
+            raise BadInput(
+                f"The training set has {len(train_dataset)} examples, fewer than one global batch ({global_batch}); "
+                "lower batch_size or add data."
+            )
+        self.sampler = None if self.streaming else EpochShuffleSampler(len(train_dataset), config.seed, config.shuffle)
+        self.train_loader = make_loader(train_dataset, config.batch_size, collate_fn, self.sampler, drop_last=True, seed=config.seed)
+        self.eval_loader, self.test_loader = (
+            make_loader(data, self.eval_batch_size, collate_fn, seed=config.seed) if data is not None and len(data) > 0 else None
+            for data in (eval_dataset, test_dataset)
         )
 
-    sampler = None if streaming else EpochShuffleSampler(len(train_dataset), config.seed, config.shuffle)
-    train_loader = make_loader(train_dataset, config.batch_size, collate_fn, sampler, drop_last=True, seed=config.seed)
-    eval_size = config.eval_batch_size or config.batch_size
-    eval_loader, test_loader = (
-        make_loader(data, eval_size, collate_fn, seed=config.seed) if data is not None and len(data) > 0 else None
-        for data in (eval_dataset, test_dataset)
-    )
+    @property
+    def eval_batch_size(self) -> int:
+        return self.config.eval_batch_size or self.config.batch_size
 
-    if config.gradient_checkpointing:
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise BadInput(f"{type(model).__name__} does not support gradient checkpointing; drop --gradient-checkpointing.")
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # transformers >= 5.24
-    if sharded:  # each process keeps its slices only; new weights are initialised after sharding
-        sharding.shard_model(model, accelerator.device, seed=config.seed, mixed_precision=config.mixed_precision)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"FSDP: process {accelerator.process_index} holds {sharding.local_numel(model):,} of {total:,} parameters", flush=True)
-    else:
-        model.to(accelerator.device)
-    model.train()
-    optimizer = build_optimizer(model, config)
-    train_loader = accelerator.prepare(train_loader)  # sharded first: its length fixes the schedule
-    batches_per_epoch = None if streaming else len(train_loader)
-    total_steps = config.max_steps or config.num_epochs * math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
-    schedule = partial(lr_factor, warmup_steps=config.warmup_steps, total_steps=total_steps, min_lr_ratio=config.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    if sharded:  # accelerate would wrap the sharded model in DDP; model and optimizer stay as they are
-        scheduler = accelerator.prepare(scheduler)
-    else:
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    eval_loader, test_loader = (accelerator.prepare(loader) if loader is not None else None for loader in (eval_loader, test_loader))
-    train_eval_loader = None
-    if config.train_eval_batches:  # unshuffled: "the first N training batches" are the same ones at every evaluation
-        train_eval_loader = accelerator.prepare(make_loader(train_dataset, eval_size, collate_fn, seed=config.seed))
-    if tensorboard:
-        hyperparameters = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("tensorboard", config=hyperparameters)
+    def build_model(self, model: torch.nn.Module) -> None:
+        """The model placed by the strategy, the optimizer and the schedule, prepared with the training data."""
+        config, accelerator = self.config, self.accelerator
+        if config.gradient_checkpointing:
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise BadInput(f"{type(model).__name__} does not support gradient checkpointing; drop --gradient-checkpointing.")
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # transformers >= 5.24
+        model = self.strategy.place(model, accelerator, config)
+        model.train()
+        optimizer = build_optimizer(model, config)
+        self.train_loader = accelerator.prepare(self.train_loader)  # sharded first: its length fixes the schedule
+        self.batches_per_epoch = None if self.streaming else len(self.train_loader)  # per process; None for a stream
+        self.total_steps = config.max_steps or config.num_epochs * math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
+        schedule = partial(lr_factor, warmup_steps=config.warmup_steps, total_steps=self.total_steps, min_lr_ratio=config.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.model, self.optimizer, self.scheduler = self.strategy.prepare(accelerator, model, optimizer, scheduler)
 
-    first = next(iter(train_dataset)) if streaming else train_dataset[0]
-    seq_len = len(first["input_ids"]) if "input_ids" in first else 1
-    return Run(
-        config=config,
-        accelerator=accelerator,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        train_loader=train_loader,
-        eval_loader=eval_loader,
-        test_loader=test_loader,
-        train_eval_loader=train_eval_loader,
-        sampler=sampler,
-        total_steps=total_steps,
-        batches_per_epoch=batches_per_epoch,
-        output_dir=output_dir,
-        flops_per_token=flops_per_token(accelerator.unwrap_model(model), seq_len),
-        peak_flops=config.peak_flops or peak_flops(accelerator.device, config.mixed_precision),
-        loss_sum=torch.zeros((), device=accelerator.device),
-        sharded=sharded,
-        forward_kwargs=loss_kwargs(model, accelerator, config),
-    )
+    def prepare_evaluation(self, train_dataset, collate_fn) -> None:
+        """The evaluation and test loaders prepared (after the model: accelerate's order), the
+        training data in order for `train_eval_loss`, and the tracker."""
+        accelerator, config = self.accelerator, self.config
+        self.eval_loader, self.test_loader = (accelerator.prepare(loader) if loader is not None else None for loader in (self.eval_loader, self.test_loader))
+        self.train_eval_loader = None
+        if config.train_eval_batches:  # unshuffled: "the first N training batches" are the same ones at every evaluation
+            self.train_eval_loader = accelerator.prepare(make_loader(train_dataset, self.eval_batch_size, collate_fn, seed=config.seed))
+        if self.tensorboard:
+            hyperparameters = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers("tensorboard", config=hyperparameters)
 
+    def fit(
+        self,
+        *,
+        final_dir: str | os.PathLike | None = None,
+        on_save: Callable[[Path, dict], None] | None = None,
+        before_save: Callable[[torch.nn.Module], None] | None = None,
+        merge_adapters: bool = False,
+    ) -> dict[str, Any]:
+        """Restore, train to the last step, evaluate and save; returns the final metrics."""
+        self.check_room_to_save(final_dir)
+        self.restore()
+        if self.config.eval_at_start and self.eval_loader is not None and self.position.step == 0:
+            self.results.update({f"initial_{k}": v for k, v in self.evaluate().items()})
+        start = time.perf_counter()
+        show = self.config.progress and self.accelerator.is_local_main_process
+        self.progress = tqdm(total=self.total_steps, initial=self.position.step, desc="training", disable=not show, dynamic_ncols=True)
+        while self.position.step < self.total_steps:
+            self.run_epoch()
+        self.progress.close()
+        self.final_evaluation(start)
+        self.save(final_dir, on_save=on_save, before_save=before_save, merge_adapters=merge_adapters)
+        self.accelerator.end_training()
+        return self.results
 
-def restore(run: Run) -> None:
-    """Step 2: with `resume`, load the newest checkpoint and continue from its position."""
-    if run.config.resume:
-        signature = model_signature(run.accelerator.unwrap_model(run.model, keep_torch_compile=False))
-        shards = (run.model, run.optimizer) if run.sharded else None
-        state = load_newest_checkpoint(run.accelerator, run.output_dir, signature, shards)
-        run.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
-        run.last_checkpoint = checkpoint_name(run.position.step)
-    if run.accelerator.is_main_process:
-        mark_output(run.output_dir, run=True)  # the run folder is ours from here on: a later run may replace what is in it
-    run.log = MetricsLog(run.accelerator, run.output_dir, run.position.step if run.config.resume else None)
+    def check_room_to_save(self, final_dir) -> None:
+        """Before the first step: the disk must hold what the run will write (the model and the
+        checkpoints that exist at once), so that a full disk stops the run before any work, not at its end."""
+        parameters = list(self.accelerator.unwrap_model(self.model).parameters())  # tied weights counted once
+        weights = sum(p.numel() * p.element_size() for p in parameters)
+        moments = sum(2 * 4 * p.numel() for p in parameters if p.requires_grad)  # AdamW's two fp32 moments
+        saves = self.total_steps // self.config.save_every if self.config.save_every else 0
+        at_once = min(saves, self.config.keep_checkpoints + 1)  # a new checkpoint is written before the oldest goes
+        check_free_space(self.output_dir, (weights if final_dir else 0) + at_once * (weights + moments), "output folder")
 
+    def restore(self) -> None:
+        """With `resume`, load the newest checkpoint and continue from its position."""
+        if self.config.resume:
+            check_resume_options(self.config.run_options, self.output_dir)
+            signature = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+            slices = self.strategy.slices(self.model, self.optimizer)
+            state = load_newest_checkpoint(self.accelerator, self.output_dir, signature, slices)
+            self.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
+            self.last_checkpoint = checkpoint_name(self.position.step)
+        if self.accelerator.is_main_process:
+            mark_output(self.output_dir, run=True)  # the run folder is ours from here on: a later run may replace what is in it
+            save_run_options(self.config.run_options, self.output_dir)  # config.yaml: what the run (now) runs with
+        self.log = MetricsLog(self.accelerator, self.output_dir, self.position.step if self.config.resume else None)
 
-def run_epoch(run: Run) -> None:
-    """Step 3: the micro-batches of one pass over the data, from the current position; it stops
-    early when the last step is done."""
-    accelerator, position = run.accelerator, run.position
-    if run.sampler is not None:
-        run.sampler.epoch = position.epoch
-    run.train_loader.set_epoch(position.epoch)
-    skip = position.batches_in_epoch
-    batches = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
-    for batch in batches:
-        with accelerator.accumulate(run.model):
-            if run.sharded:  # reduce the gradients only on the last micro-batch of a step
-                run.model.set_requires_gradient_sync(accelerator.sync_gradients)
-            loss = run.model(**batch, **run.forward_kwargs).loss
+    def run_epoch(self) -> None:
+        """The micro-batches of one pass over the data, from the current position; it stops early
+        when the last step is done."""
+        accelerator, position = self.accelerator, self.position
+        if self.sampler is not None:
+            self.sampler.epoch = position.epoch
+        self.train_loader.set_epoch(position.epoch)
+        skip = position.batches_in_epoch
+        for batch in accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader:
+            loss = self.train_micro_batch(batch)
+            position.batches_in_epoch += 1
+            self.loss_sum += loss.detach().float()
+            self.loss_count += 1
+            self.pending_tokens += batch["input_ids"].numel() * accelerator.num_processes if "input_ids" in batch else 0
+            if accelerator.sync_gradients:
+                self.after_optimizer_step()
+                if position.step >= self.total_steps:
+                    return
+        if position.batches_in_epoch == 0:  # a stream shorter than one global batch would loop for ever
+            raise BadInput(
+                f"The training data ran out before a single batch of {self.config.batch_size} per process "
+                f"({accelerator.num_processes} processes); add data or lower the batch size."
+            )
+        position.epoch, position.batches_in_epoch = position.epoch + 1, 0
+
+    def train_micro_batch(self, batch: dict) -> torch.Tensor:
+        """Forward and backward of one micro-batch; on the last of a step, clip and step the optimizer."""
+        accelerator = self.accelerator
+        with accelerator.accumulate(self.model):
+            self.strategy.sync_gradients(self.model, accelerator.sync_gradients)
+            loss = self.model(**batch, **self.forward_kwargs).loss
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                if run.config.max_grad_norm:
-                    accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
-        position.batches_in_epoch += 1
-        run.loss_sum += loss.detach().float()
-        run.loss_count += 1
-        run.pending_tokens += batch["input_ids"].numel() * accelerator.num_processes if "input_ids" in batch else 0
-        if accelerator.sync_gradients:
-            after_optimizer_step(run)
-            if position.step >= run.total_steps:
-                return
-    if position.batches_in_epoch == 0:  # a stream shorter than one global batch would loop for ever
-        raise BadInput(
-            f"The training data ran out before a single batch of {run.config.batch_size} per process "
-            f"({accelerator.num_processes} processes); add data or lower the batch size."
-        )
-    position.epoch, position.batches_in_epoch = position.epoch + 1, 0
+                if self.config.max_grad_norm:
+                    accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        return loss
 
+    def after_optimizer_step(self) -> None:
+        """Count the step, then log, evaluate and checkpoint when they are due."""
+        config, position = self.config, self.position
+        self.scheduler.step()
+        position.step += 1
+        position.tokens += self.pending_tokens
+        self.throughput.add(self.pending_tokens)
+        self.pending_tokens = 0
+        self.progress.update(1)
+        if position.step % config.log_every == 0 or position.step == self.total_steps:
+            self.log_progress()
+        paused = time.perf_counter()  # evaluation and checkpoints do not count towards tokens/s
+        if self.eval_loader is not None and config.eval_every and position.step % config.eval_every == 0:
+            if position.step < self.total_steps:  # the last evaluation follows the loop
+                self.results.update(self.evaluate())
+        if config.save_every and position.step % config.save_every == 0:
+            self.checkpoint()
+        self.throughput.exclude(time.perf_counter() - paused)
 
-def after_optimizer_step(run: Run) -> None:
-    """Count the step, then log, evaluate and checkpoint when they are due."""
-    config, position = run.config, run.position
-    run.scheduler.step()
-    position.step += 1
-    position.tokens += run.pending_tokens
-    run.throughput.add(run.pending_tokens)
-    run.pending_tokens = 0
-    run.progress.update(1)
-    if position.step % config.log_every == 0 or position.step == run.total_steps:
-        log_progress(run)
-    paused = time.perf_counter()  # evaluation and checkpoints do not count towards tokens/s
-    if run.eval_loader is not None and config.eval_every and position.step % config.eval_every == 0:
-        if position.step < run.total_steps:  # the last evaluation follows the loop
-            run.results.update(evaluate(run))
-    if config.save_every and position.step % config.save_every == 0:
-        checkpoint(run)
-    run.throughput.exclude(time.perf_counter() - paused)
+    def log_progress(self) -> None:
+        """The mean training loss since the last log (over every process), tokens/s and MFU."""
+        mean_loss = self.accelerator.reduce(self.loss_sum / self.loss_count, reduction="mean")
+        self.check_finite(mean_loss)
+        train_loss = mean_loss.item()
+        tokens_per_s = self.throughput.rate()
+        metrics = {"train_loss": train_loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
+        postfix = {"loss": f"{train_loss:.3f}", "tok_s": f"{tokens_per_s:,.0f}"}
+        if self.peak_flops:
+            metrics["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.accelerator.num_processes)
+            postfix["mfu"] = f"{metrics['mfu']:.1%}"
+        self.log.log(self.position.step, metrics)
+        self.progress.set_postfix(postfix)
+        self.results["train_loss"] = train_loss
+        self.loss_sum.zero_()
+        self.loss_count = 0
 
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop with `TrainingDiverged` on a NaN or infinite loss (reduced over processes, so all stop)."""
+        if not torch.isfinite(loss).item():
+            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"The training loss became {loss.item()} before step {self.position.step}; training stopped and {kept}. "
+                "Lower the learning rate, raise warmup_steps or use bf16 instead of fp16."
+            )
 
-def log_progress(run: Run) -> None:
-    """The mean training loss since the last log (over every process), tokens/s and MFU."""
-    mean_loss = run.accelerator.reduce(run.loss_sum / run.loss_count, reduction="mean")
-    check_finite(run, mean_loss)
-    train_loss = mean_loss.item()
-    tokens_per_s = run.throughput.rate()
-    metrics = {"train_loss": train_loss, "lr": run.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
-    postfix = {"loss": f"{train_loss:.3f}", "tok_s": f"{tokens_per_s:,.0f}"}
-    if run.peak_flops:
-        metrics["mfu"] = tokens_per_s * run.flops_per_token / (run.peak_flops * run.accelerator.num_processes)
-        postfix["mfu"] = f"{metrics['mfu']:.1%}"
-    run.log.log(run.position.step, metrics)
-    run.progress.set_postfix(postfix)
-    run.results["train_loss"] = train_loss
-    run.loss_sum.zero_()
-    run.loss_count = 0
+    def evaluate(self) -> dict[str, float]:
+        """The validation metrics now, logged and printed (with samples when asked for)."""
+        metrics = measure(self.model, self.eval_loader, self.accelerator, self.config, self.evaluate_fn)
+        if self.train_eval_loader is not None:  # the book's training loss: no dropout, the first N batches
+            self.model.eval()
+            metrics["train_eval_loss"] = evaluate_loss(self.model, self.train_eval_loader, self.accelerator, self.config.train_eval_batches)
+            self.model.train()
+        self.results["best_eval_loss"] = min(metrics["eval_loss"], self.results.get("best_eval_loss", math.inf))
+        self.log.log(self.position.step, metrics)
+        self.accelerator.print(f"step {self.position.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        self.print_samples()
+        return metrics
 
-
-def check_finite(run: Run, loss: torch.Tensor) -> None:
-    """Stop with `TrainingDiverged` on a NaN or infinite loss (reduced over processes, so all stop)."""
-    if not torch.isfinite(loss).item():
-        kept = f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint was written"
-        raise TrainingDiverged(
-            f"The training loss became {loss.item()} before step {run.position.step}; training stopped and {kept}. "
-            "Lower the learning rate, raise warmup_steps or use bf16 instead of fp16."
-        )
-
-
-def evaluate(run: Run) -> dict[str, float]:
-    """Step 4: the validation metrics now, logged and printed (with samples when asked for)."""
-    metrics = measure(run.model, run.eval_loader, run.accelerator, run.config, run.evaluate_fn)
-    if run.train_eval_loader is not None:  # the book's training loss: no dropout, the first N batches
-        run.model.eval()
-        metrics["train_eval_loss"] = evaluate_loss(run.model, run.train_eval_loader, run.accelerator, run.config.train_eval_batches)
-        run.model.train()
-    run.results["best_eval_loss"] = min(metrics["eval_loss"], run.results.get("best_eval_loss", math.inf))
-    run.log.log(run.position.step, metrics)
-    run.accelerator.print(f"step {run.position.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    model = run.accelerator.unwrap_model(run.model)
-    if run.tokenizer is not None and run.config.sample_prompts and hasattr(model, "generate"):
-        config = run.config
-        with sharding.gathered_root(model):  # under FSDP every process generates, in step
-            samples = generate_samples(model, run.tokenizer, config.sample_prompts, config.sample_max_new_tokens, run.accelerator.device)
+    def print_samples(self) -> None:
+        """A generation for each of `config.sample_prompts`, when there is a tokenizer and the model generates."""
+        config, model = self.config, self.accelerator.unwrap_model(self.model)
+        if self.tokenizer is None or not config.sample_prompts or not hasattr(model, "generate"):
+            return
+        with self.strategy.generating(model) as synced:  # under FSDP every process generates, in step
+            samples = generate_samples(
+                model, self.tokenizer, config.sample_prompts, config.sample_max_new_tokens, self.accelerator.device, synced=synced
+            )
         for sample in samples:
-            run.accelerator.print(f"  sample: {sample!r}")
-    return metrics
+            self.accelerator.print(f"  sample: {sample!r}")
 
+    def checkpoint(self) -> None:
+        """Save the full training state (model, optimizer, schedule, RNG, position)."""
+        self.check_finite(self.accelerator.reduce(self.loss_sum.clone(), reduction="sum"))
+        position = self.position
+        epoch_done = position.batches_in_epoch == self.batches_per_epoch
+        state = asdict(position) | ({"epoch": position.epoch + 1, "batches_in_epoch": 0} if epoch_done else {})
+        state["model"] = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+        slices = self.strategy.slices(self.model, self.optimizer)
+        save_checkpoint(self.accelerator, self.output_dir, state, self.config.keep_checkpoints, slices)
+        self.last_checkpoint = checkpoint_name(position.step)
 
-def compare_with_book(run: Run) -> None:
-    """Print each published figure beside ours ("book: X, ours: Y") and log both (`book_*`, `ours_*`)."""
-    record = {}
-    for name, book in run.config.book_figures.items():
-        ours = run.results.get(name)
-        run.accelerator.print(f"{name}: book: {book:.4g}, ours: " + ("not measured" if ours is None else f"{ours:.4g}"))
-        record[f"book_{name}"] = book
-        if ours is not None:
-            record[f"ours_{name}"] = ours
-    run.log.log(run.position.step, record)
+    def final_evaluation(self, start: float) -> None:
+        """The last evaluation, the test set, the step count and run time, the book's figures."""
+        if self.eval_loader is not None:
+            self.results.update(self.evaluate())
+        if self.test_loader is not None:
+            test = measure(self.model, self.test_loader, self.accelerator, self.config, self.evaluate_fn)
+            self.results.update({f"test_{k.removeprefix('eval_')}": v for k, v in test.items()})
+        self.results.update(step=self.position.step, tokens=self.position.tokens, runtime_s=time.perf_counter() - start)
+        if self.config.book_figures:
+            self.compare_with_book()
 
+    def compare_with_book(self) -> None:
+        """Print each published figure beside ours ("book: X, ours: Y") and log both (`book_*`, `ours_*`)."""
+        record = {}
+        for name, book in self.config.book_figures.items():
+            ours = self.results.get(name)
+            self.accelerator.print(f"{name}: book: {book:.4g}, ours: " + ("not measured" if ours is None else f"{ours:.4g}"))
+            record[f"book_{name}"] = book
+            if ours is not None:
+                record[f"ours_{name}"] = ours
+        self.log.log(self.position.step, record)
 
-def check_room_to_save(run: Run, final_dir) -> None:
-    """Before the first step: the disk must hold what the run will write (the model and the
-    checkpoints that exist at once), so that a full disk stops the run before any work, not at its end."""
-    parameters = list(run.accelerator.unwrap_model(run.model).parameters())  # tied weights counted once
-    weights = sum(p.numel() * p.element_size() for p in parameters)
-    moments = sum(2 * 4 * p.numel() for p in parameters if p.requires_grad)  # AdamW's two fp32 moments
-    saves = run.total_steps // run.config.save_every if run.config.save_every else 0
-    at_once = min(saves, run.config.keep_checkpoints + 1)  # a new checkpoint is written before the oldest goes
-    check_free_space(run.output_dir, (weights if final_dir else 0) + at_once * (weights + moments), "output folder")
-
-
-def checkpoint(run: Run) -> None:
-    """Step 5: save the full training state (model, optimizer, schedule, RNG, position)."""
-    check_finite(run, run.accelerator.reduce(run.loss_sum.clone(), reduction="sum"))
-    position = run.position
-    epoch_done = position.batches_in_epoch == run.batches_per_epoch
-    state = asdict(position) | ({"epoch": position.epoch + 1, "batches_in_epoch": 0} if epoch_done else {})
-    state["sharded"] = run.sharded
-    state["model"] = model_signature(run.accelerator.unwrap_model(run.model, keep_torch_compile=False))
-    shards = (run.model, run.optimizer) if run.sharded else None
-    save_checkpoint(run.accelerator, run.output_dir, state, run.config.keep_checkpoints, shards)
-    run.last_checkpoint = checkpoint_name(position.step)
+    def save(self, final_dir, *, on_save=None, before_save=None, merge_adapters: bool = False) -> None:
+        """The loss curve, then `before_save(model)` on every process, then the model folder (`save_model`)."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            self.log.plot(self.output_dir / "loss_curve.png")
+        if before_save is not None:  # every process: under FSDP even generating is collective
+            before_save(accelerator.unwrap_model(self.model, keep_torch_compile=False))
+        if final_dir is None:
+            return
+        save_model(
+            accelerator,
+            self.model,
+            final_dir,
+            tokenizer=self.tokenizer,
+            on_save=on_save,
+            metrics=self.results,
+            run_dir=self.output_dir,
+            merge_adapters=merge_adapters,
+            strategy=self.strategy,
+        )
+        if accelerator.is_main_process and self.output_dir == work_folder(final_dir):
+            shutil.rmtree(self.output_dir, ignore_errors=True)  # its logs are in the model folder now
 
 
 def train(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Callable[[], torch.nn.Module],
     train_dataset,
     eval_dataset,
     config: TrainingConfig,
@@ -625,56 +673,28 @@ def train(
     on_save: Callable[[Path, dict], None] | None = None,
     before_save: Callable[[torch.nn.Module], None] | None = None,
     merge_adapters: bool = False,
+    seq_len: int | None = None,
 ) -> dict[str, Any]:
-    """Train `model` on `train_dataset`; see the module docstring for the contract."""
+    """Train `model`, or the model a zero-argument factory builds, on `train_dataset`; see the
+    module docstring for the contract."""
     if final_dir is not None:
         check_writable(final_dir, "model folder")
         if Path(final_dir).resolve() == Path(config.output_dir).resolve():
             # The model folder is the run folder (fine-tuning): the run works beside it until the
             # save, so a previous model there stays whole, logs included, until it is replaced.
             config = replace(config, output_dir=str(work_folder(final_dir)))
-    run = build(model, train_dataset, eval_dataset, test_dataset, config, collate_fn)
-    check_room_to_save(run, final_dir)
-    run.evaluate_fn, run.tokenizer = evaluate_fn, tokenizer
-    restore(run)
-    if config.eval_at_start and run.eval_loader is not None and run.position.step == 0:
-        run.results.update({f"initial_{k}": v for k, v in evaluate(run).items()})
-
-    start = time.perf_counter()
-    show = config.progress and run.accelerator.is_local_main_process
-    run.progress = tqdm(total=run.total_steps, initial=run.position.step, desc="training", disable=not show, dynamic_ncols=True)
-    while run.position.step < run.total_steps:
-        run_epoch(run)
-    run.progress.close()
-
-    if run.eval_loader is not None:
-        run.results.update(evaluate(run))
-    if run.test_loader is not None:
-        test = measure(run.model, run.test_loader, run.accelerator, config, evaluate_fn)
-        run.results.update({f"test_{k.removeprefix('eval_')}": v for k, v in test.items()})
-    run.results.update(step=run.position.step, tokens=run.position.tokens, runtime_s=time.perf_counter() - start)
-    if config.book_figures:
-        compare_with_book(run)
-    run.accelerator.wait_for_everyone()
-    if run.accelerator.is_main_process:
-        run.log.plot(run.output_dir / "loss_curve.png")
-    if before_save is not None:  # every process: under FSDP even generating is collective
-        before_save(run.accelerator.unwrap_model(run.model, keep_torch_compile=False))
-    if final_dir is not None:
-        save_model(
-            run.accelerator,
-            run.model,
-            final_dir,
-            tokenizer=tokenizer,
-            on_save=on_save,
-            metrics=run.results,
-            run_dir=run.output_dir,
-            merge_adapters=merge_adapters,
-        )
-        if run.accelerator.is_main_process and run.output_dir == work_folder(final_dir):
-            shutil.rmtree(run.output_dir, ignore_errors=True)  # its logs are in the model folder now
-    run.accelerator.end_training()
-    return run.results
+    trainer = Trainer(
+        model,
+        train_dataset,
+        eval_dataset,
+        config,
+        test_dataset=test_dataset,
+        collate_fn=collate_fn,
+        evaluate_fn=evaluate_fn,
+        tokenizer=tokenizer,
+        seq_len=seq_len,
+    )
+    return trainer.fit(final_dir=final_dir, on_save=on_save, before_save=before_save, merge_adapters=merge_adapters)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -699,6 +719,7 @@ def save_model(
     metrics: dict | None = None,
     run_dir: Path | None = None,
     merge_adapters: bool = False,
+    strategy: parallel.Plain | None = None,
 ) -> None:
     """Write the (possibly wrapped, compiled or sharded) `model` as a `save_pretrained` folder.
 
@@ -708,15 +729,11 @@ def save_model(
     stripped; with `merge_adapters` LoRA adapters are folded in, else a PEFT model saves only its
     adapter), the config and remote code, `tokenizer`, `metrics.json`, the run's loss curve (and,
     when `folder` is the run folder itself, its `metrics.jsonl` and TensorBoard logs), then
-    whatever `on_save(tmp_folder, metrics)` adds.
+    whatever `on_save(tmp_folder, metrics)` adds. `strategy` (the run's, see `parallel.py`) gives
+    the full model; by default the one that holds `model` as it is.
     """
-    if sharding.is_sharded(model):  # the full weights on the main process' CPU, in an ordinary model
-        full = sharding.full_state_dict(model)  # collective
-        unwrapped = sharding.unsharded_copy(model, full) if accelerator.is_main_process else None
-        state_dict = unwrapped.state_dict() if unwrapped is not None and not merge_adapters else None  # head tied again
-    else:
-        state_dict = None if merge_adapters else accelerator.get_state_dict(model)  # collective under DeepSpeed
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    strategy = parallel.of_model(model) if strategy is None else strategy
+    unwrapped, state_dict = strategy.full_model(accelerator, model, merge_adapters)
     if state_dict is not None:
         state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
     folder = Path(folder)
@@ -730,19 +747,27 @@ def save_model(
                 tokenizer.save_pretrained(tmp)
             (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
             if run_dir is not None:
-                same_folder = Path(run_dir).resolve() in (folder.resolve(), work_folder(folder).resolve())
-                for name in RUN_FILES if same_folder else RUN_FILES[:1]:
-                    source = Path(run_dir) / name
-                    if source.is_dir():
-                        shutil.copytree(source, tmp / name)
-                    elif source.is_file():
-                        shutil.copy2(source, tmp / name)
+                copy_run_files(Path(run_dir), folder, tmp)
             if on_save is not None:
                 on_save(tmp, dict(metrics or {}))
     accelerator.wait_for_everyone()
 
 
+def copy_run_files(run_dir: Path, folder: Path, tmp: Path) -> None:
+    """The run's loss curve into the model folder being written (`tmp`, to become `folder`); when
+    the run folder is the model folder itself (or its work folder), its logs too."""
+    same_folder = run_dir.resolve() in (folder.resolve(), work_folder(folder).resolve())
+    for name in RUN_FILES if same_folder else RUN_FILES[:1]:
+        source = run_dir / name
+        if source.is_dir():
+            shutil.copytree(source, tmp / name)
+        elif source.is_file():
+            shutil.copy2(source, tmp / name)
+
+
 __all__ = [
+    "NewModel",
+    "Trainer",
     "TrainingConfig",
     "TrainingDiverged",
     "train",

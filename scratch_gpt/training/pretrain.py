@@ -17,8 +17,8 @@ from pathlib import Path
 from scratch_gpt.args import PretrainOptions, hyperparameters
 from scratch_gpt.configuration_scratch_gpt import ScratchGPTConfig
 from scratch_gpt.errors import BadInput, MissingFile
-from scratch_gpt.training.loop import check_output_dir, process_state, train
-from scratch_gpt.training.sharding import build_context, fsdp_enabled
+from scratch_gpt.training.loop import NewModel, check_output_dir, process_state, train
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -60,15 +60,15 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     return tokenizer
 
 
-def build_model(args, tokenizer):
-    from scratch_gpt import ScratchGPTForCausalLM
-    from scratch_gpt.convert import load_pretrained
+def model_config(args, tokenizer) -> ScratchGPTConfig:
+    """The config of the model to train, checked against the tokenizer and `--block-size` before the
+    data work: `--init-from`'s (read without its weights), else a new one from `--preset` and the
+    size flags."""
+    from scratch_gpt.convert import load_config
     from scratch_gpt.tokenizer import check_fits, model_vocab_size
 
-    fsdp = fsdp_enabled(args.fsdp)  # then only the shapes here; the loop fills the slices of each process
     if args.init_from:  # a ScratchGPT folder or Hub id, or a GPT-2 / Llama / Qwen one converted on the way in
-        with build_context(fsdp, load=True):
-            model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
+        config = load_config(args.init_from, trust_remote_code=args.trust_remote_code)
         where = f"the model in {args.init_from!r}"
     else:
         sizes = {
@@ -91,19 +91,47 @@ def build_model(args, tokenizer):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        with build_context(fsdp, load=False):
-            model = ScratchGPTForCausalLM(config)
         where = "--model-vocab-size"
-    check_fits(tokenizer, model.config, where)
-    if args.block_size > model.config.max_position_embeddings:
+    check_fits(tokenizer, config, where)
+    if args.block_size > config.max_position_embeddings:
         raise BadInput(
-            f"--block-size {args.block_size} exceeds the model's context length ({model.config.max_position_embeddings}); "
+            f"--block-size {args.block_size} exceeds the model's context length ({config.max_position_embeddings}); "
             "lower --block-size."
         )
+    return config
+
+
+def build_model(args, tokenizer, config: ScratchGPTConfig):
+    """The model to train: `--init-from`'s weights, else a new model of `config` (see `model_config`).
+    The loop calls it in its build context: under FSDP only the shapes here, the loop fills the
+    slices of each process."""
+    from scratch_gpt import ScratchGPTForCausalLM
+    from scratch_gpt.convert import load_pretrained
+
+    if args.init_from:
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
+    else:
+        model = ScratchGPTForCausalLM(config)
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
+    """What the loop builds the model with, in its build context: `build_model`, then one line on the
+    data, the tokenizer and the model. A new model is marked `NewModel` (initialised by the loop)."""
+
+    def build():
+        model = build_model(args, tokenizer, config)
+        process_state().print(
+            f"{stats['train_blocks']} training and {stats['val_blocks']} validation blocks of {args.block_size} tokens; "
+            f"tokenizer {len(tokenizer)} tokens ({stats['bytes_per_token']:.2f} bytes/token); "
+            f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters."
+        )
+        return model
+
+    return build if args.init_from else NewModel(build)
 
 
 def prepare_data(args, tokenizer, train_docs, val_docs):
@@ -140,23 +168,18 @@ def pretrain(args: PretrainOptions) -> dict:
     from scratch_gpt.hub import write_model_card
     from scratch_gpt.sources import read_texts
 
-    config = args.training()
+    config = args.training()  # the options were checked when parsed; the output folder is checked here
     output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from], replaces=False)  # a run folder
-    state = process_state()
+    process_state()  # this process among those launched, before any other accelerate object
     set_seed(args.seed)
     corpus = read_texts(
         args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=args.streaming
     )
     train_docs, val_docs = train_val_split(corpus, args.val_fraction, args.seed)
     tokenizer = load_or_train_tokenizer(args, train_docs, output_dir)
-    model = build_model(args, tokenizer)
+    checked = model_config(args, tokenizer)  # bad model options fail before the data work
     train_blocks, val_blocks, stats = prepare_data(args, tokenizer, train_docs, val_docs)
     config.bytes_per_token = stats["bytes_per_token"]
-    state.print(
-        f"{stats['train_blocks']} training and {stats['val_blocks']} validation blocks of {args.block_size} tokens; "
-        f"tokenizer {len(tokenizer)} tokens ({stats['bytes_per_token']:.2f} bytes/token); "
-        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters."
-    )
 
     def write_card(folder: Path, metrics: dict) -> None:
         write_model_card(
@@ -170,7 +193,14 @@ def pretrain(args: PretrainOptions) -> dict:
         )
 
     results = train(
-        model, train_blocks, val_blocks, config, tokenizer=tokenizer, final_dir=output_dir / "model", on_save=write_card
+        model_factory(args, tokenizer, checked, stats),
+        train_blocks,
+        val_blocks,
+        config,
+        tokenizer=tokenizer,
+        final_dir=output_dir / "model",
+        on_save=write_card,
+        seq_len=args.block_size,
     )
     return {**results, **stats}
 

@@ -4,10 +4,11 @@ Under FSDP every process keeps only its slice of each weight, gradient and optim
 block's full weights exist only while it runs (gathered just before, freed just after). This is
 PyTorch's `fully_shard`, applied the way torchtitan does it:
 
-1. build: a command builds its model inside `build_context(fsdp, load=...)`. A new model is built
-   on the meta device (shapes, no memory) by every process; a model read from a folder is read by
-   the main process only, into CPU memory, while the others build the same shapes on meta.
-2. shard (`shard_model`, in the loop's `build`): one `fully_shard` per transformer block (the
+1. build: the trainer calls a command's model factory inside `build_context(load=...)` (the
+   `FSDP2` strategy of `parallel.py`). A new model is built on the meta device (shapes, no memory)
+   by every process; a model read from a folder is read by the main process only, into CPU
+   memory, while the others build the same shapes on meta.
+2. shard (`shard_model`, when the trainer places the model): one `fully_shard` per transformer block (the
    classes the model names in `_no_split_modules`, e.g. `ScratchGPTBlock`), one at the root (the
    embeddings, final norm and the LM head tied to the embeddings, which stay tied).
 3. fill: every process allocates its own slices (`to_empty`); a read model is then sent from the
@@ -58,10 +59,10 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def build_context(fsdp: bool, *, load: bool):
-    """Where a command builds (`load=False`) or reads (`load=True`) its model. Without FSDP: as
-    usual. Under FSDP: on the meta device, except the main process when it reads the weights."""
-    if not fsdp or (load and is_main_process()):
+def build_context(*, load: bool):
+    """Where a process builds (`load=False`) or reads (`load=True`) its part of a model to shard:
+    the meta device, except the main process when it reads the weights."""
+    if load and is_main_process():
         return contextlib.nullcontext()
     return init_empty_weights()  # parameters on meta, buffers (computed, small) real
 
