@@ -334,3 +334,13 @@ def test_every_command_that_takes_a_model_reads_an_adapter_folder(base_dir, tmp_
     assert not list(tmp_path.rglob("*scratch_gpt-merged*"))
     saved = [p for p in tmp_path.rglob("*.json") if "scratch_gpt-merged" in p.read_text()]
     assert not saved, saved
+
+
+def test_dpo_under_fsdp_is_refused_before_any_work(base_dir, tmp_path, capsys, monkeypatch):
+    from scratch_gpt.training import parallel
+
+    monkeypatch.setattr(parallel, "choose", lambda fsdp=False: parallel.FSDP2())  # as under an FSDP launch
+    (tmp_path / "p.json").write_text(json.dumps([BOOK] * 8))
+    code, out = run("finetune-dpo", ["--model", base_dir, "--data", tmp_path / "p.json", "--output-dir", tmp_path / "o"], capsys)
+    assert code == 2 and "does not run under FSDP yet" in out.err and len(out.err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -49,6 +49,7 @@ from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import describe_trainable
 from scratch_gpt.tokenizer import format_alpaca_messages
+from scratch_gpt.training import parallel
 from scratch_gpt.training.finetune import (
     IGNORE_INDEX,
     card_writer,
@@ -378,6 +379,8 @@ def dpo_factory(args: DPOOptions, state):
 def finetune_dpo(args: DPOOptions) -> dict:
     """The whole command; returns its metrics."""
     config = args.training()
+    if isinstance(parallel.choose(config.fsdp), parallel.FSDP2):  # the reference model is not sharded yet
+        raise BadInput("finetune-dpo does not run under FSDP yet; launch it without --fsdp and the FSDP config (DDP works).")
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()
     tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
