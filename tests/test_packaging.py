@@ -42,3 +42,9 @@ def test_the_constraints_pin_every_requirement_inside_its_range():
         assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {requirement}"
     assert pins["torch"] == "2.13.0"  # the CPU build on disk; no local version (+cpu) in the pin
     assert "kernels" in pins and "setuptools" in pins  # transitive (transformers, torch bring them): the freeze is full
+
+
+def test_every_subpackage_is_in_the_wheel():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "scratch_gpt").rglob("__init__.py")}
+    assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [tool.setuptools] packages in pyproject.toml"
