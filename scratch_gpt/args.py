@@ -194,7 +194,9 @@ def comma_list(value: str | list | None) -> list[str] | None:
 @dataclass
 class OutputFolder(Options):
     GROUP = "output"
-    output_dir: str | None = option(None, "folder to write (replaced whole, never half-written)", aliases=("--output",))
+    output_dir: str | None = option(
+        None, "folder to write (replaced whole, never half-written)", aliases=("--output",), resumable=True
+    )  # a run folder may be moved or copied, then resumed
     overwrite: bool = option(False, "replace an existing output that scratch-gpt did not write", resumable=True)
 
 
