@@ -276,9 +276,7 @@ class TrainingConfig(TrainingOptions):
 @dataclass
 class TrustRemoteCode(Options):
     GROUP = "model"
-    trust_remote_code: bool = option(
-        False, "let the model folder run its own Python code (an auto_map in its configs); else the folder is refused"
-    )
+    trust_remote_code: bool = option(False, "run Python code the model folder ships (auto_map); else it is refused")
 
 
 @dataclass
@@ -286,9 +284,7 @@ class SourceOptions(Options):
     """`--data` (read by `scratch_gpt.sources`, the same in every command) and how to decode its files."""
 
     GROUP = "data"
-    data: str | None = option(
-        None, "text/Markdown/JSONL/JSON/CSV/TSV/Parquet file, folder, glob or Hub dataset (hub:NAME)", required=True
-    )
+    data: str | None = option(None, "file (text or table), folder, glob or Hub dataset (hub:NAME)", required=True)
     encoding: str = option("utf-8", "text encoding of the data files, e.g. cp1252")
     encoding_errors: str = option(
         "strict", "'replace' turns undecodable bytes into U+FFFD instead of stopping",
@@ -460,9 +456,7 @@ class EvaluateOptions(TrustRemoteCode):
     data: str | None = option(
         None, "text for scratch_perplexity (as pretrain --data), JSONL {question, choices, answer} for scratch_choice"
     )
-    val_fraction: float | None = option(
-        None, "score only the held-out part of --data that `pretrain --val-fraction` keeps", more_than=0, less_than=1
-    )
+    val_fraction: float | None = option(None, "score pretrain's held-out share of --data", more_than=0, less_than=1)
     seed: int = option(0, "seed of that split, as pretrain's --seed", at_least=0)
     include_path: list[str] = option([], "folder of lm-eval task YAML files (repeatable)", repeat=True, metavar="DIR")
     batch_size: int = option(8, "sequences per forward pass", at_least=1)
@@ -487,9 +481,7 @@ class PushOptions(Options):
 @dataclass
 class ExportOptions(TrustRemoteCode):
     GROUP = "export"
-    model_dir: str | None = option(
-        None, "a causal LM: a ScratchGPT, GPT-2, Llama or Qwen folder (save_pretrained) or Hub id", positional=True
-    )
+    model_dir: str | None = option(None, "ScratchGPT, GPT-2, Llama or Qwen causal-LM folder or Hub id", positional=True)
     out_dir: str | None = option(None, "where to write the folder (replaced atomically)", positional=True)
     to: str | None = option(None, "the transformers class to write", required=True, choices=EXPORT_TARGETS)
     overwrite: bool = option(False, "replace an existing OUT_DIR that scratch-gpt did not write")
