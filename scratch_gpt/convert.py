@@ -28,9 +28,7 @@ from .errors import BadInput, MissingFile
 from .io_utils import atomic_directory, check_free_space, check_model_folder, check_output
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, register_converter
 
-# ----------------------------------------------------------------------------------------------
-# GPT-2: the same network under other names; GPT-2's Conv1D stores Linear weights transposed.
-# ----------------------------------------------------------------------------------------------
+# --- GPT-2: the same network under other names; GPT-2's Conv1D stores Linear weights transposed. ---
 GPT2_NAMES = {  # ScratchGPT name part -> GPT2LMHeadModel name part
     "model.embed_tokens": "transformer.wte",
     "model.embed_positions": "transformer.wpe",
@@ -155,7 +153,7 @@ def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwar
 
 
 _MERGED: dict[Path, Path] = {}  # adapter folder -> its merged model, made once per process
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def full_model_folder(folder: str | os.PathLike, trust_remote_code: bool = False) -> str | os.PathLike:
@@ -181,7 +179,7 @@ def full_model_folder(folder: str | os.PathLike, trust_remote_code: bool = False
         target = Path(tempfile.mkdtemp(prefix="scratch_gpt-merged-"))
         atexit.register(shutil.rmtree, target, ignore_errors=True)
         merged.save_pretrained(target)
-        for name in TOKENIZER_FILES:
+        for name in (*TOKENIZER_FILES, "generation_config.json"):
             if (Path(folder) / name).is_file():
                 shutil.copy(Path(folder) / name, target / name)
         _MERGED[Path(folder).resolve()] = target
@@ -224,12 +222,10 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     return gpt2.eval()
 
 
-# ----------------------------------------------------------------------------------------------
-# The book's GPTModel, saved with `torch.save(model.state_dict(), "model.pth")` (or chapter 5's
+# --- The book's GPTModel, saved with `torch.save(model.state_dict(), "model.pth")` (or chapter 5's
 # `{"model_state_dict": ..., "optimizer_state_dict": ...}`): the same network under other names,
 # with three query/key/value projections where ScratchGPT has one. Its LayerNorm (scale, shift,
 # eps 1e-5) is nn.LayerNorm, its GELU the tanh approximation ("gelu_new").
-# ----------------------------------------------------------------------------------------------
 BOOK_NAMES = {  # ScratchGPT name -> the book's name
     "model.embed_tokens.weight": "tok_emb.weight",
     "model.embed_positions.weight": "pos_emb.weight",
@@ -386,10 +382,8 @@ def import_book_checkpoint(
     return Path(out_dir)
 
 
-# ----------------------------------------------------------------------------------------------
-# Llama (SmolLM2, Llama 3.x), Qwen2 and Qwen3: the Llama-switched ScratchGPT under other names. The
+# --- Llama (SmolLM2, Llama 3.x), Qwen2 and Qwen3: the Llama-switched ScratchGPT under other names. The
 # names agree except the norms and attention's; ScratchGPT fuses q_proj, k_proj, v_proj into qkv_proj.
-# ----------------------------------------------------------------------------------------------
 LLAMA_NAMES = {  # ScratchGPT name part -> LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM name part
     ".ln_1.": ".input_layernorm.",
     ".ln_2.": ".post_attention_layernorm.",
@@ -518,10 +512,8 @@ def check_gpt2_shape(config: ScratchGPTConfig) -> None:
         raise BadInput(f"This ScratchGPT cannot be written as GPT2LMHeadModel: it needs {gpt2}, but has {wrong}; export it --to llama or qwen3.")
 
 
-# ----------------------------------------------------------------------------------------------
-# `scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3`: a folder of the native class, which
+# --- `scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3`: a folder of the native class, which
 # anything serving GPT-2, Llama or Qwen3 runs without remote code. `export-gpt2` is `--to gpt2`.
-# ----------------------------------------------------------------------------------------------
 NATIVE_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
@@ -544,10 +536,8 @@ def export_model(
             raise MissingFile(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
         if not any(Path(model_dir).glob("*.safetensors")):
             raise MissingFile(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
-    if trust_remote_code:
-        model = load_pretrained(AutoModelForCausalLM.from_pretrained, model_dir, trust_remote_code=True)
-    else:
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir)  # our class: no folder code runs
+    model_class = AutoModelForCausalLM if trust_remote_code else ScratchGPTForCausalLM  # ours: no folder code runs
+    model = load_pretrained(model_class.from_pretrained, model_dir, trust_remote_code=trust_remote_code)
     architectures = model.config.architectures or ["ScratchGPTForCausalLM"]
     if "ScratchGPTForCausalLM" not in architectures:
         raise BadInput(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")
