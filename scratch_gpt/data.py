@@ -3,15 +3,11 @@
 The pipeline, top to bottom:
 
 1. `scratch_gpt.sources.read_texts(source)` (also importable here as `load_text_corpus`) turns
-   local files, folders, globs, a Hub dataset name or the string "builtin" into a `datasets`
-   Dataset (or, with `streaming=True`, an IterableDataset) whose only column is "text", one
-   document per row.
-2. `pack_dataset(corpus, tokenizer, block_size=..., stride=...)` tokenizes every document with a
-   batched `datasets.map`, appends the tokenizer's EOS id after each document, reads the result
-   as one long stream of token ids and cuts a block of `block_size` ids every `stride` ids: the
-   book's sliding window. `stride == block_size` gives disjoint blocks, a smaller stride gives
-   overlapping ones. Each row has `input_ids` and `labels` (equal: the model shifts the labels by
-   one inside, so the targets of a block are the block shifted by one).
+   files, folders, globs, a Hub dataset or "builtin" into a `datasets` Dataset (an IterableDataset
+   with `streaming=True`) whose only column is "text", one document per row.
+2. `pack_dataset(corpus, tokenizer, block_size=..., stride=...)` tokenizes the documents into one
+   stream of token ids, EOS after each, and cuts a block of `block_size` ids every `stride` ids:
+   the book's sliding window (disjoint blocks when `stride == block_size`, overlapping below).
 3. `train_val_split` makes a deterministic train/validation split; `unigram_entropy` and the
    tokenizer's `bytes_per_token` give the two numbers that put a loss in context (the loss of a
    model that ignores context, and bits per byte).
@@ -33,14 +29,10 @@ from scratch_gpt.tokenizer import bytes_per_token, encode_batch
 # The corpus reader and the tokenizer's compression live in their own modules; these names stay
 # importable from here for stage-2 code written against them.
 load_text_corpus = read_texts
-__all__ = [
-    "builtin_corpus", "bytes_per_token", "input_target_pairs", "load_text_corpus", "pack_dataset",
-    "train_val_split", "unigram_entropy",
-]
+__all__ = ["pack_dataset", "input_target_pairs", "train_val_split", "unigram_entropy"]
+__all__ += ["load_text_corpus", "builtin_corpus", "bytes_per_token"]  # from those modules
 
-# ---------------------------------------------------------------------------------------------
-# 2. Tokenizing and packing into blocks
-# ---------------------------------------------------------------------------------------------
+# --- 2. Tokenizing and packing into blocks --------------------------------------------------------
 
 
 def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
@@ -79,9 +71,8 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
         remove_columns=dataset.column_names,
         **map_options,
     )
-    features = datasets.Features(
-        {name: datasets.List(datasets.Value("int64"), length=block_size) for name in ("input_ids", "labels")}
-    )
+    block = datasets.List(datasets.Value("int64"), length=block_size)
+    features = datasets.Features({"input_ids": block, "labels": block})
     if isinstance(tokenized, datasets.IterableDataset):
         arguments = {"tokenized": tokenized, "block_size": block_size, "stride": stride}
         return datasets.IterableDataset.from_generator(_stream_blocks, features=features, gen_kwargs=arguments)
@@ -135,9 +126,7 @@ def input_target_pairs(token_ids, block_size, stride):
     return windows[:, :-1], windows[:, 1:]
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. Splitting and the numbers that put a loss in context
-# ---------------------------------------------------------------------------------------------
+# --- 3. Splitting and the numbers that put a loss in context --------------------------------------
 
 
 def train_val_split(dataset, val_fraction, seed):
