@@ -142,7 +142,6 @@ def write_model_card(
     hub_datasets = [d for d in datasets if _is_hub_id(d)]
     data_names = [d if d in hub_datasets else Path(str(d)).name for d in datasets]
     hub_base_model = base_model if base_model and _is_hub_id(base_model) else None
-
     card = ModelCard.from_template(
         card_data(task, adapter, hub_datasets, data_names, hub_base_model, model_name, metrics, license, language, tags),
         template_str=(TEMPLATES / f"{kind}.md").read_text(encoding="utf-8"),
@@ -164,9 +163,7 @@ def count_parameters(folder) -> int:
     """Number of parameters stored in the folder's safetensors files (a tied head counts once)."""
     weights = sorted(Path(folder).glob("*.safetensors"))
     if not weights:
-        raise MissingFile(
-            f"No *.safetensors weights in {str(folder)!r}; save the model there before writing its card."
-        )
+        raise MissingFile(f"No *.safetensors weights in {str(folder)!r}; save the model there before writing its card.")
     total = 0
     for path in weights:
         with safe_open(path, framework="pt") as f:
@@ -195,23 +192,17 @@ def _is_hub_id(name) -> bool:
 
 
 def _eval_results(metrics: dict, task: str, hub_datasets: list, data_names: list) -> list[EvalResult]:
+    dataset = dict(task_type=task, dataset_type=hub_datasets[0] if hub_datasets else "custom")
+    dataset["dataset_name"] = ", ".join(data_names) or "held-out data"
     results = []
     for name, value in metrics.items():
         prefix = next((p for p in SPLIT_PREFIXES if name.startswith(p)), "")
         metric = name.removeprefix(prefix)
         number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if metric in EVAL_METRICS and number:
-            results.append(
-                EvalResult(
-                    task_type=task,
-                    dataset_type=hub_datasets[0] if hub_datasets else "custom",
-                    dataset_name=", ".join(data_names) or "held-out data",
-                    dataset_split=SPLIT_PREFIXES.get(prefix, "validation"),
-                    metric_type=metric,
-                    metric_name=name,
-                    metric_value=float(value),
-                )
-            )
+            split = SPLIT_PREFIXES.get(prefix, "validation")
+            result = dict(dataset_split=split, metric_type=metric, metric_name=name, metric_value=float(value))
+            results.append(EvalResult(**dataset, **result))
     return results
 
 
@@ -241,15 +232,8 @@ def _table(values: dict) -> list[tuple[str, str]]:
 
 
 def _architecture(config: dict) -> list[tuple[str, str]]:
-    model = (
-        "model_type",
-        "num_hidden_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "max_position_embeddings",
-        "vocab_size",
-    )
-    adapter = ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_save")
+    model = "model_type num_hidden_layers hidden_size num_attention_heads max_position_embeddings vocab_size".split()
+    adapter = ["peft_type", "r", "lora_alpha", "target_modules", "modules_to_save"]
     return [(key, str(config[key])) for key in model + adapter if config.get(key) is not None]
 
 
@@ -272,17 +256,13 @@ def published_files(folder) -> dict[str, bytes | Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise MissingFile(
-            f"Model folder {str(folder)!r} does not exist; pass the output folder of a training command."
-        )
+        raise MissingFile(f"Model folder {str(folder)!r} does not exist; pass the output folder of a training command.")
     published = _publishable(folder)
     config_name = next((name for name in CONFIG_NAMES if name in published), None)
     if config_name is None:
         inner = sorted(str(path.parent) for path in folder.glob("*/config.json"))
-        what_to_do = (
-            f"push the model folder inside it, {inner[0]!r}" if inner else "save the model with save_pretrained"
-        )
-        raise MissingFile(f"No config.json in {str(folder)!r}; it is not a saved model folder: {what_to_do}.")
+        advice = f"push the model folder inside it, {inner[0]!r}" if inner else "save the model with save_pretrained"
+        raise MissingFile(f"No config.json in {str(folder)!r}; it is not a saved model folder: {advice}.")
     if not any(name.endswith(".safetensors") for name in published):
         raise MissingFile(
             f"No *.safetensors weights in {str(folder)!r}; save the model with save_pretrained (safetensors) first."
@@ -326,9 +306,7 @@ def _check_repo_id(repo_id: str) -> None:
     except HFValidationError as error:
         raise BadInput(f"Invalid repo id {repo_id!r}: {error} Use the form OWNER/NAME.") from None
     if repo_id.count("/") != 1:
-        raise BadInput(
-            f"Invalid repo id {repo_id!r}: use the form OWNER/NAME (your user or organization name first)."
-        )
+        raise BadInput(f"Invalid repo id {repo_id!r}: use the form OWNER/NAME (your user or organization name first).")
 
 
 TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")  # the shape of a Hugging Face access token
@@ -517,14 +495,9 @@ def http_client_errors() -> tuple[type[Exception], ...]:
 
 def push_command(args: PushOptions) -> None:
     """`scratch-gpt push`: upload; a refusal of the Hub or a missing network is one sentence (exit 1)."""
+    options = dict(private=args.private, revision=args.revision, commit_message=args.commit_message)
     try:
-        commit = push_folder(
-            args.output_dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-        )
+        commit = push_folder(args.output_dir, args.repo_id, **options)
     except (HfHubHTTPError, ConnectionError, *http_client_errors()) as error:  # the Hub refused; no network; offline
         reason = " ".join(str(error).split()) or type(error).__name__
         raise RunFailed(f"the upload failed: {reason}; check the network and the repository, then push again.") from None
