@@ -40,7 +40,8 @@ def mark_output(folder: str | os.PathLike, files: list[str] | None = None, run: 
     training run's folder, added to by later runs and never replaced by another command."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"written_by": "scratch_gpt", **({"files": sorted(files)} if files is not None else {}), **({"run": True} if run else {})}
+    record = {"written_by": "scratch_gpt", "files": None if files is None else sorted(files), "run": run or None}
+    record = {key: value for key, value in record.items() if value is not None}  # only what applies
     (folder / MARKER).write_text(json.dumps(record) + "\n")
 
 
@@ -211,7 +212,7 @@ def check_not_an_input(path: Path, inputs, what: str, flag: str) -> None:
 
 
 def check_output(
-    output, *, inputs=(), overwrite: bool = False, what: str = "output folder", flag: str = "--output-dir", replaces: bool = True
+    output, *, inputs=(), overwrite: bool = False, what="output folder", flag="--output-dir", replaces: bool = True
 ) -> Path:
     """The one check of an output folder, before any work: one clear error instead of lost files.
 
@@ -286,7 +287,8 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     pickled = sorted(p.name for p in folder.glob("pytorch_model*.bin"))
     if pickled and not weights:
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-        head = "ForSequenceClassification" if any("SequenceClassification" in a for a in config.get("architectures") or []) else "ForCausalLM"
+        classifier = any("SequenceClassification" in a for a in config.get("architectures") or [])
+        head = "ForSequenceClassification" if classifier else "ForCausalLM"
         raise BadInput(
             f"{str(folder)!r} holds its weights only as pickled {pickled[0]}, and scratch-gpt reads safetensors only "
             "(a pickle can run code); convert it once, if you trust the file: python -c \"import scratch_gpt as s; "

@@ -182,9 +182,8 @@ def train_tokenizer(
     if first is None:
         raise BadInput("The corpus is empty: it holds no text to train on; check --data (file, folder, column).")
     backend = new_bpe_tokenizer()
-    backend.train_from_iterator(
-        _batches(itertools.chain([first], texts)), bpe_trainer(vocab_size - 1, min_frequency, show_progress)
-    )
+    trainer = bpe_trainer(vocab_size - 1, min_frequency, show_progress)  # RESPONSE_MARKER takes the last id
+    backend.train_from_iterator(_batches(itertools.chain([first], texts)), trainer)
     backend.add_tokens([AddedToken(RESPONSE_MARKER, normalized=False, special=False)])
     return wrap_tokenizer(backend, model_max_length=model_max_length)
 
@@ -304,7 +303,7 @@ def train_tokenizer_command(args: TokenizerOptions) -> None:
     held_out: list[str] = []
     output = check_output(args.output_dir, inputs=args.data, overwrite=args.overwrite, flag="--output-dir")
     corpus = read_texts(args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=True)
-    texts = iter_texts(corpus)
+    texts = iter_texts(corpus)  # a list of strings is texts to iter_texts, and --data is a list of paths
     if args.held_out_every:
         texts = _hold_out(texts, held_out, every=args.held_out_every, max_chars=4_000_000)
     tokenizer = train_tokenizer(
