@@ -120,13 +120,13 @@ def evaluate(args: EvaluateOptions) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
-        model = load_pretrained(AutoModelForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
+        trust = args.trust_remote_code
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, args.model, trust_remote_code=trust)
+        model = load_pretrained(AutoModelForCausalLM.from_pretrained, args.model, trust_remote_code=trust)
         model = model.to(device).eval()
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
-        results = lm_eval.simple_evaluate(
-            model=lm, tasks=specs, task_manager=manager, limit=args.limit, log_samples=False, bootstrap_iters=args.bootstrap_iters
-        )
+        lm = HFLM(model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
+        settings = dict(limit=args.limit, bootstrap_iters=args.bootstrap_iters, log_samples=False)
+        results = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, **settings)
     print(make_table(results))
     if args.output:
         record = {RESULTS_MARK: "scratch-gpt evaluate", "model": str(args.model), "results": results["results"]}

@@ -49,9 +49,10 @@ def load_for_chat(model_dir: str, trust_remote_code: bool = False):
     if (Path(model_dir) / "adapter_config.json").is_file():
         base_dir = PeftConfig.from_pretrained(model_dir).base_model_name_or_path
         base = load_pretrained(ScratchGPTForCausalLM.from_pretrained, base_dir, trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(base, model_dir).eval()
+        model = PeftModel.from_pretrained(base, model_dir)
     else:
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir, trust_remote_code=trust_remote_code).eval()
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir, trust_remote_code=trust_remote_code)
+    model.eval()
     saved = (Path(model_dir) / "generation_config.json").is_file()
     generation_config = GenerationConfig.from_pretrained(model_dir) if saved else copy.deepcopy(model.generation_config)
     if generation_config.pad_token_id is None:

@@ -37,16 +37,7 @@ def message_text(content) -> str:
     return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in parts)
 
 
-def chat_page(
-    model,
-    tokenizer,
-    generation_config,
-    *,
-    system: str | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    top_k: int = 50,
-):
+def chat_page(model, tokenizer, generation_config, *, system=None, max_new_tokens=None, temperature=0.0, top_k=50):
     """A Gradio app (not yet launched) that chats with `model`.
 
     The keyword arguments are the starting values of the sidebar; `system` is an optional system
