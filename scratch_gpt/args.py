@@ -9,8 +9,7 @@ From these fields `scratch_gpt.cli` generates each command's flags and `--config
 `check_values` below validates them before any work. A command's options are one class made of
 groups (`class PretrainOptions(SourceOptions, ..., TrainingConfig)`), so a library function takes a
 typed object, never an argparse Namespace. This module imports nothing heavy: `scratch-gpt --help`
-reads it without torch. A choice list that lives in a heavy module is named by "module:NAME" and
-read only when a value is checked.
+reads it without torch; a choice list from a heavy module is named "module:NAME", read when checked.
 """
 
 import importlib
@@ -234,9 +233,7 @@ class TrainingOptions(OutputFolder):
     eval_every: int = option(0, "steps between evaluations (0: only at the end)", at_least=0, resumable=True)
     eval_max_batches: int | None = option(None, "batches per eval", flag="--eval-batches", at_least=1, resumable=True)
     eval_at_start: bool = option(True, "measure the model before the first step", cli=False)
-    train_eval_batches: int = option(
-        0, "also the eval-mode loss of N training batches (the book's training loss)", at_least=0, resumable=True
-    )
+    train_eval_batches: int = option(0, "the book's training loss, N batches in eval mode", at_least=0, resumable=True)
     book_figures: dict | None = option(
         None, "published {metric: value} to compare with at the end (JSON)", parse=figures_mapping, resumable=True
     )
@@ -343,8 +340,7 @@ class LoraOptions(Options):
     lora_alpha: int = option(16, "scale numerator, update = alpha/r * B@A", at_least=1)
     lora_dropout: float = option(0.0, "dropout on the adapter input", at_least=0, less_than=1)
     lora_targets: str = option(
-        "qkv_proj,out_proj,fc_in,fc_out,gate_proj,up_proj,down_proj",
-        "comma-separated projections to adapt (those of them the model has)",
+        "qkv_proj,out_proj,fc_in,fc_out,gate_proj,up_proj,down_proj", "projections to adapt (those the model has)"
     )
     save_merged: bool = option(False, "with --lora: save a plain model, adapters merged in (default: the adapter)")
 
@@ -453,9 +449,7 @@ class EvaluateOptions(TrustRemoteCode):
     GROUP = "evaluation"
     model: str | None = option(None, "model folder (or Hub id) with its tokenizer", positional=True)
     tasks: list[str] = option([], "task names, comma-separated (repeatable)", repeat=True, required=True)
-    data: str | None = option(
-        None, "text for scratch_perplexity (as pretrain --data), JSONL {question, choices, answer} for scratch_choice"
-    )
+    data: str | None = option(None, "text for scratch_perplexity, JSONL {question, choices, answer} for scratch_choice")
     val_fraction: float | None = option(None, "score pretrain's held-out share of --data", more_than=0, less_than=1)
     seed: int = option(0, "seed of that split, as pretrain's --seed", at_least=0)
     include_path: list[str] = option([], "folder of lm-eval task YAML files (repeatable)", repeat=True, metavar="DIR")
