@@ -322,9 +322,10 @@ def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[Scratc
 
 def book_heads(num_heads: int | None, config: dict | None) -> int:
     """The number of attention heads, which a state dict does not store: `--num-heads` or the config's n_heads."""
-    heads = num_heads or (config or {}).get("n_heads")
-    if num_heads and config and config.get("n_heads") not in (None, num_heads):
-        raise BadInput(f"--num-heads {num_heads} disagrees with n_heads {config['n_heads']} of the book's config; pass one.")
+    given = (config or {}).get("n_heads")
+    heads = num_heads or given
+    if num_heads and given not in (None, num_heads):
+        raise BadInput(f"--num-heads {num_heads} disagrees with n_heads {given} of the book's config; pass one.")
     if not isinstance(heads, int) or heads < 1:
         raise BadInput(
             "A state dict does not store the number of attention heads; pass --num-heads (12 for GPT-2 124M, "
@@ -370,11 +371,8 @@ def import_book_checkpoint(
     except RuntimeError as error:  # a tensor whose shape disagrees with the sizes read from the others
         reason = str(error).splitlines()[-1].strip()
         raise BadInput(f"The tensors of {str(path)!r} do not fit one GPTModel ({reason}); check the checkpoint.") from None
-    model.generation_config.update(
-        bos_token_id=model_config.bos_token_id,
-        eos_token_id=model_config.eos_token_id,
-        pad_token_id=model_config.pad_token_id,
-    )
+    ids = {name: getattr(model_config, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    model.generation_config.update(**ids)
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)  # config, weights, generation config and the remote code
         if tokenizer is not None:
