@@ -34,7 +34,7 @@ from safetensors import safe_open
 
 from .args import PushOptions
 from .errors import BadInput, MissingFile, NotWritable, RunFailed
-from .io_utils import atomic_directory, kill_point
+from .io_utils import atomic_directory, kill_point, write_atomically
 from .modeling_scratch_gpt import register_push_to_hub
 
 
@@ -250,9 +250,8 @@ def _human_count(n: int) -> str:
 def published_files(folder) -> dict[str, bytes | Path]:
     """What a push of `folder` publishes, by name in the repo; checks that it is a loadable model.
 
-    Raises one clear error for a missing folder, config or weights, remote code named in
-    config.json's `auto_map` but absent from the folder, or a LoRA adapter whose base model is a
-    local path (nobody else could load it).
+    Raises one clear error for a missing folder, config or weights, remote code named in config.json's
+    `auto_map` but absent, or a LoRA adapter whose base model is a local path (nobody else could load it).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -356,8 +355,7 @@ def push_folder(
     create_pr: bool = False,
     token: str | None = None,
 ):
-    """Upload a saved model folder to `repo_id` in one commit; returns huggingface_hub's `CommitInfo`
-    (a string: the commit URL).
+    """Upload a saved model folder to `repo_id` in one commit; returns its `CommitInfo` (a str: the commit URL).
 
     Everything is checked before anything is sent: the repo id, the folder (config, safetensors
     weights, remote code) and the credentials (`token`, else `HF_TOKEN` or the stored login).
@@ -469,10 +467,7 @@ def add_to_hub_cache(folder, repo_id: str, *, cache_dir=None, revision: str = "m
     absent.mkdir(parents=True, exist_ok=True)
     for name in set(LOOKED_UP_FILES) - set(blob_names):
         (absent / name).touch()
-    refs = repo_dir / "refs"
-    refs.mkdir(exist_ok=True)
-    (refs / f".{revision}.tmp").write_text(commit)
-    os.replace(refs / f".{revision}.tmp", refs / revision)
+    write_atomically(repo_dir / "refs" / revision, commit)
     return snapshot
 
 
