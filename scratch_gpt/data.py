@@ -44,10 +44,9 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
     a Dataset (an IterableDataset, packed lazily, when given one) with `input_ids` and `labels`,
     both `block_size` long and equal: the model shifts the labels by one inside.
 
-    Tokenization is a batched `datasets.map` over `num_proc` processes (default one); for a
-    corpus loaded from files, `datasets` caches its result, so a second run skips it. With a
-    streaming corpus the tokens are counted while training reads them, so "too few tokens" is
-    raised at the first batch instead of here.
+    Tokenization is a batched `datasets.map` over `num_proc` processes (default one); for a corpus
+    loaded from files, `datasets` caches its result, so a second run skips it. A streaming corpus is
+    counted while training reads it: "too few tokens" is raised at the first batch instead of here.
     """
     stride = block_size if stride is None else stride
     if not 1 <= stride <= block_size:
@@ -63,14 +62,10 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
             f"pack_dataset needs a 'text' column, the dataset has {dataset.column_names}; "
             "use read_texts(..., text_column=...)."
         )
-    map_options = {} if isinstance(dataset, datasets.IterableDataset) else {"num_proc": num_proc, "desc": "Tokenizing"}
-    tokenized = dataset.map(
-        _tokenize_batch,
-        batched=True,
-        fn_kwargs={"tokenizer": tokenizer},
-        remove_columns=dataset.column_names,
-        **map_options,
-    )
+    map_options = dict(batched=True, fn_kwargs={"tokenizer": tokenizer}, remove_columns=dataset.column_names)
+    if not isinstance(dataset, datasets.IterableDataset):
+        map_options.update(num_proc=num_proc, desc="Tokenizing")
+    tokenized = dataset.map(_tokenize_batch, **map_options)
     block = datasets.List(datasets.Value("int64"), length=block_size)
     features = datasets.Features({"input_ids": block, "labels": block})
     if isinstance(tokenized, datasets.IterableDataset):
@@ -134,10 +129,9 @@ def train_val_split(dataset, val_fraction, seed):
 
     A Dataset is shuffled with `seed` and `round(len * val_fraction)` rows (at least one) go to
     validation; a Dataset of one document (a single text file) is cut at `1 - val_fraction` of its
-    characters instead, the validation text being the end. An IterableDataset sends row i to
-    validation when a random number seeded by (seed, i) falls below `val_fraction`. Split documents
-    before `pack_dataset` when blocks overlap (stride < block_size), so no validation token also
-    appears in a training block.
+    characters instead, validation getting the end. An IterableDataset sends row i to validation
+    when a random number seeded by (seed, i) falls below `val_fraction`. Split documents before
+    `pack_dataset` when blocks overlap (stride < block_size): no validation token is then trained on.
     """
     if not 0 < val_fraction < 1:
         raise BadInput(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")

@@ -49,8 +49,7 @@ from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.io_utils import MARKER
 
 BUILTIN = "builtin"
-# Suffix -> how the file is read. Listed so that the record formats read ".parquet, .csv, .tsv,
-# .json or .jsonl" in messages.
+# Suffix -> how the file is read, in the order messages list them (".parquet, .csv, .tsv, .json or .jsonl").
 SUFFIXES = {
     ".txt": "text",
     ".md": "text",
@@ -65,11 +64,9 @@ TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})
 ROWS_PER_BATCH = 1000  # rows read from a CSV or Parquet file at a time
 
 # Standard-library modules that do something on import (open a browser, print, start a GUI or a
-# REPL, touch the terminal, write cache files) or are tests and platform tools, not documentation.
-SKIPPED_MODULES = set(
-    "antigravity this idlelib tkinter turtle turtledemo readline rlcompleter lib2to3 ensurepip distutils test tests "
-    "encodings".split()
-)
+# REPL, touch the terminal, write cache files), then tests and platform tools: not documentation.
+SKIPPED_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "readline", "rlcompleter"}
+SKIPPED_MODULES |= {"lib2to3", "ensurepip", "distutils", "test", "tests", "encodings"}
 
 
 # --- 1. Where the data is -------------------------------------------------------------------------
@@ -81,8 +78,7 @@ def resolve(source, suffixes=SUFFIXES) -> list:
     A string that exists on disk, contains a glob character or ends with a known suffix is local
     (so a typo in a file name fails here, not on the Hub); anything else is a Hub dataset name.
     Only files with one of `suffixes` are taken from folders and globs, and none from a folder that
-    scratch-gpt wrote (it carries the `.scratch_gpt` marker): a run's output is never its data, even
-    when `--output-dir` lies inside `--data`.
+    scratch-gpt wrote (it has the `.scratch_gpt` marker): a run's output is never data, even inside `--data`.
     """
     if isinstance(source, (list, tuple)):
         return [item for one in source for item in resolve(one, suffixes)]

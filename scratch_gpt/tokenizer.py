@@ -244,12 +244,8 @@ def complete_tokenizer(tokenizer):
 
 def config_kwargs(tokenizer, pad_to_multiple_of: int | None = 64) -> dict:
     """What a model config takes from its tokenizer: `ScratchGPTConfig(**config_kwargs(tok), ...)`."""
-    return {
-        "vocab_size": model_vocab_size(tokenizer, pad_to_multiple_of),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+    ids = {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return {"vocab_size": model_vocab_size(tokenizer, pad_to_multiple_of), **ids}
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
