@@ -66,8 +66,7 @@ def files_written(folder: str | os.PathLike) -> list[str] | None:
 
 
 def files_added_since(folder: str | os.PathLike) -> list[str]:
-    """Files in a folder `atomic_directory` wrote that it did not write (the user's): replacing the
-    folder would delete them."""
+    """Files of the user's in a folder `atomic_directory` wrote, which replacing the folder would delete."""
     written = files_written(folder)
     if written is None:  # a run folder, marked when its run started: it is added to, never replaced
         return []
@@ -96,10 +95,9 @@ def recover(path: str | os.PathLike) -> None:
 def atomic_directory(path: str | os.PathLike):
     """Yield a temporary sibling folder (already marked); on success it replaces `path` by renaming.
 
-    A crash or kill inside the block leaves any previous `path` untouched (the half-written
-    temporary folder is removed on an exception, or by the next call after a SIGKILL). A kill
-    between the two renames leaves the previous folder beside `path`, and the next call (or
-    `check_output`) moves it back.
+    A crash or kill inside the block leaves a previous `path` untouched (the temporary folder is removed
+    on an exception, or by the next call after a SIGKILL). A kill between the two renames leaves the
+    previous folder beside `path`; the next call (or `check_output`) moves it back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,8 +214,7 @@ def check_output(
 ) -> Path:
     """The one check of an output folder, before any work: one clear error instead of lost files.
 
-    - `output` must not be one of `inputs` (files, folders, globs; Hub ids are skipped) or contain one:
-      replacing it would delete them.
+    - `output` must not be or contain one of `inputs` (local files, folders, globs): replacing it would delete them.
     - An existing, non-empty `output` must be an earlier output of this package (it holds the
       `.scratch_gpt` marker) unless `overwrite` (the command's `--overwrite`).
     - A command that replaces its output (`replaces`) must not replace a training run's folder (its

@@ -80,10 +80,8 @@ def lora_config(task="causal", r=8, alpha=16, dropout=0.0, targets=DEFAULT_TARGE
     if not 0.0 <= dropout < 1.0:
         raise BadInput(f"The LoRA dropout must be in [0, 1), got {dropout}.")
     unknown = sorted(set(targets) - set(ALL_TARGETS))
-    if unknown or not targets:
-        raise BadInput(
-            f"Unknown LoRA target modules {unknown or list(targets)}; choose among {', '.join(ALL_TARGETS)}."
-        )
+    if unknown or not targets:  # no targets: the message shows []
+        raise BadInput(f"Unknown LoRA target modules {unknown}; choose among {', '.join(ALL_TARGETS)}.")
     return LoraConfig(
         task_type=TASK_TYPES[task],
         r=r,

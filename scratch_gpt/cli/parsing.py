@@ -3,8 +3,7 @@
 A command's options are one dataclass. Every declared field becomes a flag (older spellings hidden),
 a `--config` key (the flag's name, with `-` or `_`) and a checked value. The value of an option is,
 from weakest to strongest: the field's default, the command's default, the `--config` file, the
-command line. argparse only reads what the command line says (its defaults are left out), so the
-order is plain dictionary merging here.
+command line; argparse reads only the command line (no defaults), so that order is a dict merge.
 """
 
 import argparse

@@ -3,8 +3,7 @@
 `finetune-instruct` writes for its held-out instructions.
 
 The prompt format lives in ONE place, the tokenizer's chat template (see `scratch_gpt.tokenizer`):
-a conversation is rendered with `apply_chat_template`, exactly as in training, so the model sees at
-inference the text it was trained on.
+`apply_chat_template` renders a conversation exactly as in training, the text the model learned.
 """
 
 import copy
@@ -30,10 +29,9 @@ from scratch_gpt.tokenizer import complete_tokenizer
 
 
 def load_for_chat(model_dir: str, trust_remote_code: bool = False):
-    """Model, tokenizer and generation config of `model_dir`: a folder or Hub id of a ScratchGPT or a
-    GPT-2 checkpoint (converted; its tokenizer completed with the Alpaca chat template), or a LoRA
-    adapter folder (its base model loaded the same way). Code shipped in the folder runs only with
-    `trust_remote_code`."""
+    """Model, tokenizer and generation config of `model_dir`: a ScratchGPT or GPT-2 folder or Hub id
+    (GPT-2 converted, its tokenizer completed with the Alpaca chat template), or a LoRA adapter folder
+    (its base model loaded the same way). The folder's own code runs only with `trust_remote_code`."""
     if Path(model_dir).is_dir():
         check_model_folder(model_dir)  # a damaged file named in one sentence, before any library reads it
         if not any(Path(model_dir).glob("*.safetensors")):
@@ -70,9 +68,8 @@ def fit_to_context(generation_config: GenerationConfig, room: int) -> Generation
 def chat_generation_config(
     generation_config: GenerationConfig, *, max_new_tokens: int | None = None, temperature: float = 0.0, top_k: int = 50
 ) -> GenerationConfig:
-    """A copy of the model's generation config with the chat settings: greedy at temperature 0,
-    else sampling with `temperature` from the `top_k` likeliest tokens (0 = all); `max_new_tokens`
-    replaces the saved answer length when given."""
+    """A copy of the model's generation config with the chat settings: greedy at temperature 0, else
+    sampling at `temperature` from the `top_k` likeliest tokens (0 = all); `max_new_tokens` if given."""
     config = copy.deepcopy(generation_config)
     if max_new_tokens:
         config.max_new_tokens = max_new_tokens
