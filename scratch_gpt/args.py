@@ -13,9 +13,12 @@ reads it without torch; a choice list from a heavy module is named "module:NAME"
 """
 
 import importlib
+import json
 import math
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Callable, get_args, get_origin
+
+from scratch_gpt.errors import BadInput
 
 # A byte-level BPE (scratch_gpt.tokenizer) holds the 256 bytes, end-of-text, pad and the response marker.
 MIN_VOCAB_SIZE = 256 + 3
@@ -143,8 +146,6 @@ def problem(f: Field, value, name: str) -> str | None:
 def check_values(cls, values: dict, name: Callable[[Field], str]) -> None:
     """Raise `BadInput` for the first value outside its declaration; `name(field)` says how the
     message names the option (its flag on the command line, `Class.field` in Python)."""
-    from scratch_gpt.errors import BadInput
-
     for f in declared(cls):
         if f.name in values:
             wrong = problem(f, values[f.name], name(f))
@@ -170,10 +171,6 @@ class Options:
 
 def figures_mapping(value) -> dict[str, float]:
     """`--book-figures`: a mapping of our metric names to numbers, from YAML or a JSON string."""
-    import json
-
-    from scratch_gpt.errors import BadInput
-
     if isinstance(value, str):
         value = json.loads(value)
     if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
@@ -231,7 +228,7 @@ class TrainingOptions(OutputFolder):
     shuffle: bool = option(True, "shuffle the training data each epoch", cli=False)
     # Evaluation: every `eval_every` steps (0: only at the end), on at most `eval_max_batches` batches.
     eval_every: int = option(0, "steps between evaluations (0: only at the end)", at_least=0, resumable=True)
-    eval_max_batches: int | None = option(None, "batches per eval", flag="--eval-batches", at_least=1, resumable=True)
+    eval_max_batches: int | None = option(None, "batch cap per eval", flag="--eval-batches", at_least=1, resumable=True)
     eval_at_start: bool = option(True, "measure the model before the first step", cli=False)
     train_eval_batches: int = option(0, "the book's training loss, N batches in eval mode", at_least=0, resumable=True)
     book_figures: dict | None = option(
@@ -326,8 +323,6 @@ class PretrainOptions(TrustRemoteCode, TextColumn, SourceOptions, TrainingOption
 
     def check(self) -> None:
         super().check()
-        from scratch_gpt.errors import BadInput
-
         if self.streaming and not self.max_steps:
             raise BadInput("--streaming needs --max-steps: a stream has no length to count epochs by.")
 
@@ -346,8 +341,6 @@ class LoraOptions(Options):
 
     def check(self) -> None:
         super().check()
-        from scratch_gpt.errors import BadInput
-
         if self.save_merged and not self.lora:
             raise BadInput("--save-merged only applies with --lora (without it the whole model is saved anyway).")
 
@@ -382,8 +375,6 @@ class ClassifyOptions(TextColumn, FinetuneOptions):
 
     def check(self) -> None:
         super().check()
-        from scratch_gpt.errors import BadInput
-
         names = self.label_names or []
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -423,8 +414,6 @@ class ChatOptions(TrustRemoteCode):
 
     def check(self) -> None:
         super().check()
-        from scratch_gpt.errors import BadInput
-
         if self.web and self.prompt is not None:
             raise BadInput("--web and --prompt do not go together; drop --prompt and type the message in the page.")
 
