@@ -1,11 +1,10 @@
 """Checkpoints in and out (stage 6): GPT-2 and the book's model.pth; Llama and Qwen3 fit the same hook.
 
-In:  importing this module registers `convert_gpt2` with the modeling file, so
+In:  importing this module registers `convert_gpt2` (and `convert_llama`) with the modeling file, so
      `ScratchGPTForCausalLM.from_pretrained("openai-community/gpt2")` (or a GPT-2 folder) converts on
-     the way in, as does `ScratchGPTForSequenceClassification.from_pretrained(..., num_labels=...)`,
-     and with them every command that takes a model. A converter is
-     `convert(source, **download_kwargs) -> (ScratchGPTConfig, state_dict)`, the state dict under
-     ScratchGPT's parameter names; `register_converter(model_type, convert)` adds one.
+     the way in, as does `ScratchGPTForSequenceClassification.from_pretrained(...)`, and every command
+     that takes a model. A converter is `convert(source, **download_kwargs) -> (ScratchGPTConfig,
+     state_dict)`, the state dict under our names; `register_converter(model_type, convert)` adds one.
      `import_book_checkpoint(path, out_dir, num_heads=12)` / `scratch-gpt import-book model.pth OUT_DIR
      --num-heads 12` turns the book's `GPTModel` state dict into a ScratchGPT folder.
 Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_DIR` writes a plain
@@ -278,8 +277,7 @@ def book_names(num_layers: int, qkv_bias: bool) -> list[str]:
 
 
 def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[ScratchGPTConfig, dict[str, torch.Tensor]]:
-    """A book `GPTModel` state dict as a ScratchGPT config and state dict. Every size is read from the
-    tensors; only the number of heads is not stored in them."""
+    """A book `GPTModel` state dict as a ScratchGPT config and state dict; all sizes but the heads' are read."""
     state = {name: tensor for name, tensor in state.items() if not name.endswith(".att.mask")}  # a causal-mask buffer
     blocks = [name.split(".")[1] for name in state if name.startswith("trf_blocks.")]
     num_layers = max((int(block) for block in blocks if block.isdigit()), default=-1) + 1

@@ -8,9 +8,8 @@ The pipeline, top to bottom:
 2. `pack_dataset(corpus, tokenizer, block_size=..., stride=...)` tokenizes the documents into one
    stream of token ids, EOS after each, and cuts a block of `block_size` ids every `stride` ids:
    the book's sliding window (disjoint blocks when `stride == block_size`, overlapping below).
-3. `train_val_split` makes a deterministic train/validation split; `unigram_entropy` and the
-   tokenizer's `bytes_per_token` give the two numbers that put a loss in context (the loss of a
-   model that ignores context, and bits per byte).
+3. `train_val_split` makes a deterministic split; `unigram_entropy` (the loss of a model that
+   ignores context) and the tokenizer's `bytes_per_token` (for bits per byte) put a loss in context.
 
 `input_target_pairs` shows step 2 the way the book draws it, as (input, target) tensors.
 """
@@ -162,8 +161,7 @@ def train_val_split(dataset, val_fraction, seed):
 def unigram_entropy(dataset):
     """Entropy, in nats per token, of the token frequencies in `dataset`'s `input_ids`.
 
-    It is the loss of the best model that ignores context (it always predicts these
-    frequencies): a trained model's loss should end clearly below it.
+    The loss of the best model that ignores context (it predicts these frequencies); a trained one ends well below.
     """
     counts = np.zeros(0, dtype=np.int64)
     for batch in dataset.iter(batch_size=1024):

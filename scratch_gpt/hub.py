@@ -10,8 +10,7 @@
 - `add_to_hub_cache(folder, repo_id)` lays a folder out as a Hub cache entry, so
   `from_pretrained("OWNER/NAME")` finds it offline (air-gapped machines, tests).
 
-Authentication is huggingface_hub's own (`HF_TOKEN` or `hf auth login`); the token is handed to
-`HfApi` and never written, printed or logged here.
+Authentication is huggingface_hub's (`HF_TOKEN` or `hf auth login`); the token goes to `HfApi` only, never logged.
 """
 
 import hashlib
@@ -323,8 +322,7 @@ def _check_no_token_inside(published: dict, token: str) -> None:
 
 
 def _searchable_bytes(name: str, content: bytes | Path) -> bytes:
-    """A file's bytes, but of a safetensors file only its header: the tensors hold no text, and random
-    weights could by chance spell a token's shape."""
+    """A file's bytes, of a safetensors file only the header: its tensors hold no text but could spell a token."""
     data = content if isinstance(content, bytes) else None
     if not name.endswith(".safetensors"):
         return data if data is not None else content.read_bytes()
@@ -435,10 +433,9 @@ def _companion_files(model) -> dict[str, Path]:
 def add_to_hub_cache(folder, repo_id: str, *, cache_dir=None, revision: str = "main") -> Path:
     """Install `folder` as the Hub cache entry of `repo_id`; returns the snapshot folder.
 
-    The layout is huggingface_hub's (`models--OWNER--NAME/blobs`, `snapshots/<commit>`,
-    `refs/<revision>`, `.no_exist/<commit>`), with the same files a push would publish, so
-    `from_pretrained("OWNER/NAME")` loads it with `HF_HUB_OFFLINE=1`. `cache_dir` defaults to the
-    active Hub cache (`HF_HUB_CACHE`, under `HF_HOME`).
+    The layout is huggingface_hub's (`models--OWNER--NAME/blobs`, `snapshots/<commit>`, `refs/<revision>`,
+    `.no_exist/<commit>`), with the files a push would publish, so `from_pretrained("OWNER/NAME")` loads
+    it with `HF_HUB_OFFLINE=1`. `cache_dir` defaults to the active Hub cache (`HF_HUB_CACHE`).
     """
     _check_repo_id(repo_id)
     published = _with_repo_id(published_files(folder), repo_id)

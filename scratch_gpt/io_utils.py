@@ -134,10 +134,9 @@ _HELD_LOCKS: dict[Path, int] = {}  # output path -> the open lock file this proc
 
 def lock_output(path: str | os.PathLike) -> None:
     """Refuse a second process writing the same output: this process takes an exclusive `flock` on a
-    lock file named after the folder's absolute path (in the system's temporary folder, so nothing is
-    added to the user's tree) and holds it until it exits. The kernel drops the lock when the process
-    ends, however it ends, so a killed run never leaves the folder locked. Under several processes
-    only the main one (RANK 0) writes, so only it locks."""
+    lock file named after the folder's absolute path (in the system's temporary folder, not the user's
+    tree) and holds it until it exits. The kernel drops the lock however the process ends, so a killed
+    run never leaves the folder locked. Only the main process (RANK 0) writes, so only it locks."""
     path = Path(path).resolve()
     if path in _HELD_LOCKS or int(os.environ.get("RANK", "0")) != 0:
         return
@@ -220,8 +219,7 @@ def check_output(
     - A command that replaces its output (`replaces`) must not replace a training run's folder (its
       checkpoints, logs and model are added to over runs), and a training run (not `replaces`) must not
       write into a saved folder (marked with its file list), unless `overwrite`.
-    - It must be writable.
-    - No other process may be writing it (see `lock_output`).
+    - It must be writable, and no other process may be writing it (see `lock_output`).
     """
     path = Path(output)
     lock_output(path)

@@ -23,9 +23,8 @@ Every command takes its data the same way, so `--data X` means the same thing ev
    - records are returned as they are: a missing or null value is None, the commands check their
      own columns. CSV cells are kept as written ("NA" stays the string "NA").
 
-Texts from local files are written by `datasets` into its Arrow cache (read again only when a
-file changes), so a corpus larger than memory is memory-mapped, not loaded; `streaming=True`
-reads them lazily instead, one file after the other, and writes nothing.
+Texts from local files are written by `datasets` into its Arrow cache (read again only when a file
+changes), so a corpus larger than memory is memory-mapped; `streaming=True` reads them lazily, writing nothing.
 """
 
 import codecs

@@ -1,6 +1,5 @@
-"""Generation helpers shared by every way of talking to a model: the terminal chat
-(`scratch_gpt.inference.chat`), the web page (`scratch_gpt.inference.web`) and the answers that
-`finetune-instruct` writes for its held-out instructions.
+"""Generation helpers shared by every way of talking to a model: the terminal chat (`inference.chat`),
+the web page (`inference.web`) and the answers `finetune-instruct` writes for held-out instructions.
 
 The prompt format lives in ONE place, the tokenizer's chat template (see `scratch_gpt.tokenizer`):
 `apply_chat_template` renders a conversation exactly as in training, the text the model learned.
@@ -93,12 +92,11 @@ class StopWhenAsked(StoppingCriteria):
 def reply_pieces(model, tokenizer, messages: list[dict], generation_config) -> Iterator[str]:
     """Yield the answer to `messages` in pieces (about a word each) while it is being generated.
 
-    The conversation is rendered with the tokenizer's chat template. `generate` runs in a
-    background thread and hands each new token to a `TextIteratorStreamer`, which decodes the
-    text and queues it; this generator reads that queue. When the reader stops early (the Stop
-    button of the web page closes the generator), generation stops too. Both `scratch-gpt chat`
-    (the terminal) and the web page (`scratch_gpt.inference.web`) answer through here. ValueError
-    if the conversation leaves no room in the model's context.
+    The conversation is rendered with the tokenizer's chat template. `generate` runs in a background
+    thread and hands each new token to a `TextIteratorStreamer`, which decodes the text and queues it;
+    this generator reads that queue. When the reader stops early (the Stop button of the web page
+    closes the generator), generation stops too. The terminal chat and the web page both answer
+    through here. ValueError if the conversation leaves no room in the model's context.
     """
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[1]
