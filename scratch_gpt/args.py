@@ -9,16 +9,19 @@ From these fields `scratch_gpt.cli` generates each command's flags and `--config
 `check_values` below validates them before any work. A command's options are one class made of
 groups (`class PretrainOptions(SourceOptions, ..., TrainingConfig)`), so a library function takes a
 typed object, never an argparse Namespace. This module imports nothing heavy: `scratch-gpt --help`
-reads it without torch. A choice list that lives in a heavy module is named by "module:NAME" and
-read only when a value is checked.
+reads it without torch; a choice list from a heavy module is named "module:NAME", read when checked.
 """
 
 import importlib
+import json
 import math
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Callable, get_args, get_origin
 
-MIN_VOCAB_SIZE = 256 + 3  # a byte-level BPE (scratch_gpt.tokenizer): the 256 bytes, end-of-text, pad, the response marker
+from scratch_gpt.errors import BadInput
+
+# A byte-level BPE (scratch_gpt.tokenizer) holds the 256 bytes, end-of-text, pad and the response marker.
+MIN_VOCAB_SIZE = 256 + 3
 EXPORT_TARGETS = ("gpt2", "llama", "qwen3")  # the native transformers families `export` writes (scratch_gpt.convert)
 VOCAB_RULE = (lambda n: n >= MIN_VOCAB_SIZE, f"at least {MIN_VOCAB_SIZE} (smaller is too small for the 256 bytes and the special tokens)")
 
@@ -127,7 +130,8 @@ def problem(f: Field, value, name: str) -> str | None:
     for item in items:
         if isinstance(item, float) and not math.isfinite(item):
             wanted = range_text(f)
-            return f"{name} must be a finite number, got {shown!r}" + (f"; {name} must{each} be {wanted}." if wanted else ".")
+            then = f"; {name} must{each} be {wanted}." if wanted else "."
+            return f"{name} must be a finite number, got {shown!r}{then}"
         if isinstance(item, (int, float)) and not isinstance(item, bool) and not in_range(f, item):
             return f"{name} must{each} be {range_text(f)}, got {shown!r}."
         choices = choices_of(f)
@@ -142,8 +146,6 @@ def problem(f: Field, value, name: str) -> str | None:
 def check_values(cls, values: dict, name: Callable[[Field], str]) -> None:
     """Raise `BadInput` for the first value outside its declaration; `name(field)` says how the
     message names the option (its flag on the command line, `Class.field` in Python)."""
-    from scratch_gpt.errors import BadInput
-
     for f in declared(cls):
         if f.name in values:
             wrong = problem(f, values[f.name], name(f))
@@ -169,10 +171,6 @@ class Options:
 
 def figures_mapping(value) -> dict[str, float]:
     """`--book-figures`: a mapping of our metric names to numbers, from YAML or a JSON string."""
-    import json
-
-    from scratch_gpt.errors import BadInput
-
     if isinstance(value, str):
         value = json.loads(value)
     if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
@@ -209,16 +207,14 @@ class TrainingOptions(OutputFolder):
     num_epochs: int = option(1, "passes over the training data", flag="--epochs", at_least=1)
     max_steps: int | None = option(None, "optimizer steps; overrides --epochs", at_least=1, resumable=True)
     batch_size: int = option(8, "examples per process per micro-batch", at_least=1)
-    global_batch_size: int | None = option(
-        None, "examples per optimizer step over all processes; sets --batch-size to its share", at_least=1
-    )
-    eval_batch_size: int | None = option(None, "examples per evaluation batch (default: --batch-size)", at_least=1, cli=False)
-    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step", aliases=("--grad-accum",), at_least=1)
+    global_batch_size: int | None = option(None, "examples per step over all processes; sets --batch-size", at_least=1)
+    eval_batch_size: int | None = option(None, "examples per eval batch (default: --batch-size)", at_least=1, cli=False)
+    gradient_accumulation_steps: int = option(1, "micro-batches per step", aliases=("--grad-accum",), at_least=1)
     # AdamW, linear warmup then cosine decay down to min_lr_ratio * learning_rate.
     learning_rate: float = option(3e-4, "peak learning rate (AdamW)", flag="--lr", more_than=0)
     weight_decay: float = option(0.1, "AdamW weight decay", at_least=0)
-    weight_decay_all: bool = option(False, "weight decay on every parameter, biases, norms and embeddings too (as the book)")
-    adam_betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas (the book: torch's 0.9 0.999)", at_least=0, less_than=1)
+    weight_decay_all: bool = option(False, "decay every parameter, biases, norms and embeddings too (as the book)")
+    adam_betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas (the book: 0.9 0.999)", at_least=0, less_than=1)
     adam_eps: float = option(1e-8, "AdamW epsilon", more_than=0, cli=False)
     warmup_steps: int = option(0, "steps of linear warmup", at_least=0)
     min_lr_ratio: float = option(0.1, "the cosine schedule ends at this share of --lr", at_least=0, at_most=1)
@@ -228,41 +224,30 @@ class TrainingOptions(OutputFolder):
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     # The causal-LM loss this many tokens at a time, fused with the LM head, so the (tokens x vocab)
     # logits never exist (ScratchGPT's `loss_chunk_size`; other models ignore it). 0 or None: off.
-    loss_chunk_size: int | None = option(
-        256, "causal-LM loss this many tokens at a time, without the full logits (0: off)", at_least=0
-    )
-    fsdp: bool = option(
-        False, "shard weights, gradients and optimizer state over the processes (FSDP2; also on by an FSDP accelerate config)"
-    )
+    loss_chunk_size: int | None = option(256, "causal-LM loss N tokens at a time, no full logits (0: off)", at_least=0)
+    fsdp: bool = option(False, "shard weights, grads and optimizer state (FSDP2; also on by an FSDP accelerate config)")
     seed: int = option(0, "seed for the data order, the splits and new weights", at_least=0)
     shuffle: bool = option(True, "shuffle the training data each epoch", cli=False)
     # Evaluation: every `eval_every` steps (0: only at the end), on at most `eval_max_batches` batches.
     eval_every: int = option(0, "steps between evaluations (0: only at the end)", at_least=0, resumable=True)
-    eval_max_batches: int | None = option(
-        None, "at most this many batches per evaluation", flag="--eval-batches", at_least=1, resumable=True
-    )
+    eval_max_batches: int | None = option(None, "batch cap per eval", flag="--eval-batches", at_least=1, resumable=True)
     eval_at_start: bool = option(True, "measure the model before the first step", cli=False)
-    train_eval_batches: int = option(
-        0, "at each evaluation, also the loss on the first N training batches in eval mode (train_eval_loss, the book's "
-        "training loss)", at_least=0, resumable=True,
-    )  # fmt: skip
+    train_eval_batches: int = option(0, "the book's training loss, N batches in eval mode", at_least=0, resumable=True)
     book_figures: dict | None = option(
-        None, "published figures to compare with at the end, {metric: value} (YAML mapping or JSON)",
-        parse=figures_mapping, resumable=True,
-    )  # fmt: skip
-    bytes_per_token: float | None = option(None, "UTF-8 bytes per token of the data (bits per byte)", more_than=0, cli=False)
+        None, "published {metric: value} to compare with at the end (JSON)", parse=figures_mapping, resumable=True
+    )
+    bytes_per_token: float | None = option(None, "UTF-8 bytes per token (for bits per byte)", more_than=0, cli=False)
     sample_prompts: list[str] = option(
         [], "prompt to sample from at each evaluation (repeatable)", flag="--sample-prompt", repeat=True, resumable=True
     )
-    sample_max_new_tokens: int = option(40, "tokens sampled per prompt", flag="--sample-tokens", at_least=1, resumable=True)
+    sample_max_new_tokens: int = option(40, "tokens per sample", flag="--sample-tokens", at_least=1, resumable=True)
     # Logging and progress.
     log_every: int = option(10, "steps between training-loss logs", at_least=1, resumable=True)
-    progress: bool = option(True, "no progress bars (ours, transformers' and datasets')", flag="--no-progress", resumable=True)
+    progress: bool = option(True, "no progress bars (ours and the libraries')", flag="--no-progress", resumable=True)
     report_to: str = option("auto", "experiment tracker", choices=("auto", "tensorboard", "none"), resumable=True)
     peak_flops: float | None = option(
-        None, "peak FLOP/s of one device, for MFU; known GPUs are looked up, elsewhere no MFU is shown without it",
-        more_than=0, resumable=True,
-    )  # fmt: skip
+        None, "peak FLOP/s of one device, for MFU (default: looked up for known GPUs)", more_than=0, resumable=True
+    )
     # Checkpoints.
     save_every: int = option(0, "steps between checkpoints (0: none)", at_least=0, resumable=True)
     keep_checkpoints: int = option(2, "how many checkpoints to keep", at_least=1, resumable=True)
@@ -287,10 +272,7 @@ class TrainingConfig(TrainingOptions):
 @dataclass
 class TrustRemoteCode(Options):
     GROUP = "model"
-    trust_remote_code: bool = option(
-        False, "let the model folder run Python code of its own (an auto_map in its config or tokenizer config); "
-        "off by default: such a folder is refused",
-    )  # fmt: skip
+    trust_remote_code: bool = option(False, "run Python code the model folder ships (auto_map); else it is refused")
 
 
 @dataclass
@@ -298,9 +280,7 @@ class SourceOptions(Options):
     """`--data` (read by `scratch_gpt.sources`, the same in every command) and how to decode its files."""
 
     GROUP = "data"
-    data: str | None = option(
-        None, "text/Markdown/JSONL/JSON/CSV/TSV/Parquet file, folder, glob or Hub dataset (hub:NAME)", required=True
-    )
+    data: str | None = option(None, "file (text or table), folder, glob or Hub dataset (hub:NAME)", required=True)
     encoding: str = option("utf-8", "text encoding of the data files, e.g. cp1252")
     encoding_errors: str = option(
         "strict", "'replace' turns undecodable bytes into U+FFFD instead of stopping",
@@ -330,12 +310,10 @@ class PretrainOptions(TrustRemoteCode, TextColumn, SourceOptions, TrainingOption
     hidden_size: int | None = option(None, "width of the model (default: the preset's)", at_least=1)
     num_layers: int | None = option(None, "transformer blocks (default: the preset's)", at_least=1)
     num_heads: int | None = option(None, "attention heads (default: the preset's)", at_least=1)
-    num_kv_heads: int | None = option(None, "key/value heads (GQA); default: the preset's share of --num-heads", at_least=1)
+    num_kv_heads: int | None = option(None, "key/value heads (GQA); default: the preset's share of heads", at_least=1)
     intermediate_size: int | None = option(None, "width of the MLP (default: the preset's)", at_least=1)
     dropout: float = option(0.0, "dropout rate", at_least=0, less_than=1)
-    model_vocab_size: int | None = option(
-        None, "embedding rows (default: the tokenizer's size, rounded up to 64)", at_least=1
-    )
+    model_vocab_size: int | None = option(None, "embedding rows (default: tokenizer size rounded up to 64)", at_least=1)
     # The book's GPTModel differs from GPT-2's defaults in three ways; scripts/book/ch05.yaml sets them.
     untied_head: bool = option(False, "an output head of its own (default: tied to the token embedding)")
     no_qkv_bias: bool = option(False, "no bias in the query/key/value projection")
@@ -347,8 +325,6 @@ class PretrainOptions(TrustRemoteCode, TextColumn, SourceOptions, TrainingOption
 
     def check(self) -> None:
         super().check()
-        from scratch_gpt.errors import BadInput
-
         if self.streaming and not self.max_steps:
             raise BadInput("--streaming needs --max-steps: a stream has no length to count epochs by.")
 
@@ -361,17 +337,12 @@ class LoraOptions(Options):
     lora_alpha: int = option(16, "scale numerator, update = alpha/r * B@A", at_least=1)
     lora_dropout: float = option(0.0, "dropout on the adapter input", at_least=0, less_than=1)
     lora_targets: str = option(
-        "qkv_proj,out_proj,fc_in,fc_out,gate_proj,up_proj,down_proj",
-        "comma-separated projections to adapt (those of them the model has)",
+        "qkv_proj,out_proj,fc_in,fc_out,gate_proj,up_proj,down_proj", "projections to adapt (those the model has)"
     )
-    save_merged: bool = option(
-        False, "with --lora: merge the adapters into the weights and save a plain model (default: save the adapter)"
-    )
+    save_merged: bool = option(False, "with --lora: save a plain model, adapters merged in (default: the adapter)")
 
     def check(self) -> None:
         super().check()
-        from scratch_gpt.errors import BadInput
-
         if self.save_merged and not self.lora:
             raise BadInput("--save-merged only applies with --lora (without it the whole model is saved anyway).")
 
@@ -385,10 +356,6 @@ class FinetuneOptions(TrustRemoteCode, SourceOptions, LoraOptions, TrainingOptio
     split: str = option("train", "split of a Hub dataset to read")
     val_fraction: float = option(0.1, "held-out share of records", more_than=0, less_than=1)
     max_length: int | None = option(None, "truncate to this many tokens (default: the model's context)", at_least=1)
-
-
-def distinct_names(names: list[str] | None) -> bool:
-    return names is None or ("" not in names and len(set(names)) == len(names))
 
 
 @dataclass
@@ -410,13 +377,11 @@ class ClassifyOptions(TextColumn, FinetuneOptions):
 
     def check(self) -> None:
         super().check()
-        from scratch_gpt.errors import BadInput
-
         names = self.label_names or []
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            given = ",".join(names)
-            raise BadInput(f"--label-names {given!r} names {', '.join(map(repr, repeated))} twice; give each class once.")
+            twice = ", ".join(map(repr, repeated))
+            raise BadInput(f"--label-names {','.join(names)!r} names {twice} twice; give each class once.")
         if self.lora and self.trainable:
             raise BadInput("--trainable and --lora exclude each other: with --lora the adapters and the head train.")
 
@@ -433,15 +398,13 @@ class InstructOptions(FinetuneOptions):
 class DPOOptions(FinetuneOptions):
     GROUP = "DPO"
     beta: float = option(0.1, "how far the policy may move from the reference", more_than=0)
-    skip_identical: bool = option(
-        False, "skip records whose chosen and rejected answers are the same (6 of the book's 1,100), with a warning"
-    )
+    skip_identical: bool = option(False, "skip, with a warning, records whose chosen and rejected answers are equal")
 
 
 @dataclass
 class ChatOptions(TrustRemoteCode):
     GROUP = "chat"
-    model_dir: str | None = option(None, "output folder of finetune-instruct (model or adapter)", positional=True, metavar="MODEL_DIR")
+    model_dir: str | None = option(None, "finetune-instruct's output folder", positional=True, metavar="MODEL_DIR")
     prompt: str | None = option(None, "answer this one instruction and exit")
     system: str | None = option(None, "system prompt (default: the template's)")
     max_new_tokens: int | None = option(None, "longest answer (default: the generation config's)", at_least=1)
@@ -453,8 +416,6 @@ class ChatOptions(TrustRemoteCode):
 
     def check(self) -> None:
         super().check()
-        from scratch_gpt.errors import BadInput
-
         if self.web and self.prompt is not None:
             raise BadInput("--web and --prompt do not go together; drop --prompt and type the message in the page.")
 
@@ -463,10 +424,9 @@ class ChatOptions(TrustRemoteCode):
 class TokenizerOptions(TextColumn, SourceOptions, OutputFolder):
     GROUP = "tokenizer"
     data: list[str] = option(  # many sources, where the other commands read one
-        [], "files, folders or globs (.txt/.md text, or .jsonl/.json/.csv/.tsv/.parquet with a text column), "
-        "or hub:NAME for a Hugging Face Hub dataset", required=True,
-    )  # fmt: skip
-    vocab_size: int | None = option(None, f"vocabulary size (at least {MIN_VOCAB_SIZE})", required=True, rule=VOCAB_RULE)
+        [], "files, folders or globs (text, or tables with a text column), or hub:NAME for a Hub dataset", required=True
+    )
+    vocab_size: int | None = option(None, f"vocab size (at least {MIN_VOCAB_SIZE})", required=True, rule=VOCAB_RULE)
     min_frequency: int = option(2, "least count of a pair to be merged", at_least=0)
     model_max_length: int | None = option(None, "context length of the model", at_least=1)
     held_out_every: int = option(
@@ -480,15 +440,10 @@ class EvaluateOptions(TrustRemoteCode):
     GROUP = "evaluation"
     model: str | None = option(None, "model folder (or Hub id) with its tokenizer", positional=True)
     tasks: list[str] = option([], "task names, comma-separated (repeatable)", repeat=True, required=True)
-    data: str | None = option(
-        None, "data file of the shipped tasks: text for scratch_perplexity (anything `pretrain --data` reads), "
-        "JSON Lines {question, choices, answer} for scratch_choice",
-    )  # fmt: skip
-    val_fraction: float | None = option(
-        None, "score only the held-out part of --data that `pretrain --val-fraction` keeps", more_than=0, less_than=1
-    )
+    data: str | None = option(None, "text for scratch_perplexity, JSONL {question, choices, answer} for scratch_choice")
+    val_fraction: float | None = option(None, "score pretrain's held-out share of --data", more_than=0, less_than=1)
     seed: int = option(0, "seed of that split, as pretrain's --seed", at_least=0)
-    include_path: list[str] = option([], "folder of your own lm-eval task YAML files (repeatable)", repeat=True, metavar="DIR")
+    include_path: list[str] = option([], "folder of lm-eval task YAML files (repeatable)", repeat=True, metavar="DIR")
     batch_size: int = option(8, "sequences per forward pass", at_least=1)
     max_length: int | None = option(None, "context window in tokens (default: the model's context length)", at_least=1)
     limit: float | None = option(None, "at most this many documents per task (below 1: a share of them)", more_than=0)
@@ -511,9 +466,7 @@ class PushOptions(Options):
 @dataclass
 class ExportOptions(TrustRemoteCode):
     GROUP = "export"
-    model_dir: str | None = option(
-        None, "a causal LM: a ScratchGPT, GPT-2, Llama or Qwen folder (save_pretrained) or Hub id", positional=True
-    )
+    model_dir: str | None = option(None, "ScratchGPT, GPT-2, Llama or Qwen causal-LM folder or Hub id", positional=True)
     out_dir: str | None = option(None, "where to write the folder (replaced atomically)", positional=True)
     to: str | None = option(None, "the transformers class to write", required=True, choices=EXPORT_TARGETS)
     overwrite: bool = option(False, "replace an existing OUT_DIR that scratch-gpt did not write")
@@ -522,9 +475,7 @@ class ExportOptions(TrustRemoteCode):
 @dataclass
 class ImportBookOptions(TrustRemoteCode):
     GROUP = "import"
-    checkpoint: str | None = option(
-        None, "model.pth (a GPTModel state dict) or chapter 5's model_and_optimizer.pth", positional=True
-    )
+    checkpoint: str | None = option(None, "book's model.pth or chapter 5's model_and_optimizer.pth", positional=True)
     out_dir: str | None = option(None, "where to write the model folder (replaced atomically)", positional=True)
     num_heads: int | None = option(None, "attention heads (12 for GPT-2 124M); or use --config-json", at_least=1)
     config_json: str | None = option(None, "the book's config dict as a JSON file (its n_heads is used)")
@@ -532,12 +483,18 @@ class ImportBookOptions(TrustRemoteCode):
     overwrite: bool = option(False, "replace an existing OUT_DIR that scratch-gpt did not write")
 
 
+def own_first(cls) -> list[Field]:
+    """The command-line options of `cls`: the command's own first, then the shared training options."""
+    shared = {f.name for f in fields(TrainingOptions)}
+    return sorted((f for f in declared(cls) if f.metadata["cli"]), key=lambda f: f.name in shared)
+
+
 def as_config(options: Options) -> dict:
     """The options as a --config file holds them: flag names as keys (positional arguments left out).
     `--print-config` prints this, and a training run saves it as `config.yaml` in its run folder."""
     values = {}
-    for f in declared(type(options)):
-        if not f.metadata["cli"] or f.metadata["positional"]:
+    for f in own_first(type(options)):
+        if f.metadata["positional"]:
             continue
         value = getattr(options, f.name)
         if f.type is bool and f.default is True:  # the flag says the opposite (--no-progress)
@@ -559,12 +516,12 @@ def resumable_keys() -> set[str]:
 def resume_changes(saved: dict, now: dict) -> list[str]:
     """The options that may not change on `--resume` but differ between a run's `config.yaml` and now."""
     free = resumable_keys()
-    return [f"--{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in now if key not in free and saved.get(key) != now.get(key)]
+    changed = [key for key in now if key not in free and saved.get(key) != now.get(key)]
+    return [f"--{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in changed]
 
 
 def hyperparameters(options: Options) -> dict:
     """The options of a run as its model card lists them (not where it ran or how it printed): the
     command's own first, then the shared training options."""
-    hidden, shared = ("progress", "output_dir", "overwrite"), {f.name for f in fields(TrainingOptions)}
-    listed = [f for f in declared(type(options)) if f.metadata["cli"] and f.name not in hidden]
-    return {f.name: getattr(options, f.name) for f in sorted(listed, key=lambda f: f.name in shared)}
+    hidden = ("progress", "output_dir", "overwrite")
+    return {f.name: getattr(options, f.name) for f in own_first(type(options)) if f.name not in hidden}

@@ -1,11 +1,10 @@
 """Checkpoints in and out (stage 6): GPT-2 and the book's model.pth; Llama and Qwen3 fit the same hook.
 
-In:  importing this module registers `convert_gpt2` with the modeling file, so
+In:  importing this module registers `convert_gpt2` (and `convert_llama`) with the modeling file, so
      `ScratchGPTForCausalLM.from_pretrained("openai-community/gpt2")` (or a GPT-2 folder) converts on
-     the way in, as does `ScratchGPTForSequenceClassification.from_pretrained(..., num_labels=...)`,
-     and with them every command that takes a model. A converter is
-     `convert(source, **download_kwargs) -> (ScratchGPTConfig, state_dict)`, the state dict under
-     ScratchGPT's parameter names; `register_converter(model_type, convert)` adds one.
+     the way in, as does `ScratchGPTForSequenceClassification.from_pretrained(...)`, and every command
+     that takes a model. A converter is `convert(source, **download_kwargs) -> (ScratchGPTConfig,
+     state_dict)`, the state dict under our names; `register_converter(model_type, convert)` adds one.
      `import_book_checkpoint(path, out_dir, num_heads=12)` / `scratch-gpt import-book model.pth OUT_DIR
      --num-heads 12` turns the book's `GPTModel` state dict into a ScratchGPT folder.
 Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_DIR` writes a plain
@@ -28,9 +27,7 @@ from .errors import BadInput, MissingFile
 from .io_utils import atomic_directory, check_free_space, check_model_folder, check_output
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, register_converter
 
-# ----------------------------------------------------------------------------------------------
-# GPT-2: the same network under other names; GPT-2's Conv1D stores Linear weights transposed.
-# ----------------------------------------------------------------------------------------------
+# --- GPT-2: the same network under other names; GPT-2's Conv1D stores Linear weights transposed. ---
 GPT2_NAMES = {  # ScratchGPT name part -> GPT2LMHeadModel name part
     "model.embed_tokens": "transformer.wte",
     "model.embed_positions": "transformer.wpe",
@@ -125,7 +122,8 @@ def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwar
             source = full_model_folder(source, trust_remote_code=trust_remote_code)
     try:
         loaded = load(source, *args, trust_remote_code=trust_remote_code, **kwargs)
-        if source is not named and hasattr(loaded, "name_or_path"):  # read from a merged copy: named as the user named it
+        # Read from a merged copy: named as the user named it.
+        if source is not named and hasattr(loaded, "name_or_path"):
             loaded.name_or_path = str(named)
             if hasattr(loaded, "config"):
                 loaded.config.name_or_path = str(named)
@@ -154,7 +152,7 @@ def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwar
 
 
 _MERGED: dict[Path, Path] = {}  # adapter folder -> its merged model, made once per process
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def full_model_folder(folder: str | os.PathLike, trust_remote_code: bool = False) -> str | os.PathLike:
@@ -174,12 +172,13 @@ def full_model_folder(folder: str | os.PathLike, trust_remote_code: bool = False
                 f"{str(folder)!r} holds {settings.task_type} adapters, not a language model's; pass a causal LM folder "
                 "(or the folder of a run with --save-merged)."
             )
-        base = load_pretrained(ScratchGPTForCausalLM.from_pretrained, settings.base_model_name_or_path, trust_remote_code=trust_remote_code)
+        base_dir = settings.base_model_name_or_path
+        base = load_pretrained(ScratchGPTForCausalLM.from_pretrained, base_dir, trust_remote_code=trust_remote_code)
         merged = PeftModel.from_pretrained(base, folder).merge_and_unload()
         target = Path(tempfile.mkdtemp(prefix="scratch_gpt-merged-"))
         atexit.register(shutil.rmtree, target, ignore_errors=True)
         merged.save_pretrained(target)
-        for name in TOKENIZER_FILES:
+        for name in (*TOKENIZER_FILES, "generation_config.json"):
             if (Path(folder) / name).is_file():
                 shutil.copy(Path(folder) / name, target / name)
         _MERGED[Path(folder).resolve()] = target
@@ -191,7 +190,7 @@ def load_config(source: str | os.PathLike, **download_kwargs) -> ScratchGPTConfi
     without its weights: what a command checks its tokenizer and data against before loading the model."""
     from transformers import CONFIG_MAPPING
 
-    config_dict, _ = load_pretrained(ScratchGPTConfig.get_config_dict, source, **download_kwargs)  # a dict: no code runs
+    config_dict, _ = load_pretrained(ScratchGPTConfig.get_config_dict, source, **download_kwargs)  # runs no code
     model_type = config_dict.get("model_type")
     if model_type == ScratchGPTConfig.model_type:
         return ScratchGPTConfig.from_dict(config_dict)
@@ -222,12 +221,10 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     return gpt2.eval()
 
 
-# ----------------------------------------------------------------------------------------------
-# The book's GPTModel, saved with `torch.save(model.state_dict(), "model.pth")` (or chapter 5's
+# --- The book's GPTModel, saved with `torch.save(model.state_dict(), "model.pth")` (or chapter 5's
 # `{"model_state_dict": ..., "optimizer_state_dict": ...}`): the same network under other names,
 # with three query/key/value projections where ScratchGPT has one. Its LayerNorm (scale, shift,
 # eps 1e-5) is nn.LayerNorm, its GELU the tanh approximation ("gelu_new").
-# ----------------------------------------------------------------------------------------------
 BOOK_NAMES = {  # ScratchGPT name -> the book's name
     "model.embed_tokens.weight": "tok_emb.weight",
     "model.embed_positions.weight": "pos_emb.weight",
@@ -280,19 +277,19 @@ def book_names(num_layers: int, qkv_bias: bool) -> list[str]:
 
 
 def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[ScratchGPTConfig, dict[str, torch.Tensor]]:
-    """A book `GPTModel` state dict as a ScratchGPT config and state dict. Every size is read from the
-    tensors; only the number of heads is not stored in them."""
+    """A book `GPTModel` state dict as a ScratchGPT config and state dict; all sizes but the heads' are read."""
     state = {name: tensor for name, tensor in state.items() if not name.endswith(".att.mask")}  # a causal-mask buffer
-    blocks = {int(name.split(".")[1]) for name in state if name.startswith("trf_blocks.") and name.split(".")[1].isdigit()}
-    num_layers = max(blocks) + 1 if blocks else 0
+    blocks = [name.split(".")[1] for name in state if name.startswith("trf_blocks.")]
+    num_layers = max((int(block) for block in blocks if block.isdigit()), default=-1) + 1
     qkv_bias = "trf_blocks.0.att.W_query.bias" in state
     expected = book_names(num_layers, qkv_bias)
     missing = [name for name in expected if name not in state]
     unexpected = [name for name in state if name not in set(expected)]
     if missing or unexpected or not num_layers:
-        found = [f"missing keys {missing[:3]}" if missing else "", f"unexpected keys {unexpected[:3]}" if unexpected else ""]
+        found = [f"missing keys {missing[:3]}"] if missing else []
+        found += [f"unexpected keys {unexpected[:3]}"] if unexpected else []
         raise BadInput(
-            f"This is not a state dict of the book's GPTModel ({', '.join(f for f in found if f) or 'no trf_blocks'}, "
+            f"This is not a state dict of the book's GPTModel ({', '.join(found) or 'no trf_blocks'}, "
             f"{len(missing)} missing and {len(unexpected)} unexpected in all); pass model.state_dict() of a GPTModel."
         )
     vocab_size, hidden_size = state["tok_emb.weight"].shape
@@ -316,15 +313,17 @@ def convert_book(state: dict[str, torch.Tensor], num_heads: int) -> tuple[Scratc
         for name, theirs in BOOK_BLOCK_NAMES.items():
             ours[f"model.layers.{i}.{name}"] = state[f"trf_blocks.{i}.{theirs}"]
         for kind in ("weight", "bias") if qkv_bias else ("weight",):
-            ours[f"model.layers.{i}.attn.qkv_proj.{kind}"] = torch.cat([state[f"trf_blocks.{i}.{qkv}.{kind}"] for qkv in BOOK_QKV])
+            stacked = [state[f"trf_blocks.{i}.{qkv}.{kind}"] for qkv in BOOK_QKV]
+            ours[f"model.layers.{i}.attn.qkv_proj.{kind}"] = torch.cat(stacked)
     return config, ours
 
 
 def book_heads(num_heads: int | None, config: dict | None) -> int:
     """The number of attention heads, which a state dict does not store: `--num-heads` or the config's n_heads."""
-    heads = num_heads or (config or {}).get("n_heads")
-    if num_heads and config and config.get("n_heads") not in (None, num_heads):
-        raise BadInput(f"--num-heads {num_heads} disagrees with n_heads {config['n_heads']} of the book's config; pass one.")
+    given = (config or {}).get("n_heads")
+    heads = num_heads or given
+    if num_heads and given not in (None, num_heads):
+        raise BadInput(f"--num-heads {num_heads} disagrees with n_heads {given} of the book's config; pass one.")
     if not isinstance(heads, int) or heads < 1:
         raise BadInput(
             "A state dict does not store the number of attention heads; pass --num-heads (12 for GPT-2 124M, "
@@ -370,11 +369,8 @@ def import_book_checkpoint(
     except RuntimeError as error:  # a tensor whose shape disagrees with the sizes read from the others
         reason = str(error).splitlines()[-1].strip()
         raise BadInput(f"The tensors of {str(path)!r} do not fit one GPTModel ({reason}); check the checkpoint.") from None
-    model.generation_config.update(
-        bos_token_id=model_config.bos_token_id,
-        eos_token_id=model_config.eos_token_id,
-        pad_token_id=model_config.pad_token_id,
-    )
+    ids = {name: getattr(model_config, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    model.generation_config.update(**ids)
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)  # config, weights, generation config and the remote code
         if tokenizer is not None:
@@ -382,10 +378,8 @@ def import_book_checkpoint(
     return Path(out_dir)
 
 
-# ----------------------------------------------------------------------------------------------
-# Llama (SmolLM2, Llama 3.x), Qwen2 and Qwen3: the Llama-switched ScratchGPT under other names. The
+# --- Llama (SmolLM2, Llama 3.x), Qwen2 and Qwen3: the Llama-switched ScratchGPT under other names. The
 # names agree except the norms and attention's; ScratchGPT fuses q_proj, k_proj, v_proj into qkv_proj.
-# ----------------------------------------------------------------------------------------------
 LLAMA_NAMES = {  # ScratchGPT name part -> LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM name part
     ".ln_1.": ".input_layernorm.",
     ".ln_2.": ".post_attention_layernorm.",
@@ -393,24 +387,14 @@ LLAMA_NAMES = {  # ScratchGPT name part -> LlamaForCausalLM / Qwen2ForCausalLM /
     ".attn.q_norm.": ".self_attn.q_norm.",
     ".attn.k_norm.": ".self_attn.k_norm.",
 }
-LLAMA_CONFIG_NAMES = (  # the same name in ScratchGPTConfig and in the Llama / Qwen configs
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "intermediate_size",
-    "max_position_embeddings",
-    "hidden_act",
-    "rms_norm_eps",
-    "initializer_range",
-    "tie_word_embeddings",
-    "rope_parameters",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-)
+# The same names in ScratchGPTConfig and in the Llama / Qwen configs.
+LLAMA_CONFIG_NAMES = (
+    "vocab_size hidden_size num_hidden_layers num_attention_heads num_key_value_heads head_dim intermediate_size "
+    "max_position_embeddings hidden_act rms_norm_eps initializer_range tie_word_embeddings rope_parameters "
+    "bos_token_id eos_token_id pad_token_id"
+).split()
+# The switches of every Llama / Qwen family.
+LLAMA_SHAPE = dict(position_embedding_type="rope", norm_type="rmsnorm", mlp_type="swiglu")
 # model_type -> (class name, what of ScratchGPT's switches the family fixes)
 LLAMA_FAMILY = {
     "llama": ("LlamaForCausalLM", dict(qk_norm=False)),
@@ -423,15 +407,18 @@ def unsupported_feature(hf_config) -> str | None:
     """The first feature of a Llama/Qwen config that ScratchGPT's switches do not cover, in words."""
     rope = getattr(hf_config, "rope_parameters", None) or {}
     layer_types = set(getattr(hf_config, "layer_types", None) or ["full_attention"])
+    sliding = getattr(hf_config, "use_sliding_window", False) or layer_types != {"full_attention"}
+    experts = getattr(hf_config, "num_experts", 0) or getattr(hf_config, "num_local_experts", 0)
+    activations = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
     checks = [
-        (getattr(hf_config, "use_sliding_window", False) or layer_types != {"full_attention"}, "sliding-window attention"),
-        (getattr(hf_config, "num_experts", 0) or getattr(hf_config, "num_local_experts", 0), "mixture-of-experts layers"),
+        (sliding, "sliding-window attention"),
+        (experts, "mixture-of-experts layers"),
         (rope.get("rope_type", "default") not in ("default", "llama3"), f"the RoPE type {rope.get('rope_type')!r}"),
         (rope.get("partial_rotary_factor", 1.0) != 1.0, "partial rotary embeddings"),
         (getattr(hf_config, "attn_logit_softcapping", None), "attention logit softcapping"),
         (getattr(hf_config, "final_logit_softcapping", None), "final logit softcapping"),
         ((getattr(hf_config, "pretraining_tp", 1) or 1) > 1, "pretraining_tp > 1"),
-        (hf_config.hidden_act not in ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu"), f"the activation {hf_config.hidden_act!r}"),
+        (hf_config.hidden_act not in activations, f"the activation {hf_config.hidden_act!r}"),
     ]
     return next((feature for present, feature in checks if present), None)
 
@@ -446,22 +433,8 @@ def config_from_llama(hf_config) -> ScratchGPTConfig:
     bias = bool(getattr(hf_config, "attention_bias", False))  # Llama / Qwen3: on q, k, v and o together
     switches = dict(qkv_bias=bias, attention_bias=bias, mlp_bias=bool(getattr(hf_config, "mlp_bias", False)))
     switches.update(LLAMA_FAMILY[model_type][1])
-    return ScratchGPTConfig(
-        position_embedding_type="rope",
-        norm_type="rmsnorm",
-        mlp_type="swiglu",
-        attn_pdrop=float(getattr(hf_config, "attention_dropout", 0.0) or 0.0),
-        **switches,
-        **values,
-    )
-
-
-def name_from_llama(name: str) -> str:
-    return renamed(name, LLAMA_NAMES, to_ours=True)
-
-
-def llama_name(name: str) -> str:
-    return renamed(name, LLAMA_NAMES)
+    dropout = float(getattr(hf_config, "attention_dropout", 0.0) or 0.0)
+    return ScratchGPTConfig(**LLAMA_SHAPE, attn_pdrop=dropout, **switches, **values)
 
 
 def convert_llama(source, **download_kwargs):
@@ -469,20 +442,22 @@ def convert_llama(source, **download_kwargs):
     config and state dict: the converter `from_pretrained` uses for those `model_type`s."""
     from transformers import AutoConfig
 
+    options = dict(trust_remote_code=False, **download_kwargs)  # no code of the folder's runs
     if isinstance(source, PreTrainedModel):
         hf_config, model = source.config, source
     else:
-        hf_config = AutoConfig.from_pretrained(source, trust_remote_code=False, **download_kwargs)  # no code of the folder's
+        hf_config = AutoConfig.from_pretrained(source, **options)
     config = config_from_llama(hf_config)  # refuses before any weight is read
     if not isinstance(source, PreTrainedModel):
-        model = AutoModelForCausalLM.from_pretrained(source, config=hf_config, trust_remote_code=False, **download_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, config=hf_config, **options)
     state = {}
     for name, tensor in model.state_dict().items():
+        ours = renamed(name, LLAMA_NAMES, to_ours=True)
         if ".self_attn.q_proj." in name:  # q, k, v -> one fused qkv_proj (weights and biases alike)
             k, v = (model.state_dict()[name.replace("q_proj", other)] for other in ("k_proj", "v_proj"))
-            state[name_from_llama(name).replace(".self_attn.q_proj.", ".attn.qkv_proj.")] = torch.cat([tensor, k, v])
+            state[ours.replace(".self_attn.q_proj.", ".attn.qkv_proj.")] = torch.cat([tensor, k, v])
         elif ".self_attn.k_proj." not in name and ".self_attn.v_proj." not in name:
-            state[name_from_llama(name)] = tensor
+            state[ours] = tensor
     return config, state
 
 
@@ -496,7 +471,7 @@ def to_llama(model: ScratchGPTForCausalLM, model_type: str = "llama") -> PreTrai
 
     config = model.config
     class_name, fixed = LLAMA_FAMILY[model_type]
-    needed = dict(position_embedding_type="rope", norm_type="rmsnorm", mlp_type="swiglu", **fixed)
+    needed = {**LLAMA_SHAPE, **fixed}
     needed.setdefault("qkv_bias", config.attention_bias)  # one bias switch for q, k, v and o in these classes
     wrong = {name: getattr(config, name) for name, value in needed.items() if getattr(config, name) != value}
     if wrong:
@@ -517,7 +492,7 @@ def to_llama(model: ScratchGPTForCausalLM, model_type: str = "llama") -> PreTrai
             for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.split(sizes)):
                 state[name.replace(".attn.qkv_proj.", f".self_attn.{part}.")] = piece.contiguous()
         else:
-            state[llama_name(name)] = tensor
+            state[renamed(name, LLAMA_NAMES)] = tensor
     native.load_state_dict(state, strict=True)
     native.generation_config = model.generation_config
     return native.eval()
@@ -525,23 +500,21 @@ def to_llama(model: ScratchGPTForCausalLM, model_type: str = "llama") -> PreTrai
 
 def check_gpt2_shape(config: ScratchGPTConfig) -> None:
     """Refuse, in one sentence, a ScratchGPT whose switches GPT2LMHeadModel cannot express."""
-    gpt2 = dict(position_embedding_type="learned", norm_type="layernorm", mlp_type="gelu", qk_norm=False, attention_bias=True, mlp_bias=True)
-    gpt2["num_key_value_heads"] = config.num_attention_heads
+    gpt2 = dict(position_embedding_type="learned", norm_type="layernorm", mlp_type="gelu", qk_norm=False)
+    gpt2.update(attention_bias=True, mlp_bias=True, num_key_value_heads=config.num_attention_heads)
     gpt2["head_dim"] = config.hidden_size // config.num_attention_heads
     wrong = {name: getattr(config, name) for name, value in gpt2.items() if getattr(config, name) != value}
     if wrong:
         raise BadInput(f"This ScratchGPT cannot be written as GPT2LMHeadModel: it needs {gpt2}, but has {wrong}; export it --to llama or qwen3.")
 
 
-# ----------------------------------------------------------------------------------------------
-# `scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3`: a folder of the native class, which
+# --- `scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3`: a folder of the native class, which
 # anything serving GPT-2, Llama or Qwen3 runs without remote code. `export-gpt2` is `--to gpt2`.
-# ----------------------------------------------------------------------------------------------
 NATIVE_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def export_model(
-    model_dir: str | Path, out_dir: str | Path, to: str = "gpt2", *, overwrite: bool = False, trust_remote_code: bool = False
+    model_dir: str | Path, out_dir: str | Path, to="gpt2", *, overwrite: bool = False, trust_remote_code: bool = False
 ) -> Path:
     """Write the causal LM `model_dir` (a ScratchGPT folder or Hub id, or a checkpoint it converts) as a
     folder of the native transformers class `to`, `out_dir`, its tokenizer included.
@@ -559,10 +532,8 @@ def export_model(
             raise MissingFile(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
         if not any(Path(model_dir).glob("*.safetensors")):
             raise MissingFile(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
-    if trust_remote_code:
-        model = load_pretrained(AutoModelForCausalLM.from_pretrained, model_dir, trust_remote_code=True)
-    else:
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir)  # our class: no code from the folder runs
+    model_class = AutoModelForCausalLM if trust_remote_code else ScratchGPTForCausalLM  # ours: no folder code runs
+    model = load_pretrained(model_class.from_pretrained, model_dir, trust_remote_code=trust_remote_code)
     architectures = model.config.architectures or ["ScratchGPTForCausalLM"]
     if "ScratchGPTForCausalLM" not in architectures:
         raise BadInput(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")

@@ -3,18 +3,13 @@
 The pipeline, top to bottom:
 
 1. `scratch_gpt.sources.read_texts(source)` (also importable here as `load_text_corpus`) turns
-   local files, folders, globs, a Hub dataset name or the string "builtin" into a `datasets`
-   Dataset (or, with `streaming=True`, an IterableDataset) whose only column is "text", one
-   document per row.
-2. `pack_dataset(corpus, tokenizer, block_size=..., stride=...)` tokenizes every document with a
-   batched `datasets.map`, appends the tokenizer's EOS id after each document, reads the result
-   as one long stream of token ids and cuts a block of `block_size` ids every `stride` ids: the
-   book's sliding window. `stride == block_size` gives disjoint blocks, a smaller stride gives
-   overlapping ones. Each row has `input_ids` and `labels` (equal: the model shifts the labels by
-   one inside, so the targets of a block are the block shifted by one).
-3. `train_val_split` makes a deterministic train/validation split; `unigram_entropy` and the
-   tokenizer's `bytes_per_token` give the two numbers that put a loss in context (the loss of a
-   model that ignores context, and bits per byte).
+   files, folders, globs, a Hub dataset or "builtin" into a `datasets` Dataset (an IterableDataset
+   with `streaming=True`) whose only column is "text", one document per row.
+2. `pack_dataset(corpus, tokenizer, block_size=..., stride=...)` tokenizes the documents into one
+   stream of token ids, EOS after each, and cuts a block of `block_size` ids every `stride` ids:
+   the book's sliding window (disjoint blocks when `stride == block_size`, overlapping below).
+3. `train_val_split` makes a deterministic split; `unigram_entropy` (the loss of a model that
+   ignores context) and the tokenizer's `bytes_per_token` (for bits per byte) put a loss in context.
 
 `input_target_pairs` shows step 2 the way the book draws it, as (input, target) tensors.
 """
@@ -33,14 +28,10 @@ from scratch_gpt.tokenizer import bytes_per_token, encode_batch
 # The corpus reader and the tokenizer's compression live in their own modules; these names stay
 # importable from here for stage-2 code written against them.
 load_text_corpus = read_texts
-__all__ = [
-    "builtin_corpus", "bytes_per_token", "input_target_pairs", "load_text_corpus", "pack_dataset",
-    "train_val_split", "unigram_entropy",
-]
+__all__ = ["pack_dataset", "input_target_pairs", "train_val_split", "unigram_entropy"]
+__all__ += ["load_text_corpus", "builtin_corpus", "bytes_per_token"]  # from those modules
 
-# ---------------------------------------------------------------------------------------------
-# 2. Tokenizing and packing into blocks
-# ---------------------------------------------------------------------------------------------
+# --- 2. Tokenizing and packing into blocks --------------------------------------------------------
 
 
 def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
@@ -52,10 +43,9 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
     a Dataset (an IterableDataset, packed lazily, when given one) with `input_ids` and `labels`,
     both `block_size` long and equal: the model shifts the labels by one inside.
 
-    Tokenization is a batched `datasets.map` over `num_proc` processes (default one); for a
-    corpus loaded from files, `datasets` caches its result, so a second run skips it. With a
-    streaming corpus the tokens are counted while training reads them, so "too few tokens" is
-    raised at the first batch instead of here.
+    Tokenization is a batched `datasets.map` over `num_proc` processes (default one); for a corpus
+    loaded from files, `datasets` caches its result, so a second run skips it. A streaming corpus is
+    counted while training reads it: "too few tokens" is raised at the first batch instead of here.
     """
     stride = block_size if stride is None else stride
     if not 1 <= stride <= block_size:
@@ -71,17 +61,12 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
             f"pack_dataset needs a 'text' column, the dataset has {dataset.column_names}; "
             "use read_texts(..., text_column=...)."
         )
-    map_options = {} if isinstance(dataset, datasets.IterableDataset) else {"num_proc": num_proc, "desc": "Tokenizing"}
-    tokenized = dataset.map(
-        _tokenize_batch,
-        batched=True,
-        fn_kwargs={"tokenizer": tokenizer},
-        remove_columns=dataset.column_names,
-        **map_options,
-    )
-    features = datasets.Features(
-        {name: datasets.List(datasets.Value("int64"), length=block_size) for name in ("input_ids", "labels")}
-    )
+    map_options = dict(batched=True, fn_kwargs={"tokenizer": tokenizer}, remove_columns=dataset.column_names)
+    if not isinstance(dataset, datasets.IterableDataset):
+        map_options.update(num_proc=num_proc, desc="Tokenizing")
+    tokenized = dataset.map(_tokenize_batch, **map_options)
+    block = datasets.List(datasets.Value("int64"), length=block_size)
+    features = datasets.Features({"input_ids": block, "labels": block})
     if isinstance(tokenized, datasets.IterableDataset):
         arguments = {"tokenized": tokenized, "block_size": block_size, "stride": stride}
         return datasets.IterableDataset.from_generator(_stream_blocks, features=features, gen_kwargs=arguments)
@@ -135,9 +120,7 @@ def input_target_pairs(token_ids, block_size, stride):
     return windows[:, :-1], windows[:, 1:]
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. Splitting and the numbers that put a loss in context
-# ---------------------------------------------------------------------------------------------
+# --- 3. Splitting and the numbers that put a loss in context --------------------------------------
 
 
 def train_val_split(dataset, val_fraction, seed):
@@ -145,10 +128,9 @@ def train_val_split(dataset, val_fraction, seed):
 
     A Dataset is shuffled with `seed` and `round(len * val_fraction)` rows (at least one) go to
     validation; a Dataset of one document (a single text file) is cut at `1 - val_fraction` of its
-    characters instead, the validation text being the end. An IterableDataset sends row i to
-    validation when a random number seeded by (seed, i) falls below `val_fraction`. Split documents
-    before `pack_dataset` when blocks overlap (stride < block_size), so no validation token also
-    appears in a training block.
+    characters instead, validation getting the end. An IterableDataset sends row i to validation
+    when a random number seeded by (seed, i) falls below `val_fraction`. Split documents before
+    `pack_dataset` when blocks overlap (stride < block_size): no validation token is then trained on.
     """
     if not 0 < val_fraction < 1:
         raise BadInput(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
@@ -179,8 +161,7 @@ def train_val_split(dataset, val_fraction, seed):
 def unigram_entropy(dataset):
     """Entropy, in nats per token, of the token frequencies in `dataset`'s `input_ids`.
 
-    It is the loss of the best model that ignores context (it always predicts these
-    frequencies): a trained model's loss should end clearly below it.
+    The loss of the best model that ignores context (it predicts these frequencies); a trained one ends well below.
     """
     counts = np.zeros(0, dtype=np.int64)
     for batch in dataset.iter(batch_size=1024):

@@ -8,8 +8,7 @@ Two task files ship in `scratch_gpt/eval_tasks/`, ordinary lm-eval YAML that rea
 Lines file: `scratch_perplexity` (word and byte perplexity, bits per byte of a text) and
 `scratch_choice` (multiple-choice accuracy). `--data` points them at your file; `--include-path`
 adds folders of your own task YAML files, as lm-eval's `--include_path` does. Everything runs on
-local files, so it works offline. The model is loaded once here and handed to lm-eval's `HFLM`,
-the same class `lm_eval --model hf` uses.
+local files, offline. The model is loaded here and handed to `HFLM`, the class of `lm_eval --model hf`.
 
 `loop_bits_per_byte` is the other side of the comparison in the README: bits per byte the way the
 training loop measures it (mean loss over packed blocks, divided by ln 2 and bytes per token).
@@ -47,9 +46,8 @@ def task_specs(names: list[str], data: str | None, include_paths: list[str], val
     """What `lm_eval.simple_evaluate(tasks=...)` gets, and the TaskManager that knows the names.
 
     Names are looked up in the shipped task folder and the `--include-path` folders only (lm-eval's
-    own tasks download their data: run `lm_eval` for those). A shipped task with `--data` becomes
-    its YAML config as a dict, `data_files` replaced by the user's file (for a perplexity task, the
-    documents of `--data` written as JSON Lines).
+    own tasks download their data: run `lm_eval` for those). A shipped task with `--data` becomes its
+    YAML config, `data_files` replaced by the user's file (for perplexity, `--data` as JSON Lines).
     """
     import yaml
     from lm_eval.tasks import TaskManager
@@ -120,13 +118,13 @@ def evaluate(args: EvaluateOptions) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
-        model = load_pretrained(AutoModelForCausalLM.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
+        trust = args.trust_remote_code
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, args.model, trust_remote_code=trust)
+        model = load_pretrained(AutoModelForCausalLM.from_pretrained, args.model, trust_remote_code=trust)
         model = model.to(device).eval()
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
-        results = lm_eval.simple_evaluate(
-            model=lm, tasks=specs, task_manager=manager, limit=args.limit, log_samples=False, bootstrap_iters=args.bootstrap_iters
-        )
+        lm = HFLM(model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
+        settings = dict(limit=args.limit, bootstrap_iters=args.bootstrap_iters, log_samples=False)
+        results = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, **settings)
     print(make_table(results))
     if args.output:
         record = {RESULTS_MARK: "scratch-gpt evaluate", "model": str(args.model), "results": results["results"]}

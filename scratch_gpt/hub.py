@@ -10,8 +10,7 @@
 - `add_to_hub_cache(folder, repo_id)` lays a folder out as a Hub cache entry, so
   `from_pretrained("OWNER/NAME")` finds it offline (air-gapped machines, tests).
 
-Authentication is huggingface_hub's own (`HF_TOKEN` or `hf auth login`); the token is handed to
-`HfApi` and never written, printed or logged here.
+Authentication is huggingface_hub's (`HF_TOKEN` or `hf auth login`); the token goes to `HfApi` only, never logged.
 """
 
 import hashlib
@@ -34,7 +33,7 @@ from safetensors import safe_open
 
 from .args import PushOptions
 from .errors import BadInput, MissingFile, NotWritable, RunFailed
-from .io_utils import atomic_directory, kill_point
+from .io_utils import atomic_directory, kill_point, write_atomically
 from .modeling_scratch_gpt import register_push_to_hub
 
 
@@ -142,7 +141,6 @@ def write_model_card(
     hub_datasets = [d for d in datasets if _is_hub_id(d)]
     data_names = [d if d in hub_datasets else Path(str(d)).name for d in datasets]
     hub_base_model = base_model if base_model and _is_hub_id(base_model) else None
-
     card = ModelCard.from_template(
         card_data(task, adapter, hub_datasets, data_names, hub_base_model, model_name, metrics, license, language, tags),
         template_str=(TEMPLATES / f"{kind}.md").read_text(encoding="utf-8"),
@@ -164,9 +162,7 @@ def count_parameters(folder) -> int:
     """Number of parameters stored in the folder's safetensors files (a tied head counts once)."""
     weights = sorted(Path(folder).glob("*.safetensors"))
     if not weights:
-        raise MissingFile(
-            f"No *.safetensors weights in {str(folder)!r}; save the model there before writing its card."
-        )
+        raise MissingFile(f"No *.safetensors weights in {str(folder)!r}; save the model there before writing its card.")
     total = 0
     for path in weights:
         with safe_open(path, framework="pt") as f:
@@ -195,23 +191,17 @@ def _is_hub_id(name) -> bool:
 
 
 def _eval_results(metrics: dict, task: str, hub_datasets: list, data_names: list) -> list[EvalResult]:
+    dataset = dict(task_type=task, dataset_type=hub_datasets[0] if hub_datasets else "custom")
+    dataset["dataset_name"] = ", ".join(data_names) or "held-out data"
     results = []
     for name, value in metrics.items():
         prefix = next((p for p in SPLIT_PREFIXES if name.startswith(p)), "")
         metric = name.removeprefix(prefix)
         number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if metric in EVAL_METRICS and number:
-            results.append(
-                EvalResult(
-                    task_type=task,
-                    dataset_type=hub_datasets[0] if hub_datasets else "custom",
-                    dataset_name=", ".join(data_names) or "held-out data",
-                    dataset_split=SPLIT_PREFIXES.get(prefix, "validation"),
-                    metric_type=metric,
-                    metric_name=name,
-                    metric_value=float(value),
-                )
-            )
+            split = SPLIT_PREFIXES.get(prefix, "validation")
+            result = dict(dataset_split=split, metric_type=metric, metric_name=name, metric_value=float(value))
+            results.append(EvalResult(**dataset, **result))
     return results
 
 
@@ -241,15 +231,8 @@ def _table(values: dict) -> list[tuple[str, str]]:
 
 
 def _architecture(config: dict) -> list[tuple[str, str]]:
-    model = (
-        "model_type",
-        "num_hidden_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "max_position_embeddings",
-        "vocab_size",
-    )
-    adapter = ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_save")
+    model = "model_type num_hidden_layers hidden_size num_attention_heads max_position_embeddings vocab_size".split()
+    adapter = ["peft_type", "r", "lora_alpha", "target_modules", "modules_to_save"]
     return [(key, str(config[key])) for key in model + adapter if config.get(key) is not None]
 
 
@@ -266,23 +249,18 @@ def _human_count(n: int) -> str:
 def published_files(folder) -> dict[str, bytes | Path]:
     """What a push of `folder` publishes, by name in the repo; checks that it is a loadable model.
 
-    Raises one clear error for a missing folder, config or weights, remote code named in
-    config.json's `auto_map` but absent from the folder, or a LoRA adapter whose base model is a
-    local path (nobody else could load it).
+    Raises one clear error for a missing folder, config or weights, remote code named in config.json's
+    `auto_map` but absent, or a LoRA adapter whose base model is a local path (nobody else could load it).
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise MissingFile(
-            f"Model folder {str(folder)!r} does not exist; pass the output folder of a training command."
-        )
+        raise MissingFile(f"Model folder {str(folder)!r} does not exist; pass the output folder of a training command.")
     published = _publishable(folder)
     config_name = next((name for name in CONFIG_NAMES if name in published), None)
     if config_name is None:
         inner = sorted(str(path.parent) for path in folder.glob("*/config.json"))
-        what_to_do = (
-            f"push the model folder inside it, {inner[0]!r}" if inner else "save the model with save_pretrained"
-        )
-        raise MissingFile(f"No config.json in {str(folder)!r}; it is not a saved model folder: {what_to_do}.")
+        advice = f"push the model folder inside it, {inner[0]!r}" if inner else "save the model with save_pretrained"
+        raise MissingFile(f"No config.json in {str(folder)!r}; it is not a saved model folder: {advice}.")
     if not any(name.endswith(".safetensors") for name in published):
         raise MissingFile(
             f"No *.safetensors weights in {str(folder)!r}; save the model with save_pretrained (safetensors) first."
@@ -326,9 +304,7 @@ def _check_repo_id(repo_id: str) -> None:
     except HFValidationError as error:
         raise BadInput(f"Invalid repo id {repo_id!r}: {error} Use the form OWNER/NAME.") from None
     if repo_id.count("/") != 1:
-        raise BadInput(
-            f"Invalid repo id {repo_id!r}: use the form OWNER/NAME (your user or organization name first)."
-        )
+        raise BadInput(f"Invalid repo id {repo_id!r}: use the form OWNER/NAME (your user or organization name first).")
 
 
 TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")  # the shape of a Hugging Face access token
@@ -346,8 +322,7 @@ def _check_no_token_inside(published: dict, token: str) -> None:
 
 
 def _searchable_bytes(name: str, content: bytes | Path) -> bytes:
-    """A file's bytes, but of a safetensors file only its header: the tensors hold no text, and random
-    weights could by chance spell a token's shape."""
+    """A file's bytes, of a safetensors file only the header: its tensors hold no text but could spell a token."""
     data = content if isinstance(content, bytes) else None
     if not name.endswith(".safetensors"):
         return data if data is not None else content.read_bytes()
@@ -378,8 +353,7 @@ def push_folder(
     create_pr: bool = False,
     token: str | None = None,
 ):
-    """Upload a saved model folder to `repo_id` in one commit; returns huggingface_hub's `CommitInfo`
-    (a string: the commit URL).
+    """Upload a saved model folder to `repo_id` in one commit; returns its `CommitInfo` (a str: the commit URL).
 
     Everything is checked before anything is sent: the repo id, the folder (config, safetensors
     weights, remote code) and the credentials (`token`, else `HF_TOKEN` or the stored login).
@@ -459,10 +433,9 @@ def _companion_files(model) -> dict[str, Path]:
 def add_to_hub_cache(folder, repo_id: str, *, cache_dir=None, revision: str = "main") -> Path:
     """Install `folder` as the Hub cache entry of `repo_id`; returns the snapshot folder.
 
-    The layout is huggingface_hub's (`models--OWNER--NAME/blobs`, `snapshots/<commit>`,
-    `refs/<revision>`, `.no_exist/<commit>`), with the same files a push would publish, so
-    `from_pretrained("OWNER/NAME")` loads it with `HF_HUB_OFFLINE=1`. `cache_dir` defaults to the
-    active Hub cache (`HF_HUB_CACHE`, under `HF_HOME`).
+    The layout is huggingface_hub's (`models--OWNER--NAME/blobs`, `snapshots/<commit>`, `refs/<revision>`,
+    `.no_exist/<commit>`), with the files a push would publish, so `from_pretrained("OWNER/NAME")` loads
+    it with `HF_HUB_OFFLINE=1`. `cache_dir` defaults to the active Hub cache (`HF_HUB_CACHE`).
     """
     _check_repo_id(repo_id)
     published = _with_repo_id(published_files(folder), repo_id)
@@ -491,10 +464,7 @@ def add_to_hub_cache(folder, repo_id: str, *, cache_dir=None, revision: str = "m
     absent.mkdir(parents=True, exist_ok=True)
     for name in set(LOOKED_UP_FILES) - set(blob_names):
         (absent / name).touch()
-    refs = repo_dir / "refs"
-    refs.mkdir(exist_ok=True)
-    (refs / f".{revision}.tmp").write_text(commit)
-    os.replace(refs / f".{revision}.tmp", refs / revision)
+    write_atomically(repo_dir / "refs" / revision, commit)
     return snapshot
 
 
@@ -517,14 +487,9 @@ def http_client_errors() -> tuple[type[Exception], ...]:
 
 def push_command(args: PushOptions) -> None:
     """`scratch-gpt push`: upload; a refusal of the Hub or a missing network is one sentence (exit 1)."""
+    options = dict(private=args.private, revision=args.revision, commit_message=args.commit_message)
     try:
-        commit = push_folder(
-            args.output_dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-        )
+        commit = push_folder(args.output_dir, args.repo_id, **options)
     except (HfHubHTTPError, ConnectionError, *http_client_errors()) as error:  # the Hub refused; no network; offline
         reason = " ".join(str(error).split()) or type(error).__name__
         raise RunFailed(f"the upload failed: {reason}; check the network and the repository, then push again.") from None

@@ -40,7 +40,8 @@ def mark_output(folder: str | os.PathLike, files: list[str] | None = None, run: 
     training run's folder, added to by later runs and never replaced by another command."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"written_by": "scratch_gpt", **({"files": sorted(files)} if files is not None else {}), **({"run": True} if run else {})}
+    record = {"written_by": "scratch_gpt", "files": None if files is None else sorted(files), "run": run or None}
+    record = {key: value for key, value in record.items() if value is not None}  # only what applies
     (folder / MARKER).write_text(json.dumps(record) + "\n")
 
 
@@ -65,8 +66,7 @@ def files_written(folder: str | os.PathLike) -> list[str] | None:
 
 
 def files_added_since(folder: str | os.PathLike) -> list[str]:
-    """Files in a folder `atomic_directory` wrote that it did not write (the user's): replacing the
-    folder would delete them."""
+    """Files of the user's in a folder `atomic_directory` wrote, which replacing the folder would delete."""
     written = files_written(folder)
     if written is None:  # a run folder, marked when its run started: it is added to, never replaced
         return []
@@ -95,10 +95,9 @@ def recover(path: str | os.PathLike) -> None:
 def atomic_directory(path: str | os.PathLike):
     """Yield a temporary sibling folder (already marked); on success it replaces `path` by renaming.
 
-    A crash or kill inside the block leaves any previous `path` untouched (the half-written
-    temporary folder is removed on an exception, or by the next call after a SIGKILL). A kill
-    between the two renames leaves the previous folder beside `path`, and the next call (or
-    `check_output`) moves it back.
+    A crash or kill inside the block leaves a previous `path` untouched (the temporary folder is removed
+    on an exception, or by the next call after a SIGKILL). A kill between the two renames leaves the
+    previous folder beside `path`; the next call (or `check_output`) moves it back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,10 +134,9 @@ _HELD_LOCKS: dict[Path, int] = {}  # output path -> the open lock file this proc
 
 def lock_output(path: str | os.PathLike) -> None:
     """Refuse a second process writing the same output: this process takes an exclusive `flock` on a
-    lock file named after the folder's absolute path (in the system's temporary folder, so nothing is
-    added to the user's tree) and holds it until it exits. The kernel drops the lock when the process
-    ends, however it ends, so a killed run never leaves the folder locked. Under several processes
-    only the main one (RANK 0) writes, so only it locks."""
+    lock file named after the folder's absolute path (in the system's temporary folder, not the user's
+    tree) and holds it until it exits. The kernel drops the lock however the process ends, so a killed
+    run never leaves the folder locked. Only the main process (RANK 0) writes, so only it locks."""
     path = Path(path).resolve()
     if path in _HELD_LOCKS or int(os.environ.get("RANK", "0")) != 0:
         return
@@ -211,19 +209,17 @@ def check_not_an_input(path: Path, inputs, what: str, flag: str) -> None:
 
 
 def check_output(
-    output, *, inputs=(), overwrite: bool = False, what: str = "output folder", flag: str = "--output-dir", replaces: bool = True
+    output, *, inputs=(), overwrite: bool = False, what="output folder", flag="--output-dir", replaces: bool = True
 ) -> Path:
     """The one check of an output folder, before any work: one clear error instead of lost files.
 
-    - `output` must not be one of `inputs` (files, folders, globs; Hub ids are skipped) or contain one:
-      replacing it would delete them.
+    - `output` must not be or contain one of `inputs` (local files, folders, globs): replacing it would delete them.
     - An existing, non-empty `output` must be an earlier output of this package (it holds the
       `.scratch_gpt` marker) unless `overwrite` (the command's `--overwrite`).
     - A command that replaces its output (`replaces`) must not replace a training run's folder (its
       checkpoints, logs and model are added to over runs), and a training run (not `replaces`) must not
       write into a saved folder (marked with its file list), unless `overwrite`.
-    - It must be writable.
-    - No other process may be writing it (see `lock_output`).
+    - It must be writable, and no other process may be writing it (see `lock_output`).
     """
     path = Path(output)
     lock_output(path)
@@ -286,7 +282,8 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     pickled = sorted(p.name for p in folder.glob("pytorch_model*.bin"))
     if pickled and not weights:
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-        head = "ForSequenceClassification" if any("SequenceClassification" in a for a in config.get("architectures") or []) else "ForCausalLM"
+        classifier = any("SequenceClassification" in a for a in config.get("architectures") or [])
+        head = "ForSequenceClassification" if classifier else "ForCausalLM"
         raise BadInput(
             f"{str(folder)!r} holds its weights only as pickled {pickled[0]}, and scratch-gpt reads safetensors only "
             "(a pickle can run code); convert it once, if you trust the file: python -c \"import scratch_gpt as s; "

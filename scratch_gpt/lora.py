@@ -69,14 +69,8 @@ def default_targets(config) -> tuple[str, ...]:
     return SWIGLU_TARGETS if getattr(config, "mlp_type", "gelu") == "swiglu" else DEFAULT_TARGETS
 
 
-def lora_config(
-    task: str = "causal",
-    r: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.0,
-    targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
-):
-    """A `peft.LoraConfig` for ScratchGPT; `task` is "causal" or "classification"."""
+def lora_config(task="causal", r=8, alpha=16, dropout=0.0, targets=DEFAULT_TARGETS):
+    """A `peft.LoraConfig` for ScratchGPT; `task` is "causal" or "classification", `targets` a tuple or list."""
     from peft import LoraConfig
 
     if task not in TASK_TYPES:
@@ -86,10 +80,8 @@ def lora_config(
     if not 0.0 <= dropout < 1.0:
         raise BadInput(f"The LoRA dropout must be in [0, 1), got {dropout}.")
     unknown = sorted(set(targets) - set(ALL_TARGETS))
-    if unknown or not targets:
-        raise BadInput(
-            f"Unknown LoRA target modules {unknown or list(targets)}; choose among {', '.join(ALL_TARGETS)}."
-        )
+    if unknown or not targets:  # no targets: the message shows []
+        raise BadInput(f"Unknown LoRA target modules {unknown}; choose among {', '.join(ALL_TARGETS)}.")
     return LoraConfig(
         task_type=TASK_TYPES[task],
         r=r,
@@ -115,16 +107,10 @@ def describe_trainable(model: nn.Module) -> str:
 def lora_config_for(options: LoraOptions, task: str):
     """The PEFT `LoraConfig` that the `--lora-*` options describe (scratch_gpt.args.LoraOptions)."""
     targets = tuple(name.strip() for name in options.lora_targets.split(",") if name.strip())
-    return lora_config(task=task, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout, targets=targets)
+    return lora_config(
+        task=task, r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout, targets=targets
+    )
 
 
-__all__ = [
-    "DEFAULT_TARGETS",
-    "SWIGLU_TARGETS",
-    "ALL_TARGETS",
-    "default_targets",
-    "lora_config",
-    "count_parameters",
-    "describe_trainable",
-    "lora_config_for",
-]
+__all__ = ["DEFAULT_TARGETS", "SWIGLU_TARGETS", "ALL_TARGETS"]
+__all__ += ["default_targets", "lora_config", "lora_config_for", "count_parameters", "describe_trainable"]

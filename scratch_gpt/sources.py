@@ -23,9 +23,8 @@ Every command takes its data the same way, so `--data X` means the same thing ev
    - records are returned as they are: a missing or null value is None, the commands check their
      own columns. CSV cells are kept as written ("NA" stays the string "NA").
 
-Texts from local files are written by `datasets` into its Arrow cache (read again only when a
-file changes), so a corpus larger than memory is memory-mapped, not loaded; `streaming=True`
-reads them lazily instead, one file after the other, and writes nothing.
+Texts from local files are written by `datasets` into its Arrow cache (read again only when a file
+changes), so a corpus larger than memory is memory-mapped; `streaming=True` reads them lazily, writing nothing.
 """
 
 import codecs
@@ -49,8 +48,7 @@ from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.io_utils import MARKER
 
 BUILTIN = "builtin"
-# Suffix -> how the file is read. Listed so that the record formats read ".parquet, .csv, .tsv,
-# .json or .jsonl" in messages.
+# Suffix -> how the file is read, in the order messages list them (".parquet, .csv, .tsv, .json or .jsonl").
 SUFFIXES = {
     ".txt": "text",
     ".md": "text",
@@ -65,16 +63,12 @@ TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})
 ROWS_PER_BATCH = 1000  # rows read from a CSV or Parquet file at a time
 
 # Standard-library modules that do something on import (open a browser, print, start a GUI or a
-# REPL, touch the terminal, write cache files) or are tests and platform tools, not documentation.
-SKIPPED_MODULES = {
-    "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "readline", "rlcompleter",
-    "lib2to3", "ensurepip", "distutils", "test", "tests", "encodings",
-}
+# REPL, touch the terminal, write cache files), then tests and platform tools: not documentation.
+SKIPPED_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "readline", "rlcompleter"}
+SKIPPED_MODULES |= {"lib2to3", "ensurepip", "distutils", "test", "tests", "encodings"}
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. Where the data is
-# ---------------------------------------------------------------------------------------------
+# --- 1. Where the data is -------------------------------------------------------------------------
 
 
 def resolve(source, suffixes=SUFFIXES) -> list:
@@ -83,8 +77,7 @@ def resolve(source, suffixes=SUFFIXES) -> list:
     A string that exists on disk, contains a glob character or ends with a known suffix is local
     (so a typo in a file name fails here, not on the Hub); anything else is a Hub dataset name.
     Only files with one of `suffixes` are taken from folders and globs, and none from a folder that
-    scratch-gpt wrote (it carries the `.scratch_gpt` marker): a run's output is never its data, even
-    when `--output-dir` lies inside `--data`.
+    scratch-gpt wrote (it has the `.scratch_gpt` marker): a run's output is never data, even inside `--data`.
     """
     if isinstance(source, (list, tuple)):
         return [item for one in source for item in resolve(one, suffixes)]
@@ -125,7 +118,8 @@ def resolve(source, suffixes=SUFFIXES) -> list:
 def _in_our_output(file: Path, top: Path) -> bool:
     """Whether `file` lies in a folder scratch-gpt wrote, at or below `top` (the folder or glob given)."""
     top = top.resolve()
-    return any((folder / MARKER).is_file() for folder in file.resolve().parents if folder == top or top in folder.parents)
+    below_top = [folder for folder in file.resolve().parents if folder == top or top in folder.parents]
+    return any((folder / MARKER).is_file() for folder in below_top)
 
 
 def _is_known(file: Path, suffixes) -> bool:
@@ -154,9 +148,7 @@ def _load_hub(source: str, split: str, **options):
         ) from error
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. Texts, for the tokenizer (stage 1) and pre-training (stage 2)
-# ---------------------------------------------------------------------------------------------
+# --- 2. Texts, for the tokenizer (stage 1) and pre-training (stage 2) -----------------------------
 
 
 def read_texts(source, *, text_column="text", split="train", encoding="utf-8", errors="strict", streaming=False):
@@ -198,13 +190,9 @@ def read_texts(source, *, text_column="text", split="train", encoding="utf-8", e
 
 def _texts_of_files(files, text_column, encoding, errors, streaming):
     """Local files as a "text" Dataset, built by `datasets` from `_rows_of_files` (or streamed)."""
-    options = {
-        "files": [str(file) for file in files],
-        "stamps": [(file.stat().st_size, file.stat().st_mtime_ns) for file in files],
-        "text_column": text_column,
-        "encoding": encoding,
-        "errors": errors,
-    }
+    stamps = [(file.stat().st_size, file.stat().st_mtime_ns) for file in files]
+    names = [str(file) for file in files]
+    options = dict(files=names, stamps=stamps, text_column=text_column, encoding=encoding, errors=errors)
     if streaming:
         return datasets.IterableDataset.from_generator(_rows_of_files, features=TEXT_FEATURES, gen_kwargs=options)
     try:
@@ -314,9 +302,7 @@ def is_dataset(data) -> bool:
     return isinstance(data, (datasets.Dataset, datasets.IterableDataset))
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. Records, for fine-tuning
-# ---------------------------------------------------------------------------------------------
+# --- 3. Records, for fine-tuning ------------------------------------------------------------------
 
 
 def read_records(source, *, split="train", encoding="utf-8", errors="strict") -> datasets.Dataset:
@@ -327,8 +313,7 @@ def read_records(source, *, split="train", encoding="utf-8", errors="strict") ->
     a column with values of several types (5 and "five") keeps each value as it was.
     """
     _check_decoding(encoding, errors)
-    items = resolve(source, RECORD_SUFFIXES)
-    parts = [_records_of(item, split, encoding, errors) for item in items]
+    parts = [_records_of(item, split, encoding, errors) for item in resolve(source, RECORD_SUFFIXES)]
     if len(parts) == 1:
         return parts[0]
     try:
@@ -359,9 +344,7 @@ def _records_of(item, split, encoding, errors) -> datasets.Dataset:
         return datasets.Dataset(pyarrow.parquet.read_table(item))
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. File formats, encodings and the errors they raise
-# ---------------------------------------------------------------------------------------------
+# --- 4. File formats, encodings and the errors they raise -----------------------------------------
 
 
 def _json_records(path: Path, encoding, errors):
@@ -402,8 +385,9 @@ def _csv_frames(path: Path, encoding, errors, *, chunksize, **options):
 
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     # index_col=False: a row with one cell too many is an error, not a first column silently taken as the index
-    options = {"sep": sep, "keep_default_na": False, "index_col": False, "encoding": encoding, "encoding_errors": errors, **options}
-    with _reading(path, encoding, parse_errors=(pd.errors.ParserError, pd.errors.EmptyDataError)), warnings.catch_warnings():
+    options = dict(sep=sep, keep_default_na=False, index_col=False, encoding=encoding, encoding_errors=errors) | options
+    parse_errors = (pd.errors.ParserError, pd.errors.EmptyDataError)
+    with _reading(path, encoding, parse_errors=parse_errors), warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.ParserWarning)  # pandas only warns of a row with a cell too many
         try:
             if chunksize is None:
@@ -459,9 +443,7 @@ def _check_decoding(encoding, errors):
         raise BadInput(message) from None
 
 
-# ---------------------------------------------------------------------------------------------
-# 5. The built-in corpus: Python's own documentation, gathered at run time
-# ---------------------------------------------------------------------------------------------
+# --- 5. The built-in corpus: Python's own documentation, gathered at run time ---------------------
 
 
 def builtin_corpus(max_documents=None):

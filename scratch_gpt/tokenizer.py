@@ -7,9 +7,8 @@ The tokenizer is GPT-2's recipe trained on your corpus: text is split with GPT-2
 piece is spelled in bytes (so no text is ever unknown and `decode(encode(text)) == text`), and
 byte pairs are merged by frequency until the vocabulary is full. Two special tokens come first:
 `<|endoftext|>` (id 0: bos, eos and document separator) and `<|pad|>` (id 1); the last id is
-RESPONSE_MARKER, the end of an instruction prompt. The result is an ordinary
-`PreTrainedTokenizerFast` that needs no code from this package to load, with a chat template that
-renders the instruction format (the book's Alpaca prompt) used in stage 7.2.
+RESPONSE_MARKER, the end of an instruction prompt. The result is an ordinary `PreTrainedTokenizerFast`
+that loads without this package, with a chat template for the book's Alpaca prompt (stage 7.2).
 
 Command line: `scratch-gpt train-tokenizer --data PATH_OR_DATASET --vocab-size N --output-dir DIR`.
 """
@@ -44,8 +43,7 @@ DEFAULT_SYSTEM_PROMPT = (
 # The book's Alpaca prompt as a chat template. Messages are [system?, user, assistant, user, ...]:
 #   system (or DEFAULT_SYSTEM_PROMPT)
 #   "\n\n### Instruction:\n" + user   ...   "\n\n### Response:\n" + assistant + eos_token
-# and `add_generation_prompt=True` ends the text with RESPONSE_MARKER, so the prompt is a prefix
-# of the training text, as characters and as tokens.
+# and `add_generation_prompt=True` ends with RESPONSE_MARKER: a prefix of the training text (characters and tokens).
 CHAT_TEMPLATE = (
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
@@ -74,8 +72,7 @@ BATCH_SIZE = 1000  # texts handed to the Rust trainer at a time
 def format_alpaca_messages(record: dict) -> list[dict]:
     """An Alpaca record (`instruction`, optional `input`, `output`) as chat messages.
 
-    Rendered by `CHAT_TEMPLATE`, these reproduce the book's prompt exactly. Without an `output`
-    only the user message is returned (for a prompt to generate from).
+    Rendered by `CHAT_TEMPLATE`: the book's prompt exactly. Without an `output`: the user message alone (a prompt).
     """
     content = record["instruction"]
     if record.get("input"):
@@ -167,9 +164,8 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `data` (see `iter_texts` for what it may be) and wrap it.
 
-    `vocab_size` counts the 256 bytes, the two special tokens, the merges and RESPONSE_MARKER; a
-    small corpus may stop short of it. `model_max_length` is the context length of the model the
-    tokenizer serves (`config.max_position_embeddings`).
+    `vocab_size` counts the 256 bytes, the two special tokens, the merges and RESPONSE_MARKER; a small
+    corpus may stop short of it. `model_max_length` is the model's context (`max_position_embeddings`).
     """
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
         raise BadInput(
@@ -182,9 +178,8 @@ def train_tokenizer(
     if first is None:
         raise BadInput("The corpus is empty: it holds no text to train on; check --data (file, folder, column).")
     backend = new_bpe_tokenizer()
-    backend.train_from_iterator(
-        _batches(itertools.chain([first], texts)), bpe_trainer(vocab_size - 1, min_frequency, show_progress)
-    )
+    trainer = bpe_trainer(vocab_size - 1, min_frequency, show_progress)  # RESPONSE_MARKER takes the last id
+    backend.train_from_iterator(_batches(itertools.chain([first], texts)), trainer)
     backend.add_tokens([AddedToken(RESPONSE_MARKER, normalized=False, special=False)])
     return wrap_tokenizer(backend, model_max_length=model_max_length)
 
@@ -245,12 +240,8 @@ def complete_tokenizer(tokenizer):
 
 def config_kwargs(tokenizer, pad_to_multiple_of: int | None = 64) -> dict:
     """What a model config takes from its tokenizer: `ScratchGPTConfig(**config_kwargs(tok), ...)`."""
-    return {
-        "vocab_size": model_vocab_size(tokenizer, pad_to_multiple_of),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+    ids = {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return {"vocab_size": model_vocab_size(tokenizer, pad_to_multiple_of), **ids}
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -274,8 +265,7 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
 def bytes_per_token(texts, tokenizer) -> float:
     """UTF-8 bytes per token over `texts` (an iterable of strings), without special tokens.
 
-    The tokenizer's compression. Divide a loss in nats/token by ln(2) * bytes_per_token to get
-    bits per byte, a number that compares models with different tokenizers.
+    Its compression: a loss in nats/token / (ln 2 * bytes_per_token) is bits per byte, comparable across tokenizers.
     """
     texts = [text for text in texts if text]
     if not texts:
@@ -304,7 +294,7 @@ def train_tokenizer_command(args: TokenizerOptions) -> None:
     held_out: list[str] = []
     output = check_output(args.output_dir, inputs=args.data, overwrite=args.overwrite, flag="--output-dir")
     corpus = read_texts(args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=True)
-    texts = iter_texts(corpus)
+    texts = iter_texts(corpus)  # a list of strings is texts to iter_texts, and --data is a list of paths
     if args.held_out_every:
         texts = _hold_out(texts, held_out, every=args.held_out_every, max_chars=4_000_000)
     tokenizer = train_tokenizer(

@@ -1,13 +1,11 @@
 """`scratch-gpt <command> ...`: one entry point for every stage.
 
-The table below names each command's options (a dataclass of `scratch_gpt.args`), its own defaults
-and the function that runs it ("module:function", imported only when the command runs). Flags,
-`--config` keys and checks come from the declarations (`parsing.py`); this module and those
-import nothing heavy, so `--help` and a bad flag answer at once.
+The table below names each command's options (a dataclass of `scratch_gpt.args`), its defaults and
+the function that runs it ("module:function", imported only then). Flags, `--config` keys and checks
+come from the declarations (`parsing.py`); nothing here is heavy: `--help` and a bad flag answer at once.
 
-The error policy of every command: `BadInput` (see scratch_gpt.errors) is one sentence and exit
-status 2, before any work; `RunFailed` and a full disk are one sentence and exit status 1;
-anything else is a bug and keeps its traceback.
+Every command's error policy (scratch_gpt.errors): `BadInput` is one sentence and exit status 2,
+before any work; `RunFailed` and a full disk are one sentence and status 1; a bug keeps its traceback.
 """
 
 import errno
@@ -26,7 +24,6 @@ class Command:
     run: str  # "module:function", called with the parsed options
     description: str = ""
     defaults: dict = field(default_factory=dict)  # this command's defaults, over the declared ones
-    required: tuple = ()  # options this command cannot run without, besides those declared required
 
 
 PRETRAIN = dict(
@@ -44,7 +41,7 @@ FINETUNE = dict(log_every=1, report_to="none", eval_every=0, warmup_steps=0)
 COMMANDS = {
     "train-tokenizer": Command(
         "train a byte-level BPE tokenizer (stage 1)", args.TokenizerOptions, "scratch_gpt.tokenizer:train_tokenizer_command",
-        "Train a byte-level BPE tokenizer and save it as a transformers tokenizer folder.", required=("output_dir",),
+        "Train a byte-level BPE tokenizer and save it as a transformers tokenizer folder.",
     ),
     "pretrain": Command(
         "pre-train a GPT with Accelerate (stages 2-6)", args.PretrainOptions, "scratch_gpt.training.pretrain:pretrain_command",
@@ -57,18 +54,18 @@ COMMANDS = {
     "finetune-classifier": Command(
         "fine-tune a classification head (stage 7.1)", args.ClassifyOptions, "scratch_gpt.training.classify:finetune_classifier",
         "Fine-tune a pre-trained ScratchGPT folder into a text classifier.",
-        FINETUNE | dict(num_epochs=3, learning_rate=5e-5, batch_size=8), required=("output_dir",),
+        FINETUNE | dict(num_epochs=3, learning_rate=5e-5, batch_size=8),
     ),
     "finetune-instruct": Command(
         "instruction fine-tuning (stage 7.2)", args.InstructOptions, "scratch_gpt.training.instruct:finetune_instruct",
         "Instruction-tune a pre-trained ScratchGPT folder on Alpaca-style {instruction, input?, output} or {messages} records.",
-        FINETUNE | dict(num_epochs=2, learning_rate=5e-5, batch_size=8), required=("output_dir",),
+        FINETUNE | dict(num_epochs=2, learning_rate=5e-5, batch_size=8),
     ),
     "finetune-dpo": Command(
         "preference tuning with DPO (stage 7.3)", args.DPOOptions, "scratch_gpt.training.dpo:finetune_dpo",
         "Preference-tune an instruction-tuned causal LM with DPO on records {instruction, input?, chosen, rejected} "
         "(the book's) or {prompt, chosen, rejected} (TRL's: lists of messages, or text).",
-        FINETUNE | dict(num_epochs=1, learning_rate=5e-6, weight_decay=0.01, batch_size=8), required=("output_dir",),
+        FINETUNE | dict(num_epochs=1, learning_rate=5e-6, weight_decay=0.01, batch_size=8),
     ),
     "chat": Command(
         "chat with an instruction-tuned model", args.ChatOptions, "scratch_gpt.inference.chat:chat",
@@ -125,7 +122,8 @@ def parse_command(name: str, argv: list[str]):
     from scratch_gpt.cli.parsing import parse
 
     command = COMMANDS[name]
-    return parse(f"scratch-gpt {name}", command.options, argv, command.defaults, command.required, command.description)
+    required = () if "output_dir" in command.defaults else ("output_dir",)  # an output folder, unless it has a default
+    return parse(f"scratch-gpt {name}", command.options, argv, command.defaults, required, command.description)
 
 
 def run_command(command: Command, name: str, argv: list[str]) -> None:
@@ -152,8 +150,7 @@ def quiet_progress_bars() -> None:
 
 
 def run_reporting(prog: str, body, *arguments) -> int:
-    """Run `body(*arguments)` under the error policy above; returns the exit status. The outputs
-    the command locked are let go when it ends (see `io_utils.lock_output`)."""
+    """Run `body(*arguments)` under the error policy above and return the exit status; its output locks end with it."""
     try:
         body(*arguments)
     except SystemExit as exit_:  # argparse: --help (0), or a bad flag (2, already explained on stderr)

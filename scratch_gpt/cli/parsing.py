@@ -3,8 +3,7 @@
 A command's options are one dataclass. Every declared field becomes a flag (older spellings hidden),
 a `--config` key (the flag's name, with `-` or `_`) and a checked value. The value of an option is,
 from weakest to strongest: the field's default, the command's default, the `--config` file, the
-command line. argparse only reads what the command line says (its defaults are left out), so the
-order is plain dictionary merging here.
+command line; argparse reads only the command line (no defaults), so that order is a dict merge.
 """
 
 import argparse
@@ -35,20 +34,17 @@ def group_title(cls, f: Field) -> str:
 
 
 def converter(f: Field):
-    kind, _ = value_type(f)
-    return f.metadata["parse"] or kind
+    return f.metadata["parse"] or value_type(f)[0]
 
 
 def help_text(f: Field, default) -> str:
     meta = f.metadata
     if meta["required"] and default in (None, []):
         return f"{meta['help']} (required)"
-    shown = default is not None and default is not False and default != [] and not meta["positional"]
-    return meta["help"].replace("%", "%%") + (f" (default: {default_text(default)})" if shown else "")
-
-
-def default_text(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    if default is None or default is False or default == [] or meta["positional"]:
+        return meta["help"].replace("%", "%%")
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    return meta["help"].replace("%", "%%") + f" (default: {shown})"
 
 
 def add_option(group, f: Field, default) -> None:
@@ -78,8 +74,8 @@ def add_option(group, f: Field, default) -> None:
 
 def build_parser(prog: str, cls, defaults: dict, description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys: the flag names); flags win")
-    parser.add_argument("--print-config", action="store_true", help="print the options as a --config file would hold them, and exit")
+    parser.add_argument("--config", metavar="FILE", help="YAML/JSON file of options (keys: the flag names); flags win")
+    parser.add_argument("--print-config", action="store_true", help="print the options as a --config file, and exit")
     groups = {}
     for f in on_command_line(cls):
         title = group_title(cls, f)
@@ -96,12 +92,11 @@ def parse(prog: str, cls, argv: list[str], defaults: dict, required: tuple = (),
     values = {f.name: default_of(f) for f in on_command_line(cls)} | defaults
     values |= read_config_file(config_file, cls) if config_file else {}
     values |= given
-    missing = [
-        flag_of(f) for f in on_command_line(cls)
-        if (f.metadata["required"] or f.name in required) and values.get(f.name) in (None, [])
-    ]  # fmt: skip
+    needed = [f for f in on_command_line(cls) if f.metadata["required"] or f.name in required]
+    missing = [flag_of(f) for f in needed if values.get(f.name) in (None, [])]
     if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)} (on the command line or in --config); see --help.")
+        flags = ", ".join(missing)
+        parser.error(f"the following arguments are required: {flags} (on the command line or in --config); see --help.")
     check_values(cls, values, flag_of)  # the message names the flag the user gave
     return cls(**values), print_config
 
@@ -141,8 +136,8 @@ def read_config_file(path: str, cls) -> dict:
     keys = config_keys(cls)
     unknown = sorted(str(key) for key in values if str(key) not in keys)
     if unknown:
-        known = sorted(flag_of(f).lstrip("-") for f in set(keys.values()))
-        raise BadInput(f"Unknown option(s) {', '.join(unknown)} in {path!r}; valid keys are the flag names: {', '.join(known)}.")
+        known = ", ".join(sorted(flag_of(f).lstrip("-") for f in set(keys.values())))
+        raise BadInput(f"Unknown option(s) {', '.join(unknown)} in {path!r}; valid keys are the flag names: {known}.")
     return dict(config_value(keys[str(key)], str(key), value, path) for key, value in values.items())
 
 
@@ -164,8 +159,8 @@ def config_value(f: Field, key: str, value, path: str):
     try:
         items = [converter(f)(item) if item is not None else item for item in items]
     except (TypeError, ValueError):
-        kind_name = "mapping" if f.metadata["parse"] else kind.__name__
-        raise BadInput(f"Option {key!r} in {path!r} has the value {value!r}, which is not a valid {kind_name}.") from None
+        wanted = "mapping" if f.metadata["parse"] else kind.__name__
+        raise BadInput(f"Option {key!r} in {path!r} has the value {value!r}, which is not a valid {wanted}.") from None
     if count and len(items) != count:
         raise BadInput(f"Option {key!r} in {path!r} takes {count} values, got {value!r}.")
     return f.name, items if many else items[0]

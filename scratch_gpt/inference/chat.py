@@ -1,5 +1,4 @@
-"""`scratch-gpt chat MODEL_DIR`: chat with an instruction-tuned model in the terminal, or with
-`--web` in the browser (`scratch_gpt.inference.web`).
+"""`scratch-gpt chat MODEL_DIR`: chat with an instruction-tuned model in the terminal, or in the browser (`--web`).
 
 Answers stream token by token through `reply_pieces` (`scratch_gpt.inference.generation`), the
 same code the web page answers through, so a greedy answer is the same in both.

@@ -1,10 +1,8 @@
-"""Generation helpers shared by every way of talking to a model: the terminal chat
-(`scratch_gpt.inference.chat`), the web page (`scratch_gpt.inference.web`) and the answers that
-`finetune-instruct` writes for its held-out instructions.
+"""Generation helpers shared by every way of talking to a model: the terminal chat (`inference.chat`),
+the web page (`inference.web`) and the answers `finetune-instruct` writes for held-out instructions.
 
 The prompt format lives in ONE place, the tokenizer's chat template (see `scratch_gpt.tokenizer`):
-a conversation is rendered with `apply_chat_template`, exactly as in training, so the model sees at
-inference the text it was trained on.
+`apply_chat_template` renders a conversation exactly as in training, the text the model learned.
 """
 
 import copy
@@ -30,10 +28,9 @@ from scratch_gpt.tokenizer import complete_tokenizer
 
 
 def load_for_chat(model_dir: str, trust_remote_code: bool = False):
-    """Model, tokenizer and generation config of `model_dir`: a folder or Hub id of a ScratchGPT or a
-    GPT-2 checkpoint (converted; its tokenizer completed with the Alpaca chat template), or a LoRA
-    adapter folder (its base model loaded the same way). Code shipped in the folder runs only with
-    `trust_remote_code`."""
+    """Model, tokenizer and generation config of `model_dir`: a ScratchGPT or GPT-2 folder or Hub id
+    (GPT-2 converted, its tokenizer completed with the Alpaca chat template), or a LoRA adapter folder
+    (its base model loaded the same way). The folder's own code runs only with `trust_remote_code`."""
     if Path(model_dir).is_dir():
         check_model_folder(model_dir)  # a damaged file named in one sentence, before any library reads it
         if not any(Path(model_dir).glob("*.safetensors")):
@@ -49,9 +46,10 @@ def load_for_chat(model_dir: str, trust_remote_code: bool = False):
     if (Path(model_dir) / "adapter_config.json").is_file():
         base_dir = PeftConfig.from_pretrained(model_dir).base_model_name_or_path
         base = load_pretrained(ScratchGPTForCausalLM.from_pretrained, base_dir, trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(base, model_dir).eval()
+        model = PeftModel.from_pretrained(base, model_dir)
     else:
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir, trust_remote_code=trust_remote_code).eval()
+        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, model_dir, trust_remote_code=trust_remote_code)
+    model.eval()
     saved = (Path(model_dir) / "generation_config.json").is_file()
     generation_config = GenerationConfig.from_pretrained(model_dir) if saved else copy.deepcopy(model.generation_config)
     if generation_config.pad_token_id is None:
@@ -69,9 +67,8 @@ def fit_to_context(generation_config: GenerationConfig, room: int) -> Generation
 def chat_generation_config(
     generation_config: GenerationConfig, *, max_new_tokens: int | None = None, temperature: float = 0.0, top_k: int = 50
 ) -> GenerationConfig:
-    """A copy of the model's generation config with the chat settings: greedy at temperature 0,
-    else sampling with `temperature` from the `top_k` likeliest tokens (0 = all); `max_new_tokens`
-    replaces the saved answer length when given."""
+    """A copy of the model's generation config with the chat settings: greedy at temperature 0, else
+    sampling at `temperature` from the `top_k` likeliest tokens (0 = all); `max_new_tokens` if given."""
     config = copy.deepcopy(generation_config)
     if max_new_tokens:
         config.max_new_tokens = max_new_tokens
@@ -95,12 +92,11 @@ class StopWhenAsked(StoppingCriteria):
 def reply_pieces(model, tokenizer, messages: list[dict], generation_config) -> Iterator[str]:
     """Yield the answer to `messages` in pieces (about a word each) while it is being generated.
 
-    The conversation is rendered with the tokenizer's chat template. `generate` runs in a
-    background thread and hands each new token to a `TextIteratorStreamer`, which decodes the
-    text and queues it; this generator reads that queue. When the reader stops early (the Stop
-    button of the web page closes the generator), generation stops too. Both `scratch-gpt chat`
-    (the terminal) and the web page (`scratch_gpt.inference.web`) answer through here. ValueError
-    if the conversation leaves no room in the model's context.
+    The conversation is rendered with the tokenizer's chat template. `generate` runs in a background
+    thread and hands each new token to a `TextIteratorStreamer`, which decodes the text and queues it;
+    this generator reads that queue. When the reader stops early (the Stop button of the web page
+    closes the generator), generation stops too. The terminal chat and the web page both answer
+    through here. ValueError if the conversation leaves no room in the model's context.
     """
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[1]

@@ -2,9 +2,8 @@
 
 Gradio is an optional extra (`pip install 'scratch_gpt[web]'`), so it is imported inside the
 functions here, never when `scratch_gpt` is imported. The page answers through the same code as
-the terminal chat: the conversation is rendered with the tokenizer's chat template and the answer
-streams from `reply_pieces`, with the settings of `chat_generation_config` (greedy at temperature
-0). So a greedy answer on the page is exactly the answer of `scratch-gpt chat --prompt`.
+the terminal chat (the tokenizer's chat template, `reply_pieces`, `chat_generation_config`), so a
+greedy answer on the page is exactly the answer of `scratch-gpt chat --prompt`.
 
 The page is a `gr.ChatInterface`, which keeps the conversation (every earlier turn goes back into
 the template on each message), and a sidebar with the temperature, top-k and answer length.
@@ -29,24 +28,14 @@ def import_gradio():
 
 
 def message_text(content) -> str:
-    """The text of one chat message from Gradio's history: a string, or a list of parts like
-    `{"type": "text", "text": ...}` (files and other parts are skipped)."""
+    """A message's text in Gradio's history: a string or parts like `{"type": "text", "text": ...}` (others skipped)."""
     if isinstance(content, str):
         return content
     parts = content if isinstance(content, list) else [content]
     return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in parts)
 
 
-def chat_page(
-    model,
-    tokenizer,
-    generation_config,
-    *,
-    system: str | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    top_k: int = 50,
-):
+def chat_page(model, tokenizer, generation_config, *, system=None, max_new_tokens=None, temperature=0.0, top_k=50):
     """A Gradio app (not yet launched) that chats with `model`.
 
     The keyword arguments are the starting values of the sidebar; `system` is an optional system
