@@ -2,9 +2,7 @@
 
     from scratch_gpt.training.loop import TrainingConfig, train
 
-    metrics = train(model, train_dataset, eval_dataset, TrainingConfig(output_dir="runs/x", max_steps=500),
-                    test_dataset=None, collate_fn=None, evaluate_fn=None, tokenizer=None,
-                    final_dir=None, on_save=None, before_save=None, merge_adapters=False, seq_len=None)
+    metrics = train(model, train_dataset, eval_dataset, TrainingConfig(output_dir="runs/x", max_steps=500))
 
 - `model` is any `nn.Module` whose `model(**batch)` returns an object with `.loss` (every HF model
   given `labels`), or a zero-argument factory that builds one (`lambda: load_pretrained(...)`,
@@ -67,13 +65,7 @@ from tqdm.auto import tqdm
 
 from scratch_gpt.args import TrainingConfig
 from scratch_gpt.errors import BadInput, OutputExists, RunFailed
-from scratch_gpt.io_utils import (
-    atomic_directory,
-    check_free_space,
-    check_output,
-    check_writable,
-    mark_output,
-)
+from scratch_gpt.io_utils import atomic_directory, check_free_space, check_output, check_writable, mark_output
 from scratch_gpt.training import parallel
 from scratch_gpt.training.checkpoints import (
     checkpoint_dirs,
@@ -83,13 +75,7 @@ from scratch_gpt.training.checkpoints import (
     read_checkpoint_state,
     save_checkpoint,
 )
-from scratch_gpt.training.metrics import (
-    MetricsLog,
-    Throughput,
-    flops_per_token,
-    peak_flops,
-    use_tensorboard,
-)
+from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
 from scratch_gpt.training.parallel import NewModel, cpu_processes, world_size
 from scratch_gpt.training.run_config import check_resume_options, save_run_options
 
@@ -193,15 +179,10 @@ def default_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def make_loader(dataset, batch_size, collate_fn, sampler=None, drop_last=False, seed=0) -> DataLoader:
-    # A private generator: creating the iterator must not draw from the global RNG (resume exactness).
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate_fn or default_collate,
-        drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    """A loader with a private generator: creating its iterator must not draw from the global RNG (resume exactness)."""
+    generator = torch.Generator().manual_seed(seed)
+    collate_fn = collate_fn or default_collate
+    return DataLoader(dataset, batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=drop_last, generator=generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,19 +239,13 @@ def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device, syn
     `synced`: every process runs each step until all are done (a strategy's `generating` says when)."""
     model.eval()
     context = getattr(model.config, "max_position_embeddings", None) or 10**9
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = {"do_sample": True, "top_k": 40, "temperature": 0.8, "pad_token_id": pad_token_id, "synced_gpus": synced}
     texts = []
     for prompt in prompts:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids[:, -(context // 2) :].to(device)
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=min(max_new_tokens, context - input_ids.shape[1]),
-            do_sample=True,
-            top_k=40,
-            temperature=0.8,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            synced_gpus=synced,
-        )
+        max_new = min(max_new_tokens, context - input_ids.shape[1])
+        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new, **sampling)
         texts.append(tokenizer.decode(output[0], skip_special_tokens=True))
     model.train()
     return texts
@@ -343,16 +318,9 @@ class Position:
 
 
 class Trainer:
-    """One training run (see the module docstring): `Trainer(model, ...).fit(final_dir=...)`.
-
-    The constructor builds the run: its parallelism strategy (`parallel.choose`), the model (a
-    factory is called in the strategy's build context), the accelerator, the data loaders, the
-    optimizer and the schedule, all prepared. `fit` then restores a checkpoint (`restore`), runs
-    the epochs (`run_epoch`; after each optimizer step `log_progress`, `evaluate`, `checkpoint`
-    when due), evaluates at the end (`final_evaluation`) and saves (`save`). How the processes
-    share the model (placing, preparing, gradient sync, generating, saving, checkpoint slices) is
-    the strategy's decision, never this class'.
-    """
+    """One training run, `Trainer(model, ...).fit(final_dir=...)`: its steps are in the module docstring.
+    How the processes share the model (placing, preparing, gradient sync, generating, saving,
+    checkpoint slices) is the strategy's decision, never this class'."""
 
     def __init__(
         self,
@@ -421,7 +389,8 @@ class Trainer:
         if config.gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise BadInput(f"{type(model).__name__} does not support gradient checkpointing; drop --gradient-checkpointing.")
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # transformers >= 5.24
+            # activation_checkpointing_enable: transformers >= 5.24
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model = self.strategy.place(model, accelerator, config)
         model.train()
         optimizer = build_optimizer(model, config)
@@ -438,7 +407,8 @@ class Trainer:
         accelerator, config = self.accelerator, self.config
         self.eval_loader, self.test_loader = (accelerator.prepare(loader) if loader is not None else None for loader in (self.eval_loader, self.test_loader))
         self.train_eval_loader = None
-        if config.train_eval_batches:  # unshuffled: "the first N training batches" are the same ones at every evaluation
+        if config.train_eval_batches:
+            # unshuffled: "the first N training batches" are the same ones at every evaluation
             self.train_eval_loader = accelerator.prepare(make_loader(train_dataset, self.eval_batch_size, collate_fn, seed=config.seed))
         if self.tensorboard:
             hyperparameters = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
@@ -476,7 +446,8 @@ class Trainer:
         moments = sum(2 * 4 * p.numel() for p in parameters if p.requires_grad)  # AdamW's two fp32 moments
         saves = self.total_steps // self.config.save_every if self.config.save_every else 0
         at_once = min(saves, self.config.keep_checkpoints + 1)  # a new checkpoint is written before the oldest goes
-        check_free_space(self.output_dir, (weights if final_dir else 0) + at_once * (weights + moments), "output folder")
+        needed = (weights if final_dir else 0) + at_once * (weights + moments)
+        check_free_space(self.output_dir, needed, "output folder")
 
     def restore(self) -> None:
         """With `resume`, load the newest checkpoint and continue from its position."""
@@ -488,7 +459,8 @@ class Trainer:
             self.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
             self.last_checkpoint = checkpoint_name(self.position.step)
         if self.accelerator.is_main_process:
-            mark_output(self.output_dir, run=True)  # the run folder is ours from here on: a later run may replace what is in it
+            # the run folder is ours from here on: a later run may replace what is in it
+            mark_output(self.output_dir, run=True)
             save_run_options(self.config.run_options, self.output_dir)  # config.yaml: what the run (now) runs with
         self.log = MetricsLog(self.accelerator, self.output_dir, self.position.step if self.config.resume else None)
 
@@ -569,12 +541,14 @@ class Trainer:
 
     def check_finite(self, loss: torch.Tensor) -> None:
         """Stop with `TrainingDiverged` on a NaN or infinite loss (reduced over processes, so all stop)."""
-        if not torch.isfinite(loss).item():
-            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
-            raise TrainingDiverged(
-                f"The training loss became {loss.item()} before step {self.position.step}; training stopped and {kept}. "
-                "Lower the learning rate, raise warmup_steps or use bf16 instead of fp16."
-            )
+        if torch.isfinite(loss).item():
+            return
+        last = self.last_checkpoint
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"The training loss became {loss.item()} before step {self.position.step}; training stopped and {kept}. "
+            "Lower the learning rate, raise warmup_steps or use bf16 instead of fp16."
+        )
 
     def evaluate(self) -> dict[str, float]:
         """The validation metrics now, logged and printed (with samples when asked for)."""
@@ -591,13 +565,12 @@ class Trainer:
 
     def print_samples(self) -> None:
         """A generation for each of `config.sample_prompts`, when there is a tokenizer and the model generates."""
-        config, model = self.config, self.accelerator.unwrap_model(self.model)
-        if self.tokenizer is None or not config.sample_prompts or not hasattr(model, "generate"):
+        prompts, model = self.config.sample_prompts, self.accelerator.unwrap_model(self.model)
+        if self.tokenizer is None or not prompts or not hasattr(model, "generate"):
             return
         with self.strategy.generating(model) as synced:  # under FSDP every process generates, in step
-            samples = generate_samples(
-                model, self.tokenizer, config.sample_prompts, config.sample_max_new_tokens, self.accelerator.device, synced=synced
-            )
+            max_new_tokens, device = self.config.sample_max_new_tokens, self.accelerator.device
+            samples = generate_samples(model, self.tokenizer, prompts, max_new_tokens, device, synced=synced)
         for sample in samples:
             self.accelerator.print(f"  sample: {sample!r}")
 
@@ -628,7 +601,8 @@ class Trainer:
         record = {}
         for name, book in self.config.book_figures.items():
             ours = self.results.get(name)
-            self.accelerator.print(f"{name}: book: {book:.4g}, ours: " + ("not measured" if ours is None else f"{ours:.4g}"))
+            shown = "not measured" if ours is None else f"{ours:.4g}"
+            self.accelerator.print(f"{name}: book: {book:.4g}, ours: {shown}")
             record[f"book_{name}"] = book
             if ours is not None:
                 record[f"ours_{name}"] = ours
@@ -665,35 +639,22 @@ def train(
     eval_dataset,
     config: TrainingConfig,
     *,
-    test_dataset=None,
-    collate_fn: Callable[[list], dict] | None = None,
-    evaluate_fn: Callable[..., dict[str, float]] | None = None,
-    tokenizer=None,
     final_dir: str | os.PathLike | None = None,
     on_save: Callable[[Path, dict], None] | None = None,
     before_save: Callable[[torch.nn.Module], None] | None = None,
     merge_adapters: bool = False,
-    seq_len: int | None = None,
+    **options,
 ) -> dict[str, Any]:
     """Train `model`, or the model a zero-argument factory builds, on `train_dataset`; see the
-    module docstring for the contract."""
+    module docstring for the contract. `options` are the Trainer's (test_dataset, collate_fn,
+    evaluate_fn, tokenizer, seq_len), the others `fit`'s."""
     if final_dir is not None:
         check_writable(final_dir, "model folder")
         if Path(final_dir).resolve() == Path(config.output_dir).resolve():
             # The model folder is the run folder (fine-tuning): the run works beside it until the
             # save, so a previous model there stays whole, logs included, until it is replaced.
             config = replace(config, output_dir=str(work_folder(final_dir)))
-    trainer = Trainer(
-        model,
-        train_dataset,
-        eval_dataset,
-        config,
-        test_dataset=test_dataset,
-        collate_fn=collate_fn,
-        evaluate_fn=evaluate_fn,
-        tokenizer=tokenizer,
-        seq_len=seq_len,
-    )
+    trainer = Trainer(model, train_dataset, eval_dataset, config, **options)
     return trainer.fit(final_dir=final_dir, on_save=on_save, before_save=before_save, merge_adapters=merge_adapters)
 
 
