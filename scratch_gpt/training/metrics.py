@@ -90,8 +90,10 @@ class MetricsLog:
         if accelerator.is_main_process:
             output_dir.mkdir(parents=True, exist_ok=True)
             kept = []
-            if resume_step is not None and self.path.exists():  # drop what the interrupted run logged after its checkpoint
-                kept = [line for line in self.path.read_text().splitlines() if _step_of(line, resume_step + 1) <= resume_step]
+            if resume_step is not None and self.path.exists():
+                # drop what the interrupted run logged after its checkpoint
+                lines = self.path.read_text().splitlines()
+                kept = [line for line in lines if _step_of(line, resume_step + 1) <= resume_step]
             tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill here keeps the old log whole
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)

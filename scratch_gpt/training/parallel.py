@@ -157,8 +157,8 @@ class FSDP2(Plain):
     def place(self, model: torch.nn.Module, accelerator, config) -> torch.nn.Module:
         """Each process keeps its slices only; new weights are initialised after sharding."""
         sharding.shard_model(model, accelerator.device, seed=config.seed, mixed_precision=config.mixed_precision)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"FSDP: process {accelerator.process_index} holds {sharding.local_numel(model):,} of {total:,} parameters", flush=True)
+        held, total = sharding.local_numel(model), sum(p.numel() for p in model.parameters())
+        print(f"FSDP: process {accelerator.process_index} holds {held:,} of {total:,} parameters", flush=True)
         return model
 
     def prepare(self, accelerator, model, optimizer, scheduler) -> tuple:

@@ -99,7 +99,8 @@ def shard_model(model: torch.nn.Module, device: torch.device, *, seed: int, mixe
     buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers() if not buffer.is_meta}
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision == "bf16" else MixedPrecisionPolicy()
+    bf16 = {"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32} if mixed_precision == "bf16" else {}
+    policy = MixedPrecisionPolicy(**bf16)
     for module in model.modules():
         if isinstance(module, blocks):
             fully_shard(module, mesh=mesh, mp_policy=policy)
