@@ -20,9 +20,6 @@ from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.training.loop import NewModel, check_output_dir, process_state, train
 
 
-# ----------------------------------------------------------------------------------------------
-
-
 def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     """`--tokenizer`, else the tokenizer of `--init-from` (its ids are the model's), else a new one
     trained on the training documents only (never on validation text), by the main process; the
@@ -148,7 +145,8 @@ def prepare_data(args, tokenizer, train_docs, val_docs):
         train_blocks = pack_dataset(train_docs, tokenizer, block_size=args.block_size, stride=args.stride, num_proc=args.num_proc)
         val_blocks = pack_dataset(val_docs, tokenizer, block_size=args.block_size, num_proc=args.num_proc)
     if args.streaming:
-        val_blocks = datasets.Dataset.from_list(list(itertools.islice(val_blocks, (args.eval_max_batches or 50) * args.batch_size)))
+        kept = (args.eval_max_batches or 50) * args.batch_size
+        val_blocks = datasets.Dataset.from_list(list(itertools.islice(val_blocks, kept)))
     val_texts = [row["text"] for row in itertools.islice(val_docs, 500)]
     stats = {
         "bytes_per_token": bytes_per_token(val_texts, tokenizer),
@@ -168,8 +166,8 @@ def pretrain(args: PretrainOptions) -> dict:
     from scratch_gpt.hub import write_model_card
     from scratch_gpt.sources import read_texts
 
-    config = args.training()  # the options were checked when parsed; the output folder is checked here
-    output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from], replaces=False)  # a run folder
+    config = args.training()  # the options were checked when parsed; the output folder (a run folder) is checked here
+    output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from], replaces=False)
     process_state()  # this process among those launched, before any other accelerate object
     set_seed(args.seed)
     corpus = read_texts(
@@ -182,10 +180,11 @@ def pretrain(args: PretrainOptions) -> dict:
     config.bytes_per_token = stats["bytes_per_token"]
 
     def write_card(folder: Path, metrics: dict) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "runtime_s"}
         write_model_card(
             folder,
             kind="base",
-            metrics={**{k: v for k, v in metrics.items() if k != "runtime_s"}, "unigram_entropy": stats["unigram_entropy"]},
+            metrics={**metrics, "unigram_entropy": stats["unigram_entropy"]},
             hyperparameters=hyperparameters(args),
             datasets=[args.data],
             base_model=args.init_from,
