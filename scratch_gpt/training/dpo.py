@@ -60,19 +60,13 @@ from scratch_gpt.training.finetune import (
     pad_batch,
 )
 from scratch_gpt.training.instruct import make_trainable, read_instruction_records
-from scratch_gpt.training.loop import (
-    check_output_dir,
-    make_loader,
-    process_state,
-    train,
-)
+from scratch_gpt.training.loop import check_output_dir, make_loader, process_state, train
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. Records -> preference pairs
-# ----------------------------------------------------------------------------------------------
 def to_pair(record, index: int, source: str) -> dict:
     """One record as `{"prompt", "chosen", "rejected"}`; ValueError naming the record.
 
@@ -123,7 +117,6 @@ def identical_pairs(records: list) -> list[int]:
 
 # ----------------------------------------------------------------------------------------------
 # 2. Pairs -> tokens
-# ----------------------------------------------------------------------------------------------
 def render(tokenizer, prompt, answer) -> tuple[str, str]:
     """The prompt as text (ending where the answer starts) and the whole text, prompt + answer."""
     if isinstance(prompt, str):
@@ -179,7 +172,6 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> datasets.Da
 
 # ----------------------------------------------------------------------------------------------
 # 3. The collator, the loss and the model the loop trains
-# ----------------------------------------------------------------------------------------------
 @dataclass
 class PreferenceCollator:
     """Pads B pairs into one batch of 2B sequences: the B chosen ones, then the B rejected ones.
@@ -297,7 +289,6 @@ def disable_dropout(model: nn.Module) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # 4. Metrics of an evaluation
-# ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def preference_metrics(model, loader, accelerator, max_batches: int | None = None) -> dict[str, float]:
     """DPO loss, reward margin, reward accuracy and mean rewards over the pairs of `loader`."""
@@ -342,7 +333,6 @@ def evaluate_with_training_pairs(train_probe, collate_fn, config):
 
 # ----------------------------------------------------------------------------------------------
 # finetune-dpo
-# ----------------------------------------------------------------------------------------------
 def read_pairs(args: DPOOptions, tokenizer) -> tuple[datasets.Dataset, int]:
     """The records of `--data` as checked preference pairs (ties skipped with `--skip-identical`),
     tokenized and cut to the token budget."""
@@ -383,7 +373,7 @@ def finetune_dpo(args: DPOOptions) -> dict:
         raise BadInput("finetune-dpo does not run under FSDP yet; launch it without --fsdp and the FSDP config (DDP works).")
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()
-    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)
 
     # 1-2. records -> pairs -> tokens, all checked before the model loads
     rows, max_length = read_pairs(args, tokenizer)
