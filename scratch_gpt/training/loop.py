@@ -156,9 +156,7 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: f
 
 class EpochShuffleSampler(Sampler):
     """A new permutation each epoch, fixed by (seed, epoch): the data order survives a restart.
-
-    The loop sets `epoch` before iterating; no global random state is consumed.
-    """
+    The loop sets `epoch` before iterating; no global random state is consumed."""
 
     def __init__(self, num_items: int, seed: int, shuffle: bool = True):
         self.num_items, self.seed, self.shuffle, self.epoch = num_items, seed, shuffle, 0
@@ -181,8 +179,9 @@ def default_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
 def make_loader(dataset, batch_size, collate_fn, sampler=None, drop_last=False, seed=0) -> DataLoader:
     """A loader with a private generator: creating its iterator must not draw from the global RNG (resume exactness)."""
     generator = torch.Generator().manual_seed(seed)
-    collate_fn = collate_fn or default_collate
-    return DataLoader(dataset, batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=drop_last, generator=generator)
+    return DataLoader(
+        dataset, batch_size, sampler=sampler, collate_fn=collate_fn or default_collate, drop_last=drop_last, generator=generator
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,11 +279,9 @@ def check_no_other_run(config: TrainingConfig, output_dir: Path) -> None:
 
 def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool) -> Accelerator:
     """An Accelerator with this run's precision, accumulation and tracker."""
-    # Each run chooses its own precision and plugins, so the state a previous run in this process
-    # left behind is reset; the process group of PartialState is kept. accelerate keeps that state
-    # in a singleton and has no public reset (1.16: only the private `_reset_state`, which its own
-    # tests use), so this private call stays; tests/test_training.py pins the accelerate versions
-    # it is known to hold for.
+    # Each run chooses its own precision and plugins: the state a previous run in this process left
+    # in accelerate's singleton is reset (the process group of PartialState is kept). Only the private
+    # `_reset_state` does it (1.16, as accelerate's own tests); tests/test_training.py pins the versions.
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
@@ -346,9 +343,9 @@ class Trainer:
         self.accelerator = new_accelerator(config, self.output_dir, self.tensorboard)
         set_seed(config.seed)
         self.evaluate_fn, self.tokenizer = evaluate_fn, tokenizer
-        self.build_loaders(train_dataset, eval_dataset, test_dataset, collate_fn)
+        self.build_train_loader(train_dataset, collate_fn)
         self.build_model(model)
-        self.prepare_evaluation(train_dataset, collate_fn)
+        self.prepare_evaluation(train_dataset, eval_dataset, test_dataset, collate_fn)
         self.flops_per_token = flops_per_token(self.accelerator.unwrap_model(self.model), seq_len)
         self.peak_flops = config.peak_flops or peak_flops(self.accelerator.device, config.mixed_precision)
         self.forward_kwargs = loss_kwargs(self.model, self.accelerator, config)  # see loss_kwargs
@@ -360,8 +357,8 @@ class Trainer:
         self.progress: tqdm | None = None
         self.last_checkpoint: str | None = None
 
-    def build_loaders(self, train_dataset, eval_dataset, test_dataset, collate_fn) -> None:
-        """The data loaders, not yet prepared; the training set must hold one global batch."""
+    def build_train_loader(self, train_dataset, collate_fn) -> None:
+        """The training loader, not yet prepared; the training set must hold one global batch."""
         config = self.config
         self.streaming = isinstance(train_dataset, IterableDataset)  # read in order, once per epoch; no length
         if self.streaming and not config.max_steps:
@@ -374,14 +371,6 @@ class Trainer:
             )
         self.sampler = None if self.streaming else EpochShuffleSampler(len(train_dataset), config.seed, config.shuffle)
         self.train_loader = make_loader(train_dataset, config.batch_size, collate_fn, self.sampler, drop_last=True, seed=config.seed)
-        self.eval_loader, self.test_loader = (
-            make_loader(data, self.eval_batch_size, collate_fn, seed=config.seed) if data is not None and len(data) > 0 else None
-            for data in (eval_dataset, test_dataset)
-        )
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.config.eval_batch_size or self.config.batch_size
 
     def build_model(self, model: torch.nn.Module) -> None:
         """The model placed by the strategy, the optimizer and the schedule, prepared with the training data."""
@@ -401,28 +390,25 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.model, self.optimizer, self.scheduler = self.strategy.prepare(accelerator, model, optimizer, scheduler)
 
-    def prepare_evaluation(self, train_dataset, collate_fn) -> None:
-        """The evaluation and test loaders prepared (after the model: accelerate's order), the
+    def prepare_evaluation(self, train_dataset, eval_dataset, test_dataset, collate_fn) -> None:
+        """The evaluation and test loaders (prepared after the model: accelerate's order), the
         training data in order for `train_eval_loss`, and the tracker."""
         accelerator, config = self.accelerator, self.config
-        self.eval_loader, self.test_loader = (accelerator.prepare(loader) if loader is not None else None for loader in (self.eval_loader, self.test_loader))
-        self.train_eval_loader = None
-        if config.train_eval_batches:
-            # unshuffled: "the first N training batches" are the same ones at every evaluation
-            self.train_eval_loader = accelerator.prepare(make_loader(train_dataset, self.eval_batch_size, collate_fn, seed=config.seed))
+        batch_size = config.eval_batch_size or config.batch_size
+
+        def loader(data):
+            return accelerator.prepare(make_loader(data, batch_size, collate_fn, seed=config.seed))
+
+        self.eval_loader = loader(eval_dataset) if eval_dataset is not None and len(eval_dataset) > 0 else None
+        self.test_loader = loader(test_dataset) if test_dataset is not None and len(test_dataset) > 0 else None
+        # unshuffled: "the first N training batches" are the same ones at every evaluation
+        self.train_eval_loader = loader(train_dataset) if config.train_eval_batches else None
         if self.tensorboard:
             hyperparameters = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
             accelerator.init_trackers("tensorboard", config=hyperparameters)
 
-    def fit(
-        self,
-        *,
-        final_dir: str | os.PathLike | None = None,
-        on_save: Callable[[Path, dict], None] | None = None,
-        before_save: Callable[[torch.nn.Module], None] | None = None,
-        merge_adapters: bool = False,
-    ) -> dict[str, Any]:
-        """Restore, train to the last step, evaluate and save; returns the final metrics."""
+    def fit(self, *, final_dir=None, on_save=None, before_save=None, merge_adapters: bool = False) -> dict[str, Any]:
+        """Restore, train to the last step, evaluate and save (arguments: see `train`); returns the final metrics."""
         self.check_room_to_save(final_dir)
         self.restore()
         if self.config.eval_at_start and self.eval_loader is not None and self.position.step == 0:
@@ -683,16 +669,13 @@ def save_model(
     strategy: parallel.Plain | None = None,
 ) -> None:
     """Write the (possibly wrapped, compiled or sharded) `model` as a `save_pretrained` folder.
-
     Every process calls it (gathering a sharded model is collective); the main process writes
     into a temporary folder that replaces `folder` in one rename, so a crash leaves the previous
     folder or none. The folder holds the weights (safetensors, `_orig_mod.` of torch.compile
     stripped; with `merge_adapters` LoRA adapters are folded in, else a PEFT model saves only its
-    adapter), the config and remote code, `tokenizer`, `metrics.json`, the run's loss curve (and,
-    when `folder` is the run folder itself, its `metrics.jsonl` and TensorBoard logs), then
-    whatever `on_save(tmp_folder, metrics)` adds. `strategy` (the run's, see `parallel.py`) gives
-    the full model; by default the one that holds `model` as it is.
-    """
+    adapter), the config and remote code, `tokenizer`, `metrics.json`, the run's files
+    (`copy_run_files`), then whatever `on_save(tmp_folder, metrics)` adds. `strategy` (the run's,
+    see `parallel.py`) gives the full model; by default the one that holds `model` as it is."""
     strategy = parallel.of_model(model) if strategy is None else strategy
     unwrapped, state_dict = strategy.full_model(accelerator, model, merge_adapters)
     if state_dict is not None:
