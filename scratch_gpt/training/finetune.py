@@ -23,7 +23,8 @@ def load_base_tokenizer(model: str, trust_remote_code: bool = False):
     from scratch_gpt.convert import load_pretrained
     from scratch_gpt.tokenizer import complete_tokenizer
 
-    return complete_tokenizer(load_pretrained(AutoTokenizer.from_pretrained, model, trust_remote_code=trust_remote_code))
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model, trust_remote_code=trust_remote_code)
+    return complete_tokenizer(tokenizer)
 
 
 def card_writer(args: FinetuneOptions, kind: str, extra=None, **card):
@@ -84,13 +85,11 @@ def hold_out(rows, fraction: float, seed: int, what: str):
 
 
 def pad_batch(sequences: list[tuple], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """A batch for a causal LM from `(input_ids, label_mask)` pairs, padded on the right.
-
-    `input_ids` are padded with `pad_token_id`, `attention_mask` is 1 on tokens and 0 on padding, and
-    `labels` are the input ids (the model shifts them by one) with IGNORE_INDEX on padding and where
-    `label_mask` is 0 (None: every token is a label). Padding is told by length, never by id, so each
-    sequence keeps its own end-of-text target even when the pad token is end-of-text.
-    """
+    """A batch for a causal LM from `(input_ids, label_mask)` pairs, padded on the right with
+    `pad_token_id`; `attention_mask` is 1 on tokens and 0 on padding, and `labels` are the input ids
+    (the model shifts them by one) with IGNORE_INDEX on padding and where `label_mask` is 0 (None:
+    every token is a label). Padding is told by length, never by id, so each sequence keeps its own
+    end-of-text target even when the pad token is end-of-text."""
     length = max(len(ids) for ids, _ in sequences)
     input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)

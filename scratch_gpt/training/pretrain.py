@@ -27,8 +27,8 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     or chat template (GPT-2's) is completed (`complete_tokenizer`) and saved so with the model."""
     from transformers import AutoTokenizer
 
-    from scratch_gpt.convert import load_pretrained
-    from scratch_gpt.tokenizer import complete_tokenizer, train_tokenizer
+    from scratch_gpt.tokenizer import train_tokenizer
+    from scratch_gpt.training.finetune import load_base_tokenizer
 
     if args.tokenizer and not Path(args.tokenizer).is_dir():
         raise MissingFile(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
@@ -36,8 +36,7 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     state = process_state()
     if source:
         try:
-            tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, trust_remote_code=args.trust_remote_code)
-            tokenizer = complete_tokenizer(tokenizer)
+            tokenizer = load_base_tokenizer(source, args.trust_remote_code)
         except MissingFile:
             raise MissingFile(
                 f"{source!r} holds no tokenizer; pass the one the model was trained with as --tokenizer."
@@ -132,11 +131,9 @@ def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
 
 
 def prepare_data(args, tokenizer, train_docs, val_docs):
-    """Pack the training and validation documents into blocks (validation: disjoint).
-
-    With `--streaming` the training blocks stay a lazy stream; validation keeps its first
-    `eval_batches * batch_size` blocks in memory, so every evaluation sees the same blocks.
-    """
+    """Pack the training and validation documents into blocks (validation: disjoint). With `--streaming`
+    the training blocks stay a lazy stream; validation keeps its first `eval_batches * batch_size`
+    blocks in memory, so every evaluation sees the same blocks."""
     import datasets
 
     from scratch_gpt.data import bytes_per_token, pack_dataset, unigram_entropy
