@@ -119,12 +119,10 @@ def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> Non
 
 def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature: dict | None = None, slices=NoSlices()) -> dict:
     """Restore the newest complete checkpoint of the run in `output_dir`; skip damaged ones with a warning.
-
-    Each checkpoint is checked before any state is touched: its files against their recorded sizes,
-    then (with `signature`, see `model_signature`) its model against this one. Another model is an
-    error, not a reason to skip; so is a checkpoint of a sharded run for a run that is not (or the
-    reverse), and no loadable checkpoint at all. `slices`: as for `save_checkpoint`.
-    """
+    Each is checked before any state is touched: its files against their recorded sizes, then (with
+    `signature`, see `model_signature`) its model against this one. Another model is an error, not a
+    reason to skip; so is a checkpoint of a sharded run for a run that is not (or the reverse), and no
+    loadable checkpoint at all. `slices`: as for `save_checkpoint`."""
     folder = Path(output_dir) / "checkpoints"
     checkpoints = checkpoint_dirs(output_dir)
     if not checkpoints:

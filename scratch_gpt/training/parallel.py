@@ -21,10 +21,8 @@ What a strategy decides, in the order a run meets it:
     full_model(accelerator, model, merge_adapters)    what `save_model` writes
     slices(model, optimizer)                          what a checkpoint holds besides `save_state`
 
-A model factory is a zero-argument callable returning the model. One that makes a new model (its
-weights initialised, not read from a folder) is marked `NewModel(factory)`: under FSDP a read
-model is read by the main process only and sent into the others' slices, a new one is built on
-the meta device everywhere and initialised slice by slice (see `sharding.py`).
+A model factory is a zero-argument callable returning the model; one that makes new weights (none
+read from a folder) is marked `NewModel(factory)`. What FSDP does with each: `sharding.py`.
 """
 
 import contextlib
@@ -45,10 +43,8 @@ def world_size() -> int:
 
 def cpu_processes() -> bool:
     """True in a process that `accelerate launch --multi_gpu` started on a machine without a GPU.
-
     The launcher resets ACCELERATE_USE_CPU, and accelerate then sets up no process group at all;
-    telling it `cpu=True` gives the gloo backend, so the same command works on CPU (and in CI).
-    """
+    telling it `cpu=True` gives the gloo backend, so the same command works on CPU (and in CI)."""
     return not torch.cuda.is_available() and world_size() > 1
 
 

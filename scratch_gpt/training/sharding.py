@@ -84,11 +84,8 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def shard_model(model: torch.nn.Module, device: torch.device, *, seed: int, mixed_precision: str = "no"):
-    """Shard `model` (built by `build_context`) over every process and fill its slices; returns it.
-
-    Collective: every process calls it. What fills the slices is the main process' choice: its
-    weights when it read them, else a new initialisation (`init_weights`).
-    """
+    """Shard `model` (built by `build_context`) over every process and fill its slices (steps 2-3
+    above); returns it. Collective. The main process read the weights, or all initialise new ones."""
     blocks = block_classes(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under LoRA adapters
     if hasattr(base, "tie_weights"):
