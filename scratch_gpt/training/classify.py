@@ -82,12 +82,9 @@ def label_ids(feature, values: list, label_column: str, num_labels: int | None, 
 def encode_labels(
     dataset: datasets.Dataset, label_column: str, *, num_labels: int | None = None, label_names: list[str] | None = None
 ) -> tuple[datasets.Dataset, list[str]]:
-    """Return the dataset with integer `labels` and the label names (index = label id).
-
-    String labels are mapped to ids in the order of `label_names` (default: sorted). Integer
-    labels must lie in [0, num_labels) (default: num_labels = largest label + 1). A `ClassLabel`
-    column brings its own names.
-    """
+    """Return the dataset with integer `labels` and the label names (index = label id). String labels
+    are mapped to ids in the order of `label_names` (default: sorted). Integer labels must lie in
+    [0, num_labels) (default: num_labels = largest label + 1). A `ClassLabel` column brings its own names."""
     values = list(dataset[label_column])
     blank = [row for row, value in enumerate(values) if value is None or (isinstance(value, str) and not value.strip())]
     if blank:
@@ -156,11 +153,8 @@ def tokenize_texts(dataset: datasets.Dataset, tokenizer, text_column: str, max_l
     truncated = sum(len(row) > max_length for row in ids)
     if truncated:
         logger.warning(
-            "%d of %d texts are longer than %d tokens and were truncated to their first %d tokens.",
-            truncated,
-            len(ids),
-            max_length,
-            max_length,
+            f"{truncated} of {len(ids)} texts are longer than {max_length} tokens "
+            f"and were truncated to their first {max_length} tokens."
         )
     return dataset.add_column("input_ids", [row[:max_length] for row in ids])
 
@@ -184,10 +178,8 @@ def set_trainable(model, trainable: str, last_blocks: int = 1) -> None:
 # 5. Metrics
 class ClassificationMetrics(evaluate.Metric):
     """Accuracy and macro-averaged precision, recall and F1 (over the classes seen in either input).
-
     An `evaluate.Metric` defined here rather than `evaluate.load("accuracy")`, which fetches its
-    script from the Hub; `add_batch` / `compute` work as for any other metric, offline.
-    """
+    script from the Hub; `add_batch` / `compute` work as for any other metric, offline."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -223,9 +215,8 @@ def classification_metrics(model, dataloader, accelerator=None) -> dict:
     device = next(model.parameters()).device
     losses = []
     for batch in dataloader:
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
+        inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
+        logits = model(**inputs).logits
         references = batch["labels"].to(device)
         loss = F.cross_entropy(logits.float(), references, reduction="none")  # single-label: the training loss
         predictions = logits.argmax(-1)

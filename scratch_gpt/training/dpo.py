@@ -68,11 +68,9 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 # 1. Records -> preference pairs
 def to_pair(record, index: int, source: str) -> dict:
-    """One record as `{"prompt", "chosen", "rejected"}`; ValueError naming the record.
-
-    Chat-shaped: `prompt` a list of messages, `chosen` and `rejected` lists of assistant messages.
-    Plain text: all three strings, the answers to be appended to the prompt as they are.
-    """
+    """One record as `{"prompt", "chosen", "rejected"}`; ValueError naming the record. Chat-shaped:
+    `prompt` a list of messages, `chosen` and `rejected` lists of assistant messages. Plain text:
+    all three strings, the answers to be appended to the prompt as they are."""
     where = f"Record {index} of {source!r}"
     if not isinstance(record, dict):
         raise BadInput(f"{where} is a {type(record).__name__}, not an object with prompt, chosen and rejected.")
@@ -129,11 +127,9 @@ def render(tokenizer, prompt, answer) -> tuple[str, str]:
 
 
 def tokenize_answer(tokenizer, prompt, answer) -> dict:
-    """`input_ids` of prompt + answer and `answer_mask` (1 = a token of the answer).
-
-    The whole text is tokenized at once (as at inference) and a token belongs to the answer when
-    it ends after the prompt's last character. An end-of-text token closes every answer.
-    """
+    """`input_ids` of prompt + answer and `answer_mask` (1 = a token of the answer). The whole text
+    is tokenized at once (as at inference) and a token belongs to the answer when it ends after the
+    prompt's last character. An end-of-text token closes every answer."""
     prompt_text, text = render(tokenizer, prompt, answer)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = encoding["input_ids"]
@@ -158,12 +154,8 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> datasets.Da
     kept = [row for row in rows if any(row["chosen_answer_mask"]) and any(row["rejected_answer_mask"])]
     if truncated:
         logger.warning(
-            "%d answers are longer than %d tokens with their prompt and were truncated; %d of %d pairs lost a "
-            "whole answer and were dropped.",
-            truncated,
-            max_length,
-            len(rows) - len(kept),
-            len(rows),
+            f"{truncated} answers are longer than {max_length} tokens with their prompt and were truncated; "
+            f"{len(rows) - len(kept)} of {len(rows)} pairs lost a whole answer and were dropped."
         )
     if not kept:
         raise BadInput(f"No pair has both answers within {max_length} tokens; raise --max-length or shorten the data.")
@@ -175,9 +167,7 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> datasets.Da
 @dataclass
 class PreferenceCollator:
     """Pads B pairs into one batch of 2B sequences: the B chosen ones, then the B rejected ones.
-
-    `labels` are the input ids on answer tokens and -100 elsewhere (prompt and padding).
-    """
+    `labels` are the input ids on answer tokens and -100 elsewhere (prompt and padding)."""
 
     pad_token_id: int
 
@@ -189,10 +179,8 @@ class PreferenceCollator:
 
 def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(answer | prompt) of each sequence: the sum over its answer tokens of log p(token).
-
     logits (N, T, V) and labels (N, T), -100 where a token is not part of the answer. The logits
-    at position t predict the token at t + 1, so both are shifted by one, as in the LM loss.
-    """
+    at position t predict the token at t + 1, so both are shifted by one, as in the LM loss."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
     is_answer = labels != IGNORE_INDEX
     log_probs = torch.log_softmax(logits, dim=-1)  # (N, T-1, V)
@@ -217,13 +205,11 @@ class DPOOutput(ModelOutput):
 
 class DPOModel(nn.Module):
     """The policy being trained next to its frozen reference; `forward` returns the DPO loss.
-
     The reference is a copy of the policy as it starts, without gradients and always in eval
     mode. For a LoRA policy (a PEFT model) it is the same model with its adapters disabled, so
     no second copy of the weights exists. Saving saves the policy only; any other attribute the
     loop or a user asks for (`config`, `generation_config`, `generate`, `merge_and_unload`, ...)
-    is the policy's.
-    """
+    is the policy's."""
 
     def __init__(self, policy: nn.Module, beta: float = 0.1):
         super().__init__()
@@ -239,10 +225,8 @@ class DPOModel(nn.Module):
             reference_logps = answer_logprobs(self.reference_logits(inputs), labels)
         policy_chosen, policy_rejected = policy_logps.chunk(2)
         reference_chosen, reference_rejected = reference_logps.chunk(2)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.beta
-        )
-        return DPOOutput(loss=losses.mean(), chosen_rewards=chosen_rewards.detach(), rejected_rewards=rejected_rewards.detach())
+        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.beta)
+        return DPOOutput(loss=losses.mean(), chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())
 
     def reference_logits(self, inputs: dict) -> torch.Tensor:
         if self.reference is None:
@@ -259,7 +243,7 @@ class DPOModel(nn.Module):
     def save_pretrained(self, folder, state_dict=None, **kwargs) -> None:
         """The policy's `save_pretrained` (a model folder, or an adapter folder for LoRA)."""
         if state_dict is not None:  # the wrapper's: keep the policy's tensors, under the policy's names
-            state_dict = {key.removeprefix("policy."): value for key, value in state_dict.items() if key.startswith("policy.")}
+            state_dict = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
         self.policy.save_pretrained(folder, state_dict=state_dict, **kwargs)
 
     def can_generate(self) -> bool:
@@ -314,12 +298,12 @@ def preference_metrics(model, loader, accelerator, max_batches: int | None = Non
 def evaluate_with_training_pairs(train_probe, collate_fn, config):
     """The loop's `evaluate_fn`: metrics on the held-out pairs (`eval_...`; the loss is the loop's
     `eval_loss`) and on `train_probe`, a fixed set of training pairs (`train_pairs_...`)."""
-    probe_loader = None
+    probe_loader, batch_size = None, config.eval_batch_size or config.batch_size
 
     def evaluate(model, eval_loader, accelerator) -> dict[str, float]:
         nonlocal probe_loader
         if probe_loader is None:
-            probe_loader = accelerator.prepare(make_loader(train_probe, config.eval_batch_size or config.batch_size, collate_fn))
+            probe_loader = accelerator.prepare(make_loader(train_probe, batch_size, collate_fn))
         held_out = preference_metrics(model, eval_loader, accelerator, config.eval_max_batches)
         training = preference_metrics(model, probe_loader, accelerator, config.eval_max_batches)
         return {
@@ -341,7 +325,7 @@ def read_pairs(args: DPOOptions, tokenizer) -> tuple[datasets.Dataset, int]:
         raise BadInput(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
     skipped = set(identical_pairs(records)) if args.skip_identical else set()
     if skipped:
-        logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
+        logger.warning(f"Skipped {len(skipped)} records whose chosen and rejected answers are the same: {sorted(skipped)}.")
     pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
     max_length = max_length_for(args.model, args.max_length, tokenizer)
     return tokenize_pairs(tokenizer, pairs, max_length), max_length
@@ -378,7 +362,8 @@ def finetune_dpo(args: DPOOptions) -> dict:
     # 1-2. records -> pairs -> tokens, all checked before the model loads
     rows, max_length = read_pairs(args, tokenizer)
     train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "pairs")
-    train_probe = train_set.select(range(min(len(val_set), len(train_set))))  # training pairs measured like the held-out
+    # as many training pairs as held-out ones, measured like them
+    train_probe = train_set.select(range(min(len(val_set), len(train_set))))
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
 
     # 3. the loop builds the policy and the reference (under FSDP the main process reads the weights)

@@ -51,11 +51,9 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 # 1. Records -> conversations
 def read_instruction_records(source, *, split: str = "train", **options) -> list[dict]:
-    """The records of `source` (see `scratch_gpt.sources.read_records`), each with only the keys it has.
-
-    A Dataset gives every record every column (None where a record has none), so Alpaca records
-    and chat records can share one file; the None values are dropped to give each back its shape.
-    """
+    """The records of `source` (see `scratch_gpt.sources.read_records`), each with only the keys it has:
+    a Dataset gives every record every column (None where a record has none), so Alpaca records and
+    chat records can share one file; the None values are dropped to give each back its shape."""
     rows = read_records(source, split=split, **options).to_list()
     return [{key: value for key, value in row.items() if value is not None} for row in rows]
 
@@ -90,11 +88,9 @@ def to_messages(record, index: int, source: str) -> list[dict]:
 # 2. Conversations -> tokens
 def tokenize_conversation(tokenizer, messages: list[dict]) -> dict:
     """`input_ids` of the rendered conversation and `assistant_mask` (1 = token of an answer).
-
     An answer spans from the end of the prompt rendered up to it (with the generation prompt) to
     the end of the conversation rendered through it, so it includes the end-of-text token the
-    template puts after every answer. Tokens are matched to spans by their character offsets.
-    """
+    template puts after every answer. Tokens are matched to spans by their character offsets."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = [
         (
@@ -117,23 +113,15 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> dict:
 
 def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_length: int) -> datasets.Dataset:
     """Tokenize all; cut to `max_length` with ONE warning; drop those left without any answer token.
-
-    Each row keeps `record`, the index of its conversation in `conversations`.
-    """
+    Each row keeps `record`, the index of its conversation in `conversations`."""
     rows = [tokenize_conversation(tokenizer, messages) for messages in conversations]
     truncated = sum(len(row["input_ids"]) > max_length for row in rows)
-    rows = [
-        {"record": index, **{key: values[:max_length] for key, values in row.items()}} for index, row in enumerate(rows)
-    ]
+    rows = [{"record": i, **{key: values[:max_length] for key, values in row.items()}} for i, row in enumerate(rows)]
     kept = [row for row in rows if any(row["assistant_mask"])]
     if truncated:
         logger.warning(
-            "%d of %d conversations are longer than %d tokens and were truncated; %d of them lost their whole "
-            "answer and were dropped.",
-            truncated,
-            len(rows),
-            max_length,
-            len(rows) - len(kept),
+            f"{truncated} of {len(rows)} conversations are longer than {max_length} tokens and were truncated; "
+            f"{len(rows) - len(kept)} of them lost their whole answer and were dropped."
         )
     if not kept:
         raise BadInput(
@@ -164,10 +152,7 @@ def generate_answers(model, tokenizer, conversations: list[list[dict]], generati
     """Greedy answers to each conversation's prompt (everything before its last answer)."""
     model.eval()
     device = next(model.parameters()).device
-    prompts = [
-        tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        for messages in conversations
-    ]
+    prompts = [tokenizer.apply_chat_template(m[:-1], tokenize=False, add_generation_prompt=True) for m in conversations]
     answers = []
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(
@@ -181,8 +166,9 @@ def generate_answers(model, tokenizer, conversations: list[list[dict]], generati
         if room < 1:
             answers += [""] * len(inputs["input_ids"])  # the prompt alone fills the context
             continue
+        config = fit_to_context(generation_config, room)
         # synced_gpus: under FSDP every process runs each step's forward, until all are done
-        output = model.generate(**inputs, generation_config=fit_to_context(generation_config, room), synced_gpus=is_sharded(model))
+        output = model.generate(**inputs, generation_config=config, synced_gpus=is_sharded(model))
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return answers
@@ -238,11 +224,11 @@ def answer_hooks(generation_config: GenerationConfig, tokenizer, answered: list[
         with gathered_root(trained):
             answers[:] = generate_answers(trained, tokenizer, answered, generation_config, batch_size=batch_size)
 
-    def write_answers_and_generation_config(folder: Path) -> None:
+    def write_answers_and_config(folder: Path) -> None:
         write_answers(folder / "answers.jsonl", answered, answers)
         generation_config.save_pretrained(folder)
 
-    return answer_held_out, write_answers_and_generation_config
+    return answer_held_out, write_answers_and_config
 
 
 def finetune_instruct(args: InstructOptions) -> dict:
@@ -271,7 +257,7 @@ def finetune_instruct(args: InstructOptions) -> dict:
 
     # 3-4. the shared loop builds the model (under FSDP the main process reads the weights); its
     # evaluations, before and after, are the held-out loss; one save also holds the held-out answers
-    answer_held_out, write_answers_and_generation_config = answer_hooks(generation_config, tokenizer, answered, args.batch_size)
+    answer_held_out, write_answers_and_config = answer_hooks(generation_config, tokenizer, answered, args.batch_size)
     metrics = train(
         model_factory(args, generation_config, state),
         train_set,
@@ -281,7 +267,7 @@ def finetune_instruct(args: InstructOptions) -> dict:
         tokenizer=tokenizer,
         final_dir=config.output_dir,
         before_save=answer_held_out,
-        on_save=card_writer(args, "instruct", extra=write_answers_and_generation_config),
+        on_save=card_writer(args, "instruct", extra=write_answers_and_config),
         merge_adapters=args.save_merged,
         seq_len=max_length,
     )
