@@ -183,11 +183,11 @@ class FSDP2(Plain):
 
 
 def choose(fsdp: bool = False) -> Plain:
-    """FSDP2 when asked for (`--fsdp` or an accelerate FSDP config) with more than one process,
-    else DDP with more than one process, else Plain."""
-    if sharding.fsdp_enabled(fsdp):
-        return FSDP2()
-    return DDP() if world_size() > 1 else Plain()
+    """Plain for one process; with more, FSDP2 when asked for (`--fsdp` or an accelerate FSDP config), else DDP."""
+    if world_size() == 1:
+        return Plain()
+    fsdp = fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return FSDP2() if fsdp else DDP()
 
 
 def of_model(model: torch.nn.Module) -> Plain:

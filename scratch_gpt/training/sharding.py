@@ -48,21 +48,10 @@ from scratch_gpt.errors import BadInput
 SHARDS_FOLDER = "sharded"  # a checkpoint's model and optimizer slices, one file per process
 
 
-def fsdp_enabled(fsdp_flag: bool = False) -> bool:
-    """True when FSDP is asked for (`--fsdp`, or an accelerate FSDP config) and there is more than
-    one process to shard over; with one process the loop trains as usual."""
-    asked = fsdp_flag or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    return asked and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def build_context(*, load: bool):
     """Where a process builds (`load=False`) or reads (`load=True`) its part of a model to shard:
     the meta device, except the main process when it reads the weights."""
-    if load and is_main_process():
+    if load and int(os.environ.get("RANK", "0")) == 0:  # the main process
         return contextlib.nullcontext()
     return init_empty_weights()  # parameters on meta, buffers (computed, small) real
 
@@ -139,12 +128,10 @@ def unsharded_copy(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) 
     `state_dict` (on the CPU, without copying): what `save_pretrained` and `merge_and_unload` expect."""
     from peft import PeftModel, get_peft_model
 
-    def plain_class(module):
-        return next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
-
     base = model.get_base_model() if isinstance(model, PeftModel) else model
+    plain_class = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))  # before fully_shard
     with init_empty_weights():
-        copy = plain_class(base)(base.config)
+        copy = plain_class(base.config)
         if isinstance(model, PeftModel):
             copy = get_peft_model(copy, model.peft_config[model.active_adapter])
     copy.load_state_dict(state_dict, assign=True)
