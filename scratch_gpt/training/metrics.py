@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from scratch_gpt.errors import BadInput
+from scratch_gpt.io_utils import write_atomically
 
 # Dense peak FLOP/s of one GPU: (bf16/fp16, TF32, FP32), from the vendors' data sheets.
 # Keyed by the exact `torch.cuda.get_device_name()`; a PCIe card is not its SXM sibling.
@@ -88,15 +89,12 @@ class MetricsLog:
         self.accelerator = accelerator
         self.path = output_dir / "metrics.jsonl"
         if accelerator.is_main_process:
-            output_dir.mkdir(parents=True, exist_ok=True)
             kept = []
             if resume_step is not None and self.path.exists():
                 # drop what the interrupted run logged after its checkpoint
                 lines = self.path.read_text().splitlines()
                 kept = [line for line in lines if _step_of(line, resume_step + 1) <= resume_step]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill here keeps the old log whole
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            write_atomically(self.path, "".join(line + "\n" for line in kept))  # a kill here keeps the old log whole
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.accelerator.log(metrics, step=step)
