@@ -97,29 +97,21 @@ def model_config(args, tokenizer) -> ScratchGPTConfig:
     return config
 
 
-def build_model(args, tokenizer, config: ScratchGPTConfig):
-    """The model to train: `--init-from`'s weights, else a new model of `config` (see `model_config`).
-    The loop calls it in its build context: under FSDP only the shapes here, the loop fills the
-    slices of each process."""
+def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
+    """What the loop builds the model with, in its build context (under FSDP only the shapes; the loop
+    fills each process' slices): `--init-from`'s weights, else a new model of `config` (marked
+    `NewModel`: the loop initialises it); then one line on the data, the tokenizer and the model."""
     from scratch_gpt import ScratchGPTForCausalLM
     from scratch_gpt.convert import load_pretrained
 
-    if args.init_from:
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
-    else:
-        model = ScratchGPTForCausalLM(config)
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
-
-
-def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
-    """What the loop builds the model with, in its build context: `build_model`, then one line on the
-    data, the tokenizer and the model. A new model is marked `NewModel` (initialised by the loop)."""
-
     def build():
-        model = build_model(args, tokenizer, config)
+        if args.init_from:
+            model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
+        else:
+            model = ScratchGPTForCausalLM(config)
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
         process_state().print(
             f"{stats['train_blocks']} training and {stats['val_blocks']} validation blocks of {args.block_size} tokens; "
             f"tokenizer {len(tokenizer)} tokens ({stats['bytes_per_token']:.2f} bytes/token); "
