@@ -27,9 +27,8 @@
 - `seq_len`: the context length of the training rows (pre-training's block size, a fine-tune's
   maximum length), for the FLOPs per token behind MFU; without it, the model's own count (a
   ScratchGPT counts its full context). The loop never reads it off the data.
-- How the processes share the model is the strategy's (`parallel.py`): one process, DDP, or FSDP2
-  (`config.fsdp` or an accelerate FSDP config, more than one process: the model is sharded by
-  `sharding.shard_model` instead of copied to each device; see `sharding.py`).
+- How the processes share the model (one process, DDP, or FSDP2 with `config.fsdp` or an accelerate
+  FSDP config) is the strategy's: `parallel.py`.
 - Returns a dict of final metrics: `step`, `tokens`, `train_loss`, `eval_loss`, `perplexity`,
   `bits_per_byte` (when known), the `evaluate_fn` metrics, `runtime_s`, and the metrics of the
   evaluation before the first step, prefixed `initial_` (with `eval_at_start`).
@@ -178,10 +177,8 @@ def default_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 def make_loader(dataset, batch_size, collate_fn, sampler=None, drop_last=False, seed=0) -> DataLoader:
     """A loader with a private generator: creating its iterator must not draw from the global RNG (resume exactness)."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size, sampler=sampler, collate_fn=collate_fn or default_collate, drop_last=drop_last, generator=generator
-    )
+    collate_fn, rng = collate_fn or default_collate, torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=drop_last, generator=rng)
 
 
 # ----------------------------------------------------------------------------------------------
