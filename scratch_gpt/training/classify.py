@@ -82,9 +82,8 @@ def label_ids(feature, values: list, label_column: str, num_labels: int | None, 
 def encode_labels(
     dataset: datasets.Dataset, label_column: str, *, num_labels: int | None = None, label_names: list[str] | None = None
 ) -> tuple[datasets.Dataset, list[str]]:
-    """Return the dataset with integer `labels` and the label names (index = label id). String labels
-    are mapped to ids in the order of `label_names` (default: sorted). Integer labels must lie in
-    [0, num_labels) (default: num_labels = largest label + 1). A `ClassLabel` column brings its own names."""
+    """Return the dataset with integer `labels` (see `label_ids`; they must lie in [0, num_labels),
+    default: num_labels = largest label + 1) and the label names (index = label id)."""
     values = list(dataset[label_column])
     blank = [row for row, value in enumerate(values) if value is None or (isinstance(value, str) and not value.strip())]
     if blank:

@@ -224,8 +224,8 @@ class DPOModel(nn.Module):
         with torch.no_grad():
             reference_logps = answer_logprobs(self.reference_logits(inputs), labels)
         policy_chosen, policy_rejected = policy_logps.chunk(2)
-        reference_chosen, reference_rejected = reference_logps.chunk(2)
-        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.beta)
+        ref_chosen, ref_rejected = reference_logps.chunk(2)
+        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
         return DPOOutput(loss=losses.mean(), chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())
 
     def reference_logits(self, inputs: dict) -> torch.Tensor:
@@ -366,7 +366,7 @@ def finetune_dpo(args: DPOOptions) -> dict:
     train_probe = train_set.select(range(min(len(val_set), len(train_set))))
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
 
-    # 3. the loop builds the policy and the reference (under FSDP the main process reads the weights)
+    # 3. the loop builds the policy and the reference
     set_seed(args.seed)
     build_model, write_generation_config = dpo_factory(args, state)
     collate_fn = PreferenceCollator(tokenizer.pad_token_id)

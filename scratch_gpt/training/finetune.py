@@ -1,8 +1,7 @@
 """What the fine-tuning commands (`finetune-classifier`, `finetune-instruct`, `finetune-dpo`) share
-beyond the loop: the base-model flags, the tokenizer of the base model, the check of chat messages,
-the token budget of a record, the check of a held-out share and the held-out split, the padding of
-a batch for a causal LM, and the model card written into the folder that the loop's `save_model`
-produces. The training flags themselves are `options.py`'s."""
+beyond the loop and their options (`scratch_gpt.args.FinetuneOptions`): the base model's tokenizer and
+the token budget of a record, the checks of chat messages and of a held-out share, the held-out
+split, the padding of a causal-LM batch, and the model card written into the saved folder."""
 
 from pathlib import Path
 

@@ -9,8 +9,7 @@ at inference exactly the text it was trained on. The steps of `finetune-instruct
    (`messages`: a list of `{"role", "content"}`), and check each one;
 2. render and tokenize every conversation, marking which tokens belong to assistant answers;
 3. train with the shared loop; `InstructionCollator` pads each batch and builds the labels
-   (padding -> -100, optionally the prompt -> -100 so only the answers are learned) with the
-   fine-tuning commands' one padding function, `finetune.pad_batch`;
+   (padding -> -100, optionally the prompt -> -100 so only the answers are learned);
 4. report the held-out loss, write the model's answers to the held-out instructions to
    `answers.jsonl`, and save model (or LoRA adapter), tokenizer, generation config and card.
 """
