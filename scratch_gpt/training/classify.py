@@ -301,8 +301,7 @@ def finetune_classifier(args: ClassifyOptions) -> dict:
     sizes = ", ".join(f"{name} {len(part)}" for name, part in splits.items())
     state.print(f"{len(records)} records, labels {label_names}: {sizes}")
 
-    # 4-6. the shared loop builds the model (under FSDP the main process reads the weights), validates
-    # during training, measures the test split at the end, then saves once
+    # 4-6. the shared loop builds the model, validates during training, tests at the end, then saves once
     metrics = train(
         build_model,
         splits["train"],

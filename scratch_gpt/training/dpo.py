@@ -213,8 +213,7 @@ class DPOModel(nn.Module):
 
     def __init__(self, policy: nn.Module, beta: float = 0.1):
         super().__init__()
-        self.policy = policy
-        self.beta = beta
+        self.policy, self.beta = policy, beta
         self.reference = None if isinstance(policy, PeftModel) else copy.deepcopy(policy).requires_grad_(False).eval()
 
     def forward(self, input_ids, attention_mask, labels) -> DPOOutput:

@@ -91,14 +91,12 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> dict:
     the end of the conversation rendered through it, so it includes the end-of-text token the
     template puts after every answer. Tokens are matched to spans by their character offsets."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = [
-        (
-            len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)),
-            len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)),
-        )
-        for i, message in enumerate(messages)
-        if message["role"] == "assistant"
-    ]
+
+    def rendered_length(count: int, **options) -> int:  # of the first `count` messages
+        return len(tokenizer.apply_chat_template(messages[:count], tokenize=False, **options))
+
+    answers = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+    spans = [(rendered_length(i, add_generation_prompt=True), rendered_length(i + 1)) for i in answers]
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     assistant_mask = [
         int(any(end > span_start and start < span_end for span_start, span_end in spans))

@@ -35,14 +35,12 @@ GPU_PEAK_FLOPS = {
 
 def peak_flops(device: torch.device, mixed_precision: str) -> float | None:
     """Dense peak FLOP/s of one device for the run's matmul dtype, or None when unknown."""
-    if device.type == "cuda":
-        peaks = GPU_PEAK_FLOPS.get(torch.cuda.get_device_name(device))
-        if peaks is None:
-            return None
-        if mixed_precision in ("bf16", "fp16"):
-            return peaks[0]
-        return peaks[1] if torch.get_float32_matmul_precision() != "highest" else peaks[2]
-    return None  # a CPU's peak is not known (a matmul's rate is no peak: MFU came out above 100%): --peak-flops
+    peaks = GPU_PEAK_FLOPS.get(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if peaks is None:  # an unknown GPU, or a CPU (a matmul's rate is no peak: MFU came out above 100%)
+        return None
+    if mixed_precision in ("bf16", "fp16"):
+        return peaks[0]
+    return peaks[1] if torch.get_float32_matmul_precision() != "highest" else peaks[2]
 
 
 def measured_cpu_peak(size: int = 512, repeats: int = 8) -> float:
