@@ -22,8 +22,7 @@ The steps of `finetune-dpo`, top to bottom:
 2. tokenize prompt + chosen and prompt + rejected, marking which tokens are the answer;
 3. train with the shared loop: `DPOModel` holds the policy and the reference and its `forward`
    returns the DPO loss of a batch of pairs, so the loop trains it like any other head;
-   `PreferenceCollator` stacks the chosen sequences, then the rejected ones, into one batch
-   (padded by the fine-tuning commands' one padding function, `finetune.pad_batch`);
+   `PreferenceCollator` pads the chosen sequences, then the rejected ones, into one batch;
 4. at each evaluation, on held-out pairs and on as many training pairs: DPO loss, reward margin,
    reward accuracy, chosen and rejected rewards (`metrics.jsonl`); then save the policy alone (or
    its LoRA adapter) with tokenizer, generation config and card: a folder `scratch-gpt chat` and

@@ -252,8 +252,7 @@ def finetune_instruct(args: InstructOptions) -> dict:
         pad_token_id=tokenizer.pad_token_id,
     )
 
-    # 3-4. the shared loop builds the model (under FSDP the main process reads the weights); its
-    # evaluations, before and after, are the held-out loss; one save also holds the held-out answers
+    # 3-4. the shared loop trains; its evaluations are the held-out loss; the save holds the answers too
     answer_held_out, write_answers_and_config = answer_hooks(generation_config, tokenizer, answered, args.batch_size)
     metrics = train(
         model_factory(args, generation_config, state),

@@ -219,7 +219,8 @@ def measure(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn)
         loss = extra.pop("loss", None)
         language_model = accelerator.unwrap_model(model).can_generate()  # a classifier's or DPO's loss is not
         if loss is None:
-            loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches, **loss_kwargs(model, accelerator, config))
+            forward_kwargs = loss_kwargs(model, accelerator, config)
+            loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches, **forward_kwargs)
     model.train()
     metrics = {"eval_loss": loss}
     if language_model:
@@ -239,9 +240,9 @@ def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device, syn
     sampling = {"do_sample": True, "top_k": 40, "temperature": 0.8, "pad_token_id": pad_token_id, "synced_gpus": synced}
     texts = []
     for prompt in prompts:
-        input_ids = tokenizer(prompt, return_tensors="pt").input_ids[:, -(context // 2) :].to(device)
-        max_new = min(max_new_tokens, context - input_ids.shape[1])
-        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new, **sampling)
+        ids = tokenizer(prompt, return_tensors="pt").input_ids[:, -(context // 2) :].to(device)
+        max_new = min(max_new_tokens, context - ids.shape[1])
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, **sampling)
         texts.append(tokenizer.decode(output[0], skip_special_tokens=True))
     model.train()
     return texts
@@ -442,8 +443,7 @@ class Trainer:
             self.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
             self.last_checkpoint = checkpoint_name(self.position.step)
         if self.accelerator.is_main_process:
-            # the run folder is ours from here on: a later run may replace what is in it
-            mark_output(self.output_dir, run=True)
+            mark_output(self.output_dir, run=True)  # the run folder is ours now: a later run may replace it
             save_run_options(self.config.run_options, self.output_dir)  # config.yaml: what the run (now) runs with
         self.log = MetricsLog(self.accelerator, self.output_dir, self.position.step if self.config.resume else None)
 
