@@ -93,18 +93,23 @@ def model_signature(model) -> dict:
     return json.loads(json.dumps({"config": values, "shapes": shapes}, default=str))
 
 
+def differing(saved: dict, current: dict) -> list[str]:
+    """The keys whose values differ between two dicts (a key one lacks counts), sorted."""
+    return sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+
+
 def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> None:
     """ValueError naming what differs when the checkpoint was saved from another model."""
     if saved is None:  # written before signatures were stored: nothing to compare
         return
-    keys = sorted(k for k in saved["config"].keys() | current["config"].keys() if saved["config"].get(k) != current["config"].get(k))
+    keys = differing(saved["config"], current["config"])
     if keys:
         diffs = ", ".join(f"{k} {saved['config'].get(k)!r} vs {current['config'].get(k)!r}" for k in keys[:6])
         raise BadInput(
             f"The checkpoint {str(checkpoint)!r} is of another model (checkpoint vs now: {diffs}); "
             "resume with the same model options, or start afresh in a new --output-dir."
         )
-    names = sorted(n for n in saved["shapes"].keys() | current["shapes"].keys() if saved["shapes"].get(n) != current["shapes"].get(n))
+    names = differing(saved["shapes"], current["shapes"])
     if names:
         raise BadInput(
             f"The checkpoint {str(checkpoint)!r} holds other weights than the model ({', '.join(names[:4])}); "
@@ -114,19 +119,14 @@ def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> Non
 
 def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature: dict | None = None, slices=NoSlices()) -> dict:
     """Restore the newest complete checkpoint of the run in `output_dir`; skip damaged ones with a warning.
-
-    Each checkpoint is checked before any state is touched: its files against their recorded sizes,
-    then (with `signature`, see `model_signature`) its model against this one. Another model is an
-    error, not a reason to skip; so is a checkpoint of a sharded run for a run that is not (or the
-    reverse); no checkpoint at all, or none loadable, is an error too. `slices`: what is read besides
-    `load_state` (a strategy's `slices(model, optimizer)`).
-    """
+    Each is checked before any state is touched: its files against their recorded sizes, then (with
+    `signature`, see `model_signature`) its model against this one. Another model is an error, not a
+    reason to skip; so is a checkpoint of a sharded run for a run that is not (or the reverse), and no
+    loadable checkpoint at all. `slices`: as for `save_checkpoint`."""
+    folder = Path(output_dir) / "checkpoints"
     checkpoints = checkpoint_dirs(output_dir)
     if not checkpoints:
-        raise MissingFile(
-            f"--resume found no checkpoint in {str(Path(output_dir) / 'checkpoints')!r}; "
-            "check --output-dir, or run without --resume to start afresh."
-        )
+        raise MissingFile(f"--resume found no checkpoint in {str(folder)!r}; check --output-dir, or run without --resume to start afresh.")
     for checkpoint in reversed(checkpoints):
         try:
             state = read_checkpoint_state(checkpoint)
@@ -150,6 +150,6 @@ def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature
         accelerator.print(f"Resumed from {checkpoint} (step {state['step']}).")
         return state
     raise BadInput(
-        f"--resume found no loadable checkpoint in {str(Path(output_dir) / 'checkpoints')!r} (all are damaged); "
+        f"--resume found no loadable checkpoint in {str(folder)!r} (all are damaged); "
         "run without --resume in a new --output-dir to start afresh."
     )

@@ -32,12 +32,7 @@ from scratch_gpt.convert import load_pretrained
 from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import describe_trainable, lora_config_for
 from scratch_gpt.sources import read_records
-from scratch_gpt.training.finetune import (
-    card_writer,
-    check_fraction,
-    load_base_tokenizer,
-    max_length_for,
-)
+from scratch_gpt.training.finetune import card_writer, check_fraction, load_base_tokenizer, max_length_for
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 
 logger = logging.getLogger(__name__)
@@ -45,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # 1. Reading records (`read_records`, from scratch_gpt.sources: the reader behind every --data)
-# ----------------------------------------------------------------------------------------------
 def check_columns(dataset: datasets.Dataset, required: list[str], source: str) -> None:
     missing = [column for column in required if column not in dataset.column_names]
     if missing:
@@ -59,7 +53,6 @@ def check_columns(dataset: datasets.Dataset, required: list[str], source: str) -
 
 # ----------------------------------------------------------------------------------------------
 # 2. Labels, balancing and splits
-# ----------------------------------------------------------------------------------------------
 def label_ids(feature, values: list, label_column: str, num_labels: int | None, label_names: list[str] | None):
     """(ids, label names, num_labels) of the labels `values`: a ClassLabel's own names, names (strings,
     sorted unless given) or integer ids."""
@@ -87,18 +80,10 @@ def label_ids(feature, values: list, label_column: str, num_labels: int | None, 
 
 
 def encode_labels(
-    dataset: datasets.Dataset,
-    label_column: str,
-    *,
-    num_labels: int | None = None,
-    label_names: list[str] | None = None,
+    dataset: datasets.Dataset, label_column: str, *, num_labels: int | None = None, label_names: list[str] | None = None
 ) -> tuple[datasets.Dataset, list[str]]:
-    """Return the dataset with integer `labels` and the label names (index = label id).
-
-    String labels are mapped to ids in the order of `label_names` (default: sorted). Integer
-    labels must lie in [0, num_labels) (default: num_labels = largest label + 1). A `ClassLabel`
-    column brings its own names.
-    """
+    """Return the dataset with integer `labels` (see `label_ids`; they must lie in [0, num_labels),
+    default: num_labels = largest label + 1) and the label names (index = label id)."""
     values = list(dataset[label_column])
     blank = [row for row, value in enumerate(values) if value is None or (isinstance(value, str) and not value.strip())]
     if blank:
@@ -157,7 +142,6 @@ def split_dataset(
 
 # ----------------------------------------------------------------------------------------------
 # 3. Tokenization
-# ----------------------------------------------------------------------------------------------
 def tokenize_texts(dataset: datasets.Dataset, tokenizer, text_column: str, max_length: int) -> datasets.Dataset:
     """`input_ids` cut to `max_length` tokens; ONE warning says how many texts were cut."""
     texts = list(dataset[text_column])
@@ -168,18 +152,14 @@ def tokenize_texts(dataset: datasets.Dataset, tokenizer, text_column: str, max_l
     truncated = sum(len(row) > max_length for row in ids)
     if truncated:
         logger.warning(
-            "%d of %d texts are longer than %d tokens and were truncated to their first %d tokens.",
-            truncated,
-            len(ids),
-            max_length,
-            max_length,
+            f"{truncated} of {len(ids)} texts are longer than {max_length} tokens "
+            f"and were truncated to their first {max_length} tokens."
         )
     return dataset.add_column("input_ids", [row[:max_length] for row in ids])
 
 
 # ----------------------------------------------------------------------------------------------
 # 4. What trains
-# ----------------------------------------------------------------------------------------------
 def set_trainable(model, trainable: str, last_blocks: int = 1) -> None:
     """Choose what trains: `all` weights, or `last-blocks` (the last N blocks, the final norm and the head)."""
     if trainable == "all":
@@ -195,13 +175,10 @@ def set_trainable(model, trainable: str, last_blocks: int = 1) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # 5. Metrics
-# ----------------------------------------------------------------------------------------------
 class ClassificationMetrics(evaluate.Metric):
     """Accuracy and macro-averaged precision, recall and F1 (over the classes seen in either input).
-
     An `evaluate.Metric` defined here rather than `evaluate.load("accuracy")`, which fetches its
-    script from the Hub; `add_batch` / `compute` work as for any other metric, offline.
-    """
+    script from the Hub; `add_batch` / `compute` work as for any other metric, offline."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -237,9 +214,8 @@ def classification_metrics(model, dataloader, accelerator=None) -> dict:
     device = next(model.parameters()).device
     losses = []
     for batch in dataloader:
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
+        inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
+        logits = model(**inputs).logits
         references = batch["labels"].to(device)
         loss = F.cross_entropy(logits.float(), references, reduction="none")  # single-label: the training loss
         predictions = logits.argmax(-1)
@@ -252,7 +228,6 @@ def classification_metrics(model, dataloader, accelerator=None) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # The command
-# ----------------------------------------------------------------------------------------------
 def make_trainable(model, args: ClassifyOptions):
     """Step 4 of the command: LoRA adapters + head, or the chosen weights of the model itself.
     (`scripts/bench_finetune.py` patches this function to swap in transformers' GPT-2 with the same weights.)"""
@@ -281,12 +256,7 @@ def read_labelled_records(args: ClassifyOptions) -> tuple[datasets.Dataset, list
     """Steps 1-2: the records of `--data` with checked integer `labels` (balanced with `--balance`), and the label names."""
     records = read_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     check_columns(records, [args.text_column, args.label_column], args.data)
-    records, label_names = encode_labels(
-        records,
-        args.label_column,
-        num_labels=args.num_labels,
-        label_names=args.label_names,
-    )
+    records, label_names = encode_labels(records, args.label_column, num_labels=args.num_labels, label_names=args.label_names)
     if args.balance:
         records = balance_by_undersampling(records, args.seed)
     return records, label_names
@@ -328,13 +298,10 @@ def finetune_classifier(args: ClassifyOptions) -> dict:
     max_length = max_length_for(args.model, args.max_length, tokenizer)  # also checks the tokenizer against the model
     records = tokenize_texts(records, tokenizer, args.text_column, max_length).select_columns(["input_ids", "labels"])
     splits = split_dataset(records, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
-    state.print(
-        f"{len(records)} records, labels {label_names}: "
-        + ", ".join(f"{name} {len(part)}" for name, part in splits.items())
-    )
+    sizes = ", ".join(f"{name} {len(part)}" for name, part in splits.items())
+    state.print(f"{len(records)} records, labels {label_names}: {sizes}")
 
-    # 4-6. the shared loop builds the model (under FSDP the main process reads the weights), validates
-    # during training, measures the test split at the end, then saves once
+    # 4-6. the shared loop builds the model, validates during training, tests at the end, then saves once
     metrics = train(
         build_model,
         splits["train"],

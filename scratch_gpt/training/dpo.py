@@ -22,8 +22,7 @@ The steps of `finetune-dpo`, top to bottom:
 2. tokenize prompt + chosen and prompt + rejected, marking which tokens are the answer;
 3. train with the shared loop: `DPOModel` holds the policy and the reference and its `forward`
    returns the DPO loss of a batch of pairs, so the loop trains it like any other head;
-   `PreferenceCollator` stacks the chosen sequences, then the rejected ones, into one batch
-   (padded by the fine-tuning commands' one padding function, `finetune.pad_batch`);
+   `PreferenceCollator` pads the chosen sequences, then the rejected ones, into one batch;
 4. at each evaluation, on held-out pairs and on as many training pairs: DPO loss, reward margin,
    reward accuracy, chosen and rejected rewards (`metrics.jsonl`); then save the policy alone (or
    its LoRA adapter) with tokenizer, generation config and card: a folder `scratch-gpt chat` and
@@ -60,25 +59,17 @@ from scratch_gpt.training.finetune import (
     pad_batch,
 )
 from scratch_gpt.training.instruct import make_trainable, read_instruction_records
-from scratch_gpt.training.loop import (
-    check_output_dir,
-    make_loader,
-    process_state,
-    train,
-)
+from scratch_gpt.training.loop import check_output_dir, make_loader, process_state, train
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. Records -> preference pairs
-# ----------------------------------------------------------------------------------------------
 def to_pair(record, index: int, source: str) -> dict:
-    """One record as `{"prompt", "chosen", "rejected"}`; ValueError naming the record.
-
-    Chat-shaped: `prompt` a list of messages, `chosen` and `rejected` lists of assistant messages.
-    Plain text: all three strings, the answers to be appended to the prompt as they are.
-    """
+    """One record as `{"prompt", "chosen", "rejected"}`; ValueError naming the record. Chat-shaped:
+    `prompt` a list of messages, `chosen` and `rejected` lists of assistant messages. Plain text:
+    all three strings, the answers to be appended to the prompt as they are."""
     where = f"Record {index} of {source!r}"
     if not isinstance(record, dict):
         raise BadInput(f"{where} is a {type(record).__name__}, not an object with prompt, chosen and rejected.")
@@ -123,7 +114,6 @@ def identical_pairs(records: list) -> list[int]:
 
 # ----------------------------------------------------------------------------------------------
 # 2. Pairs -> tokens
-# ----------------------------------------------------------------------------------------------
 def render(tokenizer, prompt, answer) -> tuple[str, str]:
     """The prompt as text (ending where the answer starts) and the whole text, prompt + answer."""
     if isinstance(prompt, str):
@@ -136,11 +126,9 @@ def render(tokenizer, prompt, answer) -> tuple[str, str]:
 
 
 def tokenize_answer(tokenizer, prompt, answer) -> dict:
-    """`input_ids` of prompt + answer and `answer_mask` (1 = a token of the answer).
-
-    The whole text is tokenized at once (as at inference) and a token belongs to the answer when
-    it ends after the prompt's last character. An end-of-text token closes every answer.
-    """
+    """`input_ids` of prompt + answer and `answer_mask` (1 = a token of the answer). The whole text
+    is tokenized at once (as at inference) and a token belongs to the answer when it ends after the
+    prompt's last character. An end-of-text token closes every answer."""
     prompt_text, text = render(tokenizer, prompt, answer)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = encoding["input_ids"]
@@ -165,12 +153,8 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> datasets.Da
     kept = [row for row in rows if any(row["chosen_answer_mask"]) and any(row["rejected_answer_mask"])]
     if truncated:
         logger.warning(
-            "%d answers are longer than %d tokens with their prompt and were truncated; %d of %d pairs lost a "
-            "whole answer and were dropped.",
-            truncated,
-            max_length,
-            len(rows) - len(kept),
-            len(rows),
+            f"{truncated} answers are longer than {max_length} tokens with their prompt and were truncated; "
+            f"{len(rows) - len(kept)} of {len(rows)} pairs lost a whole answer and were dropped."
         )
     if not kept:
         raise BadInput(f"No pair has both answers within {max_length} tokens; raise --max-length or shorten the data.")
@@ -179,13 +163,10 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> datasets.Da
 
 # ----------------------------------------------------------------------------------------------
 # 3. The collator, the loss and the model the loop trains
-# ----------------------------------------------------------------------------------------------
 @dataclass
 class PreferenceCollator:
     """Pads B pairs into one batch of 2B sequences: the B chosen ones, then the B rejected ones.
-
-    `labels` are the input ids on answer tokens and -100 elsewhere (prompt and padding).
-    """
+    `labels` are the input ids on answer tokens and -100 elsewhere (prompt and padding)."""
 
     pad_token_id: int
 
@@ -197,10 +178,8 @@ class PreferenceCollator:
 
 def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(answer | prompt) of each sequence: the sum over its answer tokens of log p(token).
-
     logits (N, T, V) and labels (N, T), -100 where a token is not part of the answer. The logits
-    at position t predict the token at t + 1, so both are shifted by one, as in the LM loss.
-    """
+    at position t predict the token at t + 1, so both are shifted by one, as in the LM loss."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
     is_answer = labels != IGNORE_INDEX
     log_probs = torch.log_softmax(logits, dim=-1)  # (N, T-1, V)
@@ -225,18 +204,15 @@ class DPOOutput(ModelOutput):
 
 class DPOModel(nn.Module):
     """The policy being trained next to its frozen reference; `forward` returns the DPO loss.
-
     The reference is a copy of the policy as it starts, without gradients and always in eval
     mode. For a LoRA policy (a PEFT model) it is the same model with its adapters disabled, so
     no second copy of the weights exists. Saving saves the policy only; any other attribute the
     loop or a user asks for (`config`, `generation_config`, `generate`, `merge_and_unload`, ...)
-    is the policy's.
-    """
+    is the policy's."""
 
     def __init__(self, policy: nn.Module, beta: float = 0.1):
         super().__init__()
-        self.policy = policy
-        self.beta = beta
+        self.policy, self.beta = policy, beta
         self.reference = None if isinstance(policy, PeftModel) else copy.deepcopy(policy).requires_grad_(False).eval()
 
     def forward(self, input_ids, attention_mask, labels) -> DPOOutput:
@@ -246,11 +222,9 @@ class DPOModel(nn.Module):
         with torch.no_grad():
             reference_logps = answer_logprobs(self.reference_logits(inputs), labels)
         policy_chosen, policy_rejected = policy_logps.chunk(2)
-        reference_chosen, reference_rejected = reference_logps.chunk(2)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.beta
-        )
-        return DPOOutput(loss=losses.mean(), chosen_rewards=chosen_rewards.detach(), rejected_rewards=rejected_rewards.detach())
+        ref_chosen, ref_rejected = reference_logps.chunk(2)
+        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
+        return DPOOutput(loss=losses.mean(), chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())
 
     def reference_logits(self, inputs: dict) -> torch.Tensor:
         if self.reference is None:
@@ -267,7 +241,7 @@ class DPOModel(nn.Module):
     def save_pretrained(self, folder, state_dict=None, **kwargs) -> None:
         """The policy's `save_pretrained` (a model folder, or an adapter folder for LoRA)."""
         if state_dict is not None:  # the wrapper's: keep the policy's tensors, under the policy's names
-            state_dict = {key.removeprefix("policy."): value for key, value in state_dict.items() if key.startswith("policy.")}
+            state_dict = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
         self.policy.save_pretrained(folder, state_dict=state_dict, **kwargs)
 
     def can_generate(self) -> bool:
@@ -297,7 +271,6 @@ def disable_dropout(model: nn.Module) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # 4. Metrics of an evaluation
-# ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def preference_metrics(model, loader, accelerator, max_batches: int | None = None) -> dict[str, float]:
     """DPO loss, reward margin, reward accuracy and mean rewards over the pairs of `loader`."""
@@ -323,12 +296,12 @@ def preference_metrics(model, loader, accelerator, max_batches: int | None = Non
 def evaluate_with_training_pairs(train_probe, collate_fn, config):
     """The loop's `evaluate_fn`: metrics on the held-out pairs (`eval_...`; the loss is the loop's
     `eval_loss`) and on `train_probe`, a fixed set of training pairs (`train_pairs_...`)."""
-    probe_loader = None
+    probe_loader, batch_size = None, config.eval_batch_size or config.batch_size
 
     def evaluate(model, eval_loader, accelerator) -> dict[str, float]:
         nonlocal probe_loader
         if probe_loader is None:
-            probe_loader = accelerator.prepare(make_loader(train_probe, config.eval_batch_size or config.batch_size, collate_fn))
+            probe_loader = accelerator.prepare(make_loader(train_probe, batch_size, collate_fn))
         held_out = preference_metrics(model, eval_loader, accelerator, config.eval_max_batches)
         training = preference_metrics(model, probe_loader, accelerator, config.eval_max_batches)
         return {
@@ -342,7 +315,6 @@ def evaluate_with_training_pairs(train_probe, collate_fn, config):
 
 # ----------------------------------------------------------------------------------------------
 # finetune-dpo
-# ----------------------------------------------------------------------------------------------
 def read_pairs(args: DPOOptions, tokenizer) -> tuple[datasets.Dataset, int]:
     """The records of `--data` as checked preference pairs (ties skipped with `--skip-identical`),
     tokenized and cut to the token budget."""
@@ -351,7 +323,7 @@ def read_pairs(args: DPOOptions, tokenizer) -> tuple[datasets.Dataset, int]:
         raise BadInput(f"{args.data!r} holds no records; pass preference records with chosen and rejected answers.")
     skipped = set(identical_pairs(records)) if args.skip_identical else set()
     if skipped:
-        logger.warning("Skipped %d records whose chosen and rejected answers are the same: %s.", len(skipped), sorted(skipped))
+        logger.warning(f"Skipped {len(skipped)} records whose chosen and rejected answers are the same: {sorted(skipped)}.")
     pairs = [to_pair(record, index, args.data) for index, record in enumerate(records) if index not in skipped]
     max_length = max_length_for(args.model, args.max_length, tokenizer)
     return tokenize_pairs(tokenizer, pairs, max_length), max_length
@@ -383,15 +355,16 @@ def finetune_dpo(args: DPOOptions) -> dict:
         raise BadInput("finetune-dpo does not run under FSDP yet; launch it without --fsdp and the FSDP config (DDP works).")
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()
-    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)
 
     # 1-2. records -> pairs -> tokens, all checked before the model loads
     rows, max_length = read_pairs(args, tokenizer)
     train_set, val_set = hold_out(rows, args.val_fraction, args.seed, "pairs")
-    train_probe = train_set.select(range(min(len(val_set), len(train_set))))  # training pairs measured like the held-out
+    # as many training pairs as held-out ones, measured like them
+    train_probe = train_set.select(range(min(len(val_set), len(train_set))))
     state.print(f"{len(train_set)} training and {len(val_set)} held-out pairs")
 
-    # 3. the loop builds the policy and the reference (under FSDP the main process reads the weights)
+    # 3. the loop builds the policy and the reference
     set_seed(args.seed)
     build_model, write_generation_config = dpo_factory(args, state)
     collate_fn = PreferenceCollator(tokenizer.pad_token_id)

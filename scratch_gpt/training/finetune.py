@@ -1,8 +1,7 @@
 """What the fine-tuning commands (`finetune-classifier`, `finetune-instruct`, `finetune-dpo`) share
-beyond the loop: the base-model flags, the tokenizer of the base model, the check of chat messages,
-the token budget of a record, the check of a held-out share and the held-out split, the padding of
-a batch for a causal LM, and the model card written into the folder that the loop's `save_model`
-produces. The training flags themselves are `options.py`'s."""
+beyond the loop and their options (`scratch_gpt.args.FinetuneOptions`): the base model's tokenizer and
+the token budget of a record, the checks of chat messages and of a held-out share, the held-out
+split, the padding of a causal-LM batch, and the model card written into the saved folder."""
 
 from pathlib import Path
 
@@ -23,7 +22,8 @@ def load_base_tokenizer(model: str, trust_remote_code: bool = False):
     from scratch_gpt.convert import load_pretrained
     from scratch_gpt.tokenizer import complete_tokenizer
 
-    return complete_tokenizer(load_pretrained(AutoTokenizer.from_pretrained, model, trust_remote_code=trust_remote_code))
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model, trust_remote_code=trust_remote_code)
+    return complete_tokenizer(tokenizer)
 
 
 def card_writer(args: FinetuneOptions, kind: str, extra=None, **card):
@@ -84,13 +84,11 @@ def hold_out(rows, fraction: float, seed: int, what: str):
 
 
 def pad_batch(sequences: list[tuple], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """A batch for a causal LM from `(input_ids, label_mask)` pairs, padded on the right.
-
-    `input_ids` are padded with `pad_token_id`, `attention_mask` is 1 on tokens and 0 on padding, and
-    `labels` are the input ids (the model shifts them by one) with IGNORE_INDEX on padding and where
-    `label_mask` is 0 (None: every token is a label). Padding is told by length, never by id, so each
-    sequence keeps its own end-of-text target even when the pad token is end-of-text.
-    """
+    """A batch for a causal LM from `(input_ids, label_mask)` pairs, padded on the right with
+    `pad_token_id`; `attention_mask` is 1 on tokens and 0 on padding, and `labels` are the input ids
+    (the model shifts them by one) with IGNORE_INDEX on padding and where `label_mask` is 0 (None:
+    every token is a label). Padding is told by length, never by id, so each sequence keeps its own
+    end-of-text target even when the pad token is end-of-text."""
     length = max(len(ids) for ids, _ in sequences)
     input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)

@@ -9,8 +9,7 @@ at inference exactly the text it was trained on. The steps of `finetune-instruct
    (`messages`: a list of `{"role", "content"}`), and check each one;
 2. render and tokenize every conversation, marking which tokens belong to assistant answers;
 3. train with the shared loop; `InstructionCollator` pads each batch and builds the labels
-   (padding -> -100, optionally the prompt -> -100 so only the answers are learned) with the
-   fine-tuning commands' one padding function, `finetune.pad_batch`;
+   (padding -> -100, optionally the prompt -> -100 so only the answers are learned);
 4. report the held-out loss, write the model's answers to the held-out instructions to
    `answers.jsonl`, and save model (or LoRA adapter), tokenizer, generation config and card.
 """
@@ -50,13 +49,10 @@ logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # 1. Records -> conversations
-# ----------------------------------------------------------------------------------------------
 def read_instruction_records(source, *, split: str = "train", **options) -> list[dict]:
-    """The records of `source` (see `scratch_gpt.sources.read_records`), each with only the keys it has.
-
-    A Dataset gives every record every column (None where a record has none), so Alpaca records
-    and chat records can share one file; the None values are dropped to give each back its shape.
-    """
+    """The records of `source` (see `scratch_gpt.sources.read_records`), each with only the keys it has:
+    a Dataset gives every record every column (None where a record has none), so Alpaca records and
+    chat records can share one file; the None values are dropped to give each back its shape."""
     rows = read_records(source, split=split, **options).to_list()
     return [{key: value for key, value in row.items() if value is not None} for row in rows]
 
@@ -89,23 +85,18 @@ def to_messages(record, index: int, source: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------
 # 2. Conversations -> tokens
-# ----------------------------------------------------------------------------------------------
 def tokenize_conversation(tokenizer, messages: list[dict]) -> dict:
     """`input_ids` of the rendered conversation and `assistant_mask` (1 = token of an answer).
-
     An answer spans from the end of the prompt rendered up to it (with the generation prompt) to
     the end of the conversation rendered through it, so it includes the end-of-text token the
-    template puts after every answer. Tokens are matched to spans by their character offsets.
-    """
+    template puts after every answer. Tokens are matched to spans by their character offsets."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = [
-        (
-            len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)),
-            len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)),
-        )
-        for i, message in enumerate(messages)
-        if message["role"] == "assistant"
-    ]
+
+    def rendered_length(count: int, **options) -> int:  # of the first `count` messages
+        return len(tokenizer.apply_chat_template(messages[:count], tokenize=False, **options))
+
+    answers = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+    spans = [(rendered_length(i, add_generation_prompt=True), rendered_length(i + 1)) for i in answers]
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     assistant_mask = [
         int(any(end > span_start and start < span_end for span_start, span_end in spans))
@@ -119,23 +110,15 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> dict:
 
 def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_length: int) -> datasets.Dataset:
     """Tokenize all; cut to `max_length` with ONE warning; drop those left without any answer token.
-
-    Each row keeps `record`, the index of its conversation in `conversations`.
-    """
+    Each row keeps `record`, the index of its conversation in `conversations`."""
     rows = [tokenize_conversation(tokenizer, messages) for messages in conversations]
     truncated = sum(len(row["input_ids"]) > max_length for row in rows)
-    rows = [
-        {"record": index, **{key: values[:max_length] for key, values in row.items()}} for index, row in enumerate(rows)
-    ]
+    rows = [{"record": i, **{key: values[:max_length] for key, values in row.items()}} for i, row in enumerate(rows)]
     kept = [row for row in rows if any(row["assistant_mask"])]
     if truncated:
         logger.warning(
-            "%d of %d conversations are longer than %d tokens and were truncated; %d of them lost their whole "
-            "answer and were dropped.",
-            truncated,
-            len(rows),
-            max_length,
-            len(rows) - len(kept),
+            f"{truncated} of {len(rows)} conversations are longer than {max_length} tokens and were truncated; "
+            f"{len(rows) - len(kept)} of them lost their whole answer and were dropped."
         )
     if not kept:
         raise BadInput(
@@ -146,15 +129,10 @@ def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_lengt
 
 # ----------------------------------------------------------------------------------------------
 # 3. The collator
-# ----------------------------------------------------------------------------------------------
 @dataclass
 class InstructionCollator:
-    """Pads a list of tokenized conversations into a batch for a causal LM.
-
-    `labels` are the input ids (the model shifts them by one) with -100 on padding, so each
-    sequence keeps exactly its own end-of-text token as a target even when the pad token is the
-    end-of-text token; with `mask_prompt` the prompt tokens are -100 too and only answers are learned.
-    """
+    """Pads tokenized conversations into a batch for a causal LM (`finetune.pad_batch`); with
+    `mask_prompt` the prompt tokens are no labels either and only the answers are learned."""
 
     pad_token_id: int
     mask_prompt: bool = False
@@ -166,16 +144,12 @@ class InstructionCollator:
 
 # ----------------------------------------------------------------------------------------------
 # 4. Answers to held-out instructions
-# ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate_answers(model, tokenizer, conversations: list[list[dict]], generation_config, batch_size: int = 8):
     """Greedy answers to each conversation's prompt (everything before its last answer)."""
     model.eval()
     device = next(model.parameters()).device
-    prompts = [
-        tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        for messages in conversations
-    ]
+    prompts = [tokenizer.apply_chat_template(m[:-1], tokenize=False, add_generation_prompt=True) for m in conversations]
     answers = []
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(
@@ -189,8 +163,9 @@ def generate_answers(model, tokenizer, conversations: list[list[dict]], generati
         if room < 1:
             answers += [""] * len(inputs["input_ids"])  # the prompt alone fills the context
             continue
+        config = fit_to_context(generation_config, room)
         # synced_gpus: under FSDP every process runs each step's forward, until all are done
-        output = model.generate(**inputs, generation_config=fit_to_context(generation_config, room), synced_gpus=is_sharded(model))
+        output = model.generate(**inputs, generation_config=config, synced_gpus=is_sharded(model))
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return answers
@@ -206,15 +181,14 @@ def write_answers(path: Path, conversations: list[list[dict]], answers: list[str
 
 # ----------------------------------------------------------------------------------------------
 # finetune-instruct
-# ----------------------------------------------------------------------------------------------
 def make_trainable(model, args: InstructOptions):
     """LoRA adapters with `--lora`, else every weight trains. (`scripts/bench_finetune.py` patches this
     function to swap in transformers' GPT-2 with the same weights.)"""
     return get_peft_model(model, lora_config_for(args, task="causal")) if args.lora else model
 
 
-def read_conversations(args: InstructOptions, tokenizer) -> tuple[list[list[dict]], datasets.Dataset]:
-    """The records of `--data` as checked conversations, and their tokens cut to the token budget."""
+def read_conversations(args: InstructOptions, tokenizer) -> tuple[list[list[dict]], datasets.Dataset, int]:
+    """The records of `--data` as checked conversations, their tokens cut to the token budget, and the budget."""
     records = read_instruction_records(args.data, split=args.split, encoding=args.encoding, errors=args.encoding_errors)
     if not records:
         raise BadInput(f"{args.data!r} holds no records; pass at least two instruction records.")
@@ -238,23 +212,20 @@ def model_factory(args: InstructOptions, generation_config: GenerationConfig, st
 
 
 def answer_hooks(generation_config: GenerationConfig, tokenizer, answered: list[list[dict]], batch_size: int):
-    """The loop's `before_save` and the save's `extra` step for the answers to the held-out instructions.
-
-    The answers are generated by every process (under FSDP each holds a slice of the model and they
-    run the forward passes together), then written by the main one into the saved folder, next to
-    the generation config.
-    """
+    """The loop's `before_save` and the save's `extra` step for the answers to the held-out instructions:
+    generated by every process (under FSDP they run the forward passes together), then written by the
+    main one into the saved folder, next to the generation config."""
     answers = []
 
     def answer_held_out(trained) -> None:
         with gathered_root(trained):
             answers[:] = generate_answers(trained, tokenizer, answered, generation_config, batch_size=batch_size)
 
-    def write_answers_and_generation_config(folder: Path) -> None:
+    def write_answers_and_config(folder: Path) -> None:
         write_answers(folder / "answers.jsonl", answered, answers)
         generation_config.save_pretrained(folder)
 
-    return answer_held_out, write_answers_and_generation_config
+    return answer_held_out, write_answers_and_config
 
 
 def finetune_instruct(args: InstructOptions) -> dict:
@@ -262,7 +233,7 @@ def finetune_instruct(args: InstructOptions) -> dict:
     config = args.training()
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
-    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)  # GPT-2's gains a pad token and the Alpaca chat template
+    tokenizer = load_base_tokenizer(args.model, args.trust_remote_code)
 
     # 1. records -> conversations -> tokens cut to the context, all checked before the model loads
     conversations, rows, max_length = read_conversations(args, tokenizer)
@@ -281,9 +252,8 @@ def finetune_instruct(args: InstructOptions) -> dict:
         pad_token_id=tokenizer.pad_token_id,
     )
 
-    # 3-4. the shared loop builds the model (under FSDP the main process reads the weights); its
-    # evaluations, before and after, are the held-out loss; one save also holds the held-out answers
-    answer_held_out, write_answers_and_generation_config = answer_hooks(generation_config, tokenizer, answered, args.batch_size)
+    # 3-4. the shared loop trains; its evaluations are the held-out loss; the save holds the answers too
+    answer_held_out, write_answers_and_config = answer_hooks(generation_config, tokenizer, answered, args.batch_size)
     metrics = train(
         model_factory(args, generation_config, state),
         train_set,
@@ -293,7 +263,7 @@ def finetune_instruct(args: InstructOptions) -> dict:
         tokenizer=tokenizer,
         final_dir=config.output_dir,
         before_save=answer_held_out,
-        on_save=card_writer(args, "instruct", extra=write_answers_and_generation_config),
+        on_save=card_writer(args, "instruct", extra=write_answers_and_config),
         merge_adapters=args.save_merged,
         seq_len=max_length,
     )

@@ -2,9 +2,7 @@
 
     from scratch_gpt.training.loop import TrainingConfig, train
 
-    metrics = train(model, train_dataset, eval_dataset, TrainingConfig(output_dir="runs/x", max_steps=500),
-                    test_dataset=None, collate_fn=None, evaluate_fn=None, tokenizer=None,
-                    final_dir=None, on_save=None, before_save=None, merge_adapters=False, seq_len=None)
+    metrics = train(model, train_dataset, eval_dataset, TrainingConfig(output_dir="runs/x", max_steps=500))
 
 - `model` is any `nn.Module` whose `model(**batch)` returns an object with `.loss` (every HF model
   given `labels`), or a zero-argument factory that builds one (`lambda: load_pretrained(...)`,
@@ -29,9 +27,8 @@
 - `seq_len`: the context length of the training rows (pre-training's block size, a fine-tune's
   maximum length), for the FLOPs per token behind MFU; without it, the model's own count (a
   ScratchGPT counts its full context). The loop never reads it off the data.
-- How the processes share the model is the strategy's (`parallel.py`): one process, DDP, or FSDP2
-  (`config.fsdp` or an accelerate FSDP config, more than one process: the model is sharded by
-  `sharding.shard_model` instead of copied to each device; see `sharding.py`).
+- How the processes share the model (one process, DDP, or FSDP2 with `config.fsdp` or an accelerate
+  FSDP config) is the strategy's: `parallel.py`.
 - Returns a dict of final metrics: `step`, `tokens`, `train_loss`, `eval_loss`, `perplexity`,
   `bits_per_byte` (when known), the `evaluate_fn` metrics, `runtime_s`, and the metrics of the
   evaluation before the first step, prefixed `initial_` (with `eval_at_start`).
@@ -67,13 +64,7 @@ from tqdm.auto import tqdm
 
 from scratch_gpt.args import TrainingConfig
 from scratch_gpt.errors import BadInput, OutputExists, RunFailed
-from scratch_gpt.io_utils import (
-    atomic_directory,
-    check_free_space,
-    check_output,
-    check_writable,
-    mark_output,
-)
+from scratch_gpt.io_utils import atomic_directory, check_free_space, check_output, check_writable, mark_output
 from scratch_gpt.training import parallel
 from scratch_gpt.training.checkpoints import (
     checkpoint_dirs,
@@ -83,13 +74,7 @@ from scratch_gpt.training.checkpoints import (
     read_checkpoint_state,
     save_checkpoint,
 )
-from scratch_gpt.training.metrics import (
-    MetricsLog,
-    Throughput,
-    flops_per_token,
-    peak_flops,
-    use_tensorboard,
-)
+from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
 from scratch_gpt.training.parallel import NewModel, cpu_processes, world_size
 from scratch_gpt.training.run_config import check_resume_options, save_run_options
 
@@ -170,9 +155,7 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: f
 
 class EpochShuffleSampler(Sampler):
     """A new permutation each epoch, fixed by (seed, epoch): the data order survives a restart.
-
-    The loop sets `epoch` before iterating; no global random state is consumed.
-    """
+    The loop sets `epoch` before iterating; no global random state is consumed."""
 
     def __init__(self, num_items: int, seed: int, shuffle: bool = True):
         self.num_items, self.seed, self.shuffle, self.epoch = num_items, seed, shuffle, 0
@@ -193,15 +176,9 @@ def default_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def make_loader(dataset, batch_size, collate_fn, sampler=None, drop_last=False, seed=0) -> DataLoader:
-    # A private generator: creating the iterator must not draw from the global RNG (resume exactness).
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate_fn or default_collate,
-        drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    """A loader with a private generator: creating its iterator must not draw from the global RNG (resume exactness)."""
+    collate_fn, rng = collate_fn or default_collate, torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=drop_last, generator=rng)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,7 +219,8 @@ def measure(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn)
         loss = extra.pop("loss", None)
         language_model = accelerator.unwrap_model(model).can_generate()  # a classifier's or DPO's loss is not
         if loss is None:
-            loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches, **loss_kwargs(model, accelerator, config))
+            forward_kwargs = loss_kwargs(model, accelerator, config)
+            loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches, **forward_kwargs)
     model.train()
     metrics = {"eval_loss": loss}
     if language_model:
@@ -258,19 +236,13 @@ def generate_samples(model, tokenizer, prompts, max_new_tokens: int, device, syn
     `synced`: every process runs each step until all are done (a strategy's `generating` says when)."""
     model.eval()
     context = getattr(model.config, "max_position_embeddings", None) or 10**9
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = {"do_sample": True, "top_k": 40, "temperature": 0.8, "pad_token_id": pad_token_id, "synced_gpus": synced}
     texts = []
     for prompt in prompts:
-        input_ids = tokenizer(prompt, return_tensors="pt").input_ids[:, -(context // 2) :].to(device)
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=min(max_new_tokens, context - input_ids.shape[1]),
-            do_sample=True,
-            top_k=40,
-            temperature=0.8,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            synced_gpus=synced,
-        )
+        ids = tokenizer(prompt, return_tensors="pt").input_ids[:, -(context // 2) :].to(device)
+        max_new = min(max_new_tokens, context - ids.shape[1])
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, **sampling)
         texts.append(tokenizer.decode(output[0], skip_special_tokens=True))
     model.train()
     return texts
@@ -305,11 +277,9 @@ def check_no_other_run(config: TrainingConfig, output_dir: Path) -> None:
 
 def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool) -> Accelerator:
     """An Accelerator with this run's precision, accumulation and tracker."""
-    # Each run chooses its own precision and plugins, so the state a previous run in this process
-    # left behind is reset; the process group of PartialState is kept. accelerate keeps that state
-    # in a singleton and has no public reset (1.16: only the private `_reset_state`, which its own
-    # tests use), so this private call stays; tests/test_training.py pins the accelerate versions
-    # it is known to hold for.
+    # Each run chooses its own precision and plugins: the state a previous run in this process left
+    # in accelerate's singleton is reset (the process group of PartialState is kept). Only the private
+    # `_reset_state` does it (1.16, as accelerate's own tests); tests/test_training.py pins the versions.
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
@@ -343,16 +313,9 @@ class Position:
 
 
 class Trainer:
-    """One training run (see the module docstring): `Trainer(model, ...).fit(final_dir=...)`.
-
-    The constructor builds the run: its parallelism strategy (`parallel.choose`), the model (a
-    factory is called in the strategy's build context), the accelerator, the data loaders, the
-    optimizer and the schedule, all prepared. `fit` then restores a checkpoint (`restore`), runs
-    the epochs (`run_epoch`; after each optimizer step `log_progress`, `evaluate`, `checkpoint`
-    when due), evaluates at the end (`final_evaluation`) and saves (`save`). How the processes
-    share the model (placing, preparing, gradient sync, generating, saving, checkpoint slices) is
-    the strategy's decision, never this class'.
-    """
+    """One training run, `Trainer(model, ...).fit(final_dir=...)`: its steps are in the module docstring.
+    How the processes share the model (placing, preparing, gradient sync, generating, saving,
+    checkpoint slices) is the strategy's decision, never this class'."""
 
     def __init__(
         self,
@@ -378,9 +341,9 @@ class Trainer:
         self.accelerator = new_accelerator(config, self.output_dir, self.tensorboard)
         set_seed(config.seed)
         self.evaluate_fn, self.tokenizer = evaluate_fn, tokenizer
-        self.build_loaders(train_dataset, eval_dataset, test_dataset, collate_fn)
+        self.build_train_loader(train_dataset, collate_fn)
         self.build_model(model)
-        self.prepare_evaluation(train_dataset, collate_fn)
+        self.prepare_evaluation(train_dataset, eval_dataset, test_dataset, collate_fn)
         self.flops_per_token = flops_per_token(self.accelerator.unwrap_model(self.model), seq_len)
         self.peak_flops = config.peak_flops or peak_flops(self.accelerator.device, config.mixed_precision)
         self.forward_kwargs = loss_kwargs(self.model, self.accelerator, config)  # see loss_kwargs
@@ -392,8 +355,8 @@ class Trainer:
         self.progress: tqdm | None = None
         self.last_checkpoint: str | None = None
 
-    def build_loaders(self, train_dataset, eval_dataset, test_dataset, collate_fn) -> None:
-        """The data loaders, not yet prepared; the training set must hold one global batch."""
+    def build_train_loader(self, train_dataset, collate_fn) -> None:
+        """The training loader, not yet prepared; the training set must hold one global batch."""
         config = self.config
         self.streaming = isinstance(train_dataset, IterableDataset)  # read in order, once per epoch; no length
         if self.streaming and not config.max_steps:
@@ -406,14 +369,6 @@ class Trainer:
             )
         self.sampler = None if self.streaming else EpochShuffleSampler(len(train_dataset), config.seed, config.shuffle)
         self.train_loader = make_loader(train_dataset, config.batch_size, collate_fn, self.sampler, drop_last=True, seed=config.seed)
-        self.eval_loader, self.test_loader = (
-            make_loader(data, self.eval_batch_size, collate_fn, seed=config.seed) if data is not None and len(data) > 0 else None
-            for data in (eval_dataset, test_dataset)
-        )
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.config.eval_batch_size or self.config.batch_size
 
     def build_model(self, model: torch.nn.Module) -> None:
         """The model placed by the strategy, the optimizer and the schedule, prepared with the training data."""
@@ -421,7 +376,8 @@ class Trainer:
         if config.gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise BadInput(f"{type(model).__name__} does not support gradient checkpointing; drop --gradient-checkpointing.")
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # transformers >= 5.24
+            # activation_checkpointing_enable: transformers >= 5.24
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model = self.strategy.place(model, accelerator, config)
         model.train()
         optimizer = build_optimizer(model, config)
@@ -432,27 +388,25 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.model, self.optimizer, self.scheduler = self.strategy.prepare(accelerator, model, optimizer, scheduler)
 
-    def prepare_evaluation(self, train_dataset, collate_fn) -> None:
-        """The evaluation and test loaders prepared (after the model: accelerate's order), the
+    def prepare_evaluation(self, train_dataset, eval_dataset, test_dataset, collate_fn) -> None:
+        """The evaluation and test loaders (prepared after the model: accelerate's order), the
         training data in order for `train_eval_loss`, and the tracker."""
         accelerator, config = self.accelerator, self.config
-        self.eval_loader, self.test_loader = (accelerator.prepare(loader) if loader is not None else None for loader in (self.eval_loader, self.test_loader))
-        self.train_eval_loader = None
-        if config.train_eval_batches:  # unshuffled: "the first N training batches" are the same ones at every evaluation
-            self.train_eval_loader = accelerator.prepare(make_loader(train_dataset, self.eval_batch_size, collate_fn, seed=config.seed))
+        batch_size = config.eval_batch_size or config.batch_size
+
+        def loader(data):
+            return accelerator.prepare(make_loader(data, batch_size, collate_fn, seed=config.seed))
+
+        self.eval_loader = loader(eval_dataset) if eval_dataset is not None and len(eval_dataset) > 0 else None
+        self.test_loader = loader(test_dataset) if test_dataset is not None and len(test_dataset) > 0 else None
+        # unshuffled: "the first N training batches" are the same ones at every evaluation
+        self.train_eval_loader = loader(train_dataset) if config.train_eval_batches else None
         if self.tensorboard:
             hyperparameters = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
             accelerator.init_trackers("tensorboard", config=hyperparameters)
 
-    def fit(
-        self,
-        *,
-        final_dir: str | os.PathLike | None = None,
-        on_save: Callable[[Path, dict], None] | None = None,
-        before_save: Callable[[torch.nn.Module], None] | None = None,
-        merge_adapters: bool = False,
-    ) -> dict[str, Any]:
-        """Restore, train to the last step, evaluate and save; returns the final metrics."""
+    def fit(self, *, final_dir=None, on_save=None, before_save=None, merge_adapters: bool = False) -> dict[str, Any]:
+        """Restore, train to the last step, evaluate and save (arguments: see `train`); returns the final metrics."""
         self.check_room_to_save(final_dir)
         self.restore()
         if self.config.eval_at_start and self.eval_loader is not None and self.position.step == 0:
@@ -476,7 +430,8 @@ class Trainer:
         moments = sum(2 * 4 * p.numel() for p in parameters if p.requires_grad)  # AdamW's two fp32 moments
         saves = self.total_steps // self.config.save_every if self.config.save_every else 0
         at_once = min(saves, self.config.keep_checkpoints + 1)  # a new checkpoint is written before the oldest goes
-        check_free_space(self.output_dir, (weights if final_dir else 0) + at_once * (weights + moments), "output folder")
+        needed = (weights if final_dir else 0) + at_once * (weights + moments)
+        check_free_space(self.output_dir, needed, "output folder")
 
     def restore(self) -> None:
         """With `resume`, load the newest checkpoint and continue from its position."""
@@ -488,7 +443,7 @@ class Trainer:
             self.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
             self.last_checkpoint = checkpoint_name(self.position.step)
         if self.accelerator.is_main_process:
-            mark_output(self.output_dir, run=True)  # the run folder is ours from here on: a later run may replace what is in it
+            mark_output(self.output_dir, run=True)  # the run folder is ours now: a later run may replace it
             save_run_options(self.config.run_options, self.output_dir)  # config.yaml: what the run (now) runs with
         self.log = MetricsLog(self.accelerator, self.output_dir, self.position.step if self.config.resume else None)
 
@@ -569,12 +524,14 @@ class Trainer:
 
     def check_finite(self, loss: torch.Tensor) -> None:
         """Stop with `TrainingDiverged` on a NaN or infinite loss (reduced over processes, so all stop)."""
-        if not torch.isfinite(loss).item():
-            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
-            raise TrainingDiverged(
-                f"The training loss became {loss.item()} before step {self.position.step}; training stopped and {kept}. "
-                "Lower the learning rate, raise warmup_steps or use bf16 instead of fp16."
-            )
+        if torch.isfinite(loss).item():
+            return
+        last = self.last_checkpoint
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"The training loss became {loss.item()} before step {self.position.step}; training stopped and {kept}. "
+            "Lower the learning rate, raise warmup_steps or use bf16 instead of fp16."
+        )
 
     def evaluate(self) -> dict[str, float]:
         """The validation metrics now, logged and printed (with samples when asked for)."""
@@ -591,13 +548,12 @@ class Trainer:
 
     def print_samples(self) -> None:
         """A generation for each of `config.sample_prompts`, when there is a tokenizer and the model generates."""
-        config, model = self.config, self.accelerator.unwrap_model(self.model)
-        if self.tokenizer is None or not config.sample_prompts or not hasattr(model, "generate"):
+        prompts, model = self.config.sample_prompts, self.accelerator.unwrap_model(self.model)
+        if self.tokenizer is None or not prompts or not hasattr(model, "generate"):
             return
         with self.strategy.generating(model) as synced:  # under FSDP every process generates, in step
-            samples = generate_samples(
-                model, self.tokenizer, config.sample_prompts, config.sample_max_new_tokens, self.accelerator.device, synced=synced
-            )
+            max_new_tokens, device = self.config.sample_max_new_tokens, self.accelerator.device
+            samples = generate_samples(model, self.tokenizer, prompts, max_new_tokens, device, synced=synced)
         for sample in samples:
             self.accelerator.print(f"  sample: {sample!r}")
 
@@ -628,7 +584,8 @@ class Trainer:
         record = {}
         for name, book in self.config.book_figures.items():
             ours = self.results.get(name)
-            self.accelerator.print(f"{name}: book: {book:.4g}, ours: " + ("not measured" if ours is None else f"{ours:.4g}"))
+            shown = "not measured" if ours is None else f"{ours:.4g}"
+            self.accelerator.print(f"{name}: book: {book:.4g}, ours: {shown}")
             record[f"book_{name}"] = book
             if ours is not None:
                 record[f"ours_{name}"] = ours
@@ -665,35 +622,22 @@ def train(
     eval_dataset,
     config: TrainingConfig,
     *,
-    test_dataset=None,
-    collate_fn: Callable[[list], dict] | None = None,
-    evaluate_fn: Callable[..., dict[str, float]] | None = None,
-    tokenizer=None,
     final_dir: str | os.PathLike | None = None,
     on_save: Callable[[Path, dict], None] | None = None,
     before_save: Callable[[torch.nn.Module], None] | None = None,
     merge_adapters: bool = False,
-    seq_len: int | None = None,
+    **options,
 ) -> dict[str, Any]:
     """Train `model`, or the model a zero-argument factory builds, on `train_dataset`; see the
-    module docstring for the contract."""
+    module docstring for the contract. `options` are the Trainer's (test_dataset, collate_fn,
+    evaluate_fn, tokenizer, seq_len), the others `fit`'s."""
     if final_dir is not None:
         check_writable(final_dir, "model folder")
         if Path(final_dir).resolve() == Path(config.output_dir).resolve():
             # The model folder is the run folder (fine-tuning): the run works beside it until the
             # save, so a previous model there stays whole, logs included, until it is replaced.
             config = replace(config, output_dir=str(work_folder(final_dir)))
-    trainer = Trainer(
-        model,
-        train_dataset,
-        eval_dataset,
-        config,
-        test_dataset=test_dataset,
-        collate_fn=collate_fn,
-        evaluate_fn=evaluate_fn,
-        tokenizer=tokenizer,
-        seq_len=seq_len,
-    )
+    trainer = Trainer(model, train_dataset, eval_dataset, config, **options)
     return trainer.fit(final_dir=final_dir, on_save=on_save, before_save=before_save, merge_adapters=merge_adapters)
 
 
@@ -722,16 +666,13 @@ def save_model(
     strategy: parallel.Plain | None = None,
 ) -> None:
     """Write the (possibly wrapped, compiled or sharded) `model` as a `save_pretrained` folder.
-
     Every process calls it (gathering a sharded model is collective); the main process writes
     into a temporary folder that replaces `folder` in one rename, so a crash leaves the previous
     folder or none. The folder holds the weights (safetensors, `_orig_mod.` of torch.compile
     stripped; with `merge_adapters` LoRA adapters are folded in, else a PEFT model saves only its
-    adapter), the config and remote code, `tokenizer`, `metrics.json`, the run's loss curve (and,
-    when `folder` is the run folder itself, its `metrics.jsonl` and TensorBoard logs), then
-    whatever `on_save(tmp_folder, metrics)` adds. `strategy` (the run's, see `parallel.py`) gives
-    the full model; by default the one that holds `model` as it is.
-    """
+    adapter), the config and remote code, `tokenizer`, `metrics.json`, the run's files
+    (`copy_run_files`), then whatever `on_save(tmp_folder, metrics)` adds. `strategy` (the run's,
+    see `parallel.py`) gives the full model; by default the one that holds `model` as it is."""
     strategy = parallel.of_model(model) if strategy is None else strategy
     unwrapped, state_dict = strategy.full_model(accelerator, model, merge_adapters)
     if state_dict is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from scratch_gpt.errors import BadInput
+from scratch_gpt.io_utils import write_atomically
 
 # Dense peak FLOP/s of one GPU: (bf16/fp16, TF32, FP32), from the vendors' data sheets.
 # Keyed by the exact `torch.cuda.get_device_name()`; a PCIe card is not its SXM sibling.
@@ -34,14 +35,12 @@ GPU_PEAK_FLOPS = {
 
 def peak_flops(device: torch.device, mixed_precision: str) -> float | None:
     """Dense peak FLOP/s of one device for the run's matmul dtype, or None when unknown."""
-    if device.type == "cuda":
-        peaks = GPU_PEAK_FLOPS.get(torch.cuda.get_device_name(device))
-        if peaks is None:
-            return None
-        if mixed_precision in ("bf16", "fp16"):
-            return peaks[0]
-        return peaks[1] if torch.get_float32_matmul_precision() != "highest" else peaks[2]
-    return None  # a CPU's peak is not known (a matmul's rate is no peak: MFU came out above 100%): --peak-flops
+    peaks = GPU_PEAK_FLOPS.get(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if peaks is None:  # an unknown GPU, or a CPU (a matmul's rate is no peak: MFU came out above 100%)
+        return None
+    if mixed_precision in ("bf16", "fp16"):
+        return peaks[0]
+    return peaks[1] if torch.get_float32_matmul_precision() != "highest" else peaks[2]
 
 
 def measured_cpu_peak(size: int = 512, repeats: int = 8) -> float:
@@ -88,13 +87,12 @@ class MetricsLog:
         self.accelerator = accelerator
         self.path = output_dir / "metrics.jsonl"
         if accelerator.is_main_process:
-            output_dir.mkdir(parents=True, exist_ok=True)
             kept = []
-            if resume_step is not None and self.path.exists():  # drop what the interrupted run logged after its checkpoint
-                kept = [line for line in self.path.read_text().splitlines() if _step_of(line, resume_step + 1) <= resume_step]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill here keeps the old log whole
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            if resume_step is not None and self.path.exists():
+                # drop what the interrupted run logged after its checkpoint
+                lines = self.path.read_text().splitlines()
+                kept = [line for line in lines if _step_of(line, resume_step + 1) <= resume_step]
+            write_atomically(self.path, "".join(line + "\n" for line in kept))  # a kill here keeps the old log whole
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.accelerator.log(metrics, step=step)

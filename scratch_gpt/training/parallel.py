@@ -21,10 +21,8 @@ What a strategy decides, in the order a run meets it:
     full_model(accelerator, model, merge_adapters)    what `save_model` writes
     slices(model, optimizer)                          what a checkpoint holds besides `save_state`
 
-A model factory is a zero-argument callable returning the model. One that makes a new model (its
-weights initialised, not read from a folder) is marked `NewModel(factory)`: under FSDP a read
-model is read by the main process only and sent into the others' slices, a new one is built on
-the meta device everywhere and initialised slice by slice (see `sharding.py`).
+A model factory is a zero-argument callable returning the model; one that makes new weights (none
+read from a folder) is marked `NewModel(factory)`. What FSDP does with each: `sharding.py`.
 """
 
 import contextlib
@@ -45,10 +43,8 @@ def world_size() -> int:
 
 def cpu_processes() -> bool:
     """True in a process that `accelerate launch --multi_gpu` started on a machine without a GPU.
-
     The launcher resets ACCELERATE_USE_CPU, and accelerate then sets up no process group at all;
-    telling it `cpu=True` gives the gloo backend, so the same command works on CPU (and in CI).
-    """
+    telling it `cpu=True` gives the gloo backend, so the same command works on CPU (and in CI)."""
     return not torch.cuda.is_available() and world_size() > 1
 
 
@@ -157,8 +153,8 @@ class FSDP2(Plain):
     def place(self, model: torch.nn.Module, accelerator, config) -> torch.nn.Module:
         """Each process keeps its slices only; new weights are initialised after sharding."""
         sharding.shard_model(model, accelerator.device, seed=config.seed, mixed_precision=config.mixed_precision)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"FSDP: process {accelerator.process_index} holds {sharding.local_numel(model):,} of {total:,} parameters", flush=True)
+        held, total = sharding.local_numel(model), sum(p.numel() for p in model.parameters())
+        print(f"FSDP: process {accelerator.process_index} holds {held:,} of {total:,} parameters", flush=True)
         return model
 
     def prepare(self, accelerator, model, optimizer, scheduler) -> tuple:
@@ -187,11 +183,11 @@ class FSDP2(Plain):
 
 
 def choose(fsdp: bool = False) -> Plain:
-    """FSDP2 when asked for (`--fsdp` or an accelerate FSDP config) with more than one process,
-    else DDP with more than one process, else Plain."""
-    if sharding.fsdp_enabled(fsdp):
-        return FSDP2()
-    return DDP() if world_size() > 1 else Plain()
+    """Plain for one process; with more, FSDP2 when asked for (`--fsdp` or an accelerate FSDP config), else DDP."""
+    if world_size() == 1:
+        return Plain()
+    fsdp = fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return FSDP2() if fsdp else DDP()
 
 
 def of_model(model: torch.nn.Module) -> Plain:

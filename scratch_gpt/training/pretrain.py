@@ -20,9 +20,6 @@ from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.training.loop import NewModel, check_output_dir, process_state, train
 
 
-# ----------------------------------------------------------------------------------------------
-
-
 def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     """`--tokenizer`, else the tokenizer of `--init-from` (its ids are the model's), else a new one
     trained on the training documents only (never on validation text), by the main process; the
@@ -30,8 +27,8 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     or chat template (GPT-2's) is completed (`complete_tokenizer`) and saved so with the model."""
     from transformers import AutoTokenizer
 
-    from scratch_gpt.convert import load_pretrained
-    from scratch_gpt.tokenizer import complete_tokenizer, train_tokenizer
+    from scratch_gpt.tokenizer import train_tokenizer
+    from scratch_gpt.training.finetune import load_base_tokenizer
 
     if args.tokenizer and not Path(args.tokenizer).is_dir():
         raise MissingFile(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
@@ -39,8 +36,7 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     state = process_state()
     if source:
         try:
-            tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, trust_remote_code=args.trust_remote_code)
-            tokenizer = complete_tokenizer(tokenizer)
+            tokenizer = load_base_tokenizer(source, args.trust_remote_code)
         except MissingFile:
             raise MissingFile(
                 f"{source!r} holds no tokenizer; pass the one the model was trained with as --tokenizer."
@@ -101,29 +97,21 @@ def model_config(args, tokenizer) -> ScratchGPTConfig:
     return config
 
 
-def build_model(args, tokenizer, config: ScratchGPTConfig):
-    """The model to train: `--init-from`'s weights, else a new model of `config` (see `model_config`).
-    The loop calls it in its build context: under FSDP only the shapes here, the loop fills the
-    slices of each process."""
+def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
+    """What the loop builds the model with, in its build context (under FSDP only the shapes; the loop
+    fills each process' slices): `--init-from`'s weights, else a new model of `config` (marked
+    `NewModel`: the loop initialises it); then one line on the data, the tokenizer and the model."""
     from scratch_gpt import ScratchGPTForCausalLM
     from scratch_gpt.convert import load_pretrained
 
-    if args.init_from:
-        model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
-    else:
-        model = ScratchGPTForCausalLM(config)
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
-
-
-def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
-    """What the loop builds the model with, in its build context: `build_model`, then one line on the
-    data, the tokenizer and the model. A new model is marked `NewModel` (initialised by the loop)."""
-
     def build():
-        model = build_model(args, tokenizer, config)
+        if args.init_from:
+            model = load_pretrained(ScratchGPTForCausalLM.from_pretrained, args.init_from, trust_remote_code=args.trust_remote_code)
+        else:
+            model = ScratchGPTForCausalLM(config)
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
         process_state().print(
             f"{stats['train_blocks']} training and {stats['val_blocks']} validation blocks of {args.block_size} tokens; "
             f"tokenizer {len(tokenizer)} tokens ({stats['bytes_per_token']:.2f} bytes/token); "
@@ -135,11 +123,9 @@ def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
 
 
 def prepare_data(args, tokenizer, train_docs, val_docs):
-    """Pack the training and validation documents into blocks (validation: disjoint).
-
-    With `--streaming` the training blocks stay a lazy stream; validation keeps its first
-    `eval_batches * batch_size` blocks in memory, so every evaluation sees the same blocks.
-    """
+    """Pack the training and validation documents into blocks (validation: disjoint). With `--streaming`
+    the training blocks stay a lazy stream; validation keeps its first `eval_batches * batch_size`
+    blocks in memory, so every evaluation sees the same blocks."""
     import datasets
 
     from scratch_gpt.data import bytes_per_token, pack_dataset, unigram_entropy
@@ -148,7 +134,8 @@ def prepare_data(args, tokenizer, train_docs, val_docs):
         train_blocks = pack_dataset(train_docs, tokenizer, block_size=args.block_size, stride=args.stride, num_proc=args.num_proc)
         val_blocks = pack_dataset(val_docs, tokenizer, block_size=args.block_size, num_proc=args.num_proc)
     if args.streaming:
-        val_blocks = datasets.Dataset.from_list(list(itertools.islice(val_blocks, (args.eval_max_batches or 50) * args.batch_size)))
+        kept = (args.eval_max_batches or 50) * args.batch_size
+        val_blocks = datasets.Dataset.from_list(list(itertools.islice(val_blocks, kept)))
     val_texts = [row["text"] for row in itertools.islice(val_docs, 500)]
     stats = {
         "bytes_per_token": bytes_per_token(val_texts, tokenizer),
@@ -168,8 +155,8 @@ def pretrain(args: PretrainOptions) -> dict:
     from scratch_gpt.hub import write_model_card
     from scratch_gpt.sources import read_texts
 
-    config = args.training()  # the options were checked when parsed; the output folder is checked here
-    output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from], replaces=False)  # a run folder
+    config = args.training()  # the options were checked when parsed; the output folder (a run folder) is checked here
+    output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from], replaces=False)
     process_state()  # this process among those launched, before any other accelerate object
     set_seed(args.seed)
     corpus = read_texts(
@@ -182,10 +169,11 @@ def pretrain(args: PretrainOptions) -> dict:
     config.bytes_per_token = stats["bytes_per_token"]
 
     def write_card(folder: Path, metrics: dict) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "runtime_s"}
         write_model_card(
             folder,
             kind="base",
-            metrics={**{k: v for k, v in metrics.items() if k != "runtime_s"}, "unigram_entropy": stats["unigram_entropy"]},
+            metrics={**metrics, "unigram_entropy": stats["unigram_entropy"]},
             hyperparameters=hyperparameters(args),
             datasets=[args.data],
             base_model=args.init_from,

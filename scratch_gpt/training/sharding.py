@@ -48,21 +48,10 @@ from scratch_gpt.errors import BadInput
 SHARDS_FOLDER = "sharded"  # a checkpoint's model and optimizer slices, one file per process
 
 
-def fsdp_enabled(fsdp_flag: bool = False) -> bool:
-    """True when FSDP is asked for (`--fsdp`, or an accelerate FSDP config) and there is more than
-    one process to shard over; with one process the loop trains as usual."""
-    asked = fsdp_flag or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    return asked and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def build_context(*, load: bool):
     """Where a process builds (`load=False`) or reads (`load=True`) its part of a model to shard:
     the meta device, except the main process when it reads the weights."""
-    if load and is_main_process():
+    if load and int(os.environ.get("RANK", "0")) == 0:  # the main process
         return contextlib.nullcontext()
     return init_empty_weights()  # parameters on meta, buffers (computed, small) real
 
@@ -84,11 +73,8 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def shard_model(model: torch.nn.Module, device: torch.device, *, seed: int, mixed_precision: str = "no"):
-    """Shard `model` (built by `build_context`) over every process and fill its slices; returns it.
-
-    Collective: every process calls it. What fills the slices is the main process' choice: its
-    weights when it read them, else a new initialisation (`init_weights`).
-    """
+    """Shard `model` (built by `build_context`) over every process and fill its slices (steps 2-3
+    above); returns it. Collective. The main process read the weights, or all initialise new ones."""
     blocks = block_classes(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under LoRA adapters
     if hasattr(base, "tie_weights"):
@@ -99,7 +85,8 @@ def shard_model(model: torch.nn.Module, device: torch.device, *, seed: int, mixe
     buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers() if not buffer.is_meta}
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision == "bf16" else MixedPrecisionPolicy()
+    bf16 = {"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32} if mixed_precision == "bf16" else {}
+    policy = MixedPrecisionPolicy(**bf16)
     for module in model.modules():
         if isinstance(module, blocks):
             fully_shard(module, mesh=mesh, mp_policy=policy)
@@ -141,12 +128,10 @@ def unsharded_copy(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) 
     `state_dict` (on the CPU, without copying): what `save_pretrained` and `merge_and_unload` expect."""
     from peft import PeftModel, get_peft_model
 
-    def plain_class(module):
-        return next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
-
     base = model.get_base_model() if isinstance(model, PeftModel) else model
+    plain_class = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))  # before fully_shard
     with init_empty_weights():
-        copy = plain_class(base)(base.config)
+        copy = plain_class(base.config)
         if isinstance(model, PeftModel):
             copy = get_peft_model(copy, model.peft_config[model.active_adapter])
     copy.load_state_dict(state_dict, assign=True)
