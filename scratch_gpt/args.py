@@ -3,11 +3,11 @@
 An option is one typed dataclass field. Its metadata, written by `option(...)`, holds the help text,
 the allowed range or choices, older spellings, and whether it may change when a run is resumed:
 
-    lr: float = option(3e-4, "peak learning rate (AdamW)", flag="--lr", more_than=0)
+    learning_rate: float = option(3e-4, "peak learning rate (AdamW)", flag="--lr", more_than=0)
 
 From these fields `scratch_gpt.cli` generates each command's flags and `--config` keys, and
 `check_values` below validates them before any work. A command's options are one class made of
-groups (`class PretrainOptions(SourceOptions, ..., TrainingConfig)`), so a library function takes a
+groups (`class PretrainOptions(SourceOptions, ..., TrainingOptions)`), so a library function takes a
 typed object, never an argparse Namespace. This module imports nothing heavy: `scratch-gpt --help`
 reads it without torch; a choice list from a heavy module is named "module:NAME", read when checked.
 """
