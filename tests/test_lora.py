@@ -140,3 +140,11 @@ def test_plain_peft_lora_config_finds_the_default_targets():
     model = get_peft_model(ScratchGPTForCausalLM(tiny_config()), LoraConfig(task_type="CAUSAL_LM", r=4))
     adapted = {name.split(".base_layer")[0].rsplit(".", 1)[-1] for name, _ in model.named_modules() if name.endswith("base_layer")}
     assert adapted == set(DEFAULT_TARGETS)
+
+
+def test_the_lora_targets_flag_defaults_to_every_target_peft_knows():
+    """`--lora-targets` is declared in args.py, which cannot import this torch module: the two lists must agree."""
+    from scratch_gpt.args import LoraOptions
+    from scratch_gpt.lora import ALL_TARGETS
+
+    assert LoraOptions().lora_targets.split(",") == list(ALL_TARGETS)

@@ -262,8 +262,7 @@ def check_output_dir(config: TrainingConfig, inputs=(), replaces: bool = True) -
     output_dir = check_output(config.output_dir, inputs=inputs, overwrite=config.overwrite, replaces=replaces)
     check_no_other_run(config, output_dir)
     if config.resume:  # the run folder: the output folder, or the work folder beside a fine-tune's model folder
-        run_dir = output_dir if (output_dir / "config.yaml").is_file() else work_folder(output_dir)
-        check_resume_options(config.run_options, run_dir)
+        check_resume_options(config.run_options, output_dir, work_folder(output_dir))
     return output_dir
 
 
@@ -436,7 +435,6 @@ class Trainer:
     def restore(self) -> None:
         """With `resume`, load the newest checkpoint and continue from its position."""
         if self.config.resume:
-            check_resume_options(self.config.run_options, self.output_dir)
             signature = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
             slices = self.strategy.slices(self.model, self.optimizer)
             state = load_newest_checkpoint(self.accelerator, self.output_dir, signature, slices)

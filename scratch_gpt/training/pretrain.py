@@ -20,7 +20,7 @@ from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.training.loop import NewModel, check_output_dir, process_state, train
 
 
-def load_or_train_tokenizer(args, train_docs, output_dir: Path):
+def load_or_train_tokenizer(args: PretrainOptions, train_docs, output_dir: Path):
     """`--tokenizer`, else the tokenizer of `--init-from` (its ids are the model's), else a new one
     trained on the training documents only (never on validation text), by the main process; the
     others wait and load what it saved in `output_dir/.tokenizer`. A tokenizer without a pad token
@@ -56,7 +56,7 @@ def load_or_train_tokenizer(args, train_docs, output_dir: Path):
     return tokenizer
 
 
-def model_config(args, tokenizer) -> ScratchGPTConfig:
+def model_config(args: PretrainOptions, tokenizer) -> ScratchGPTConfig:
     """The config of the model to train, checked against the tokenizer and `--block-size` before the
     data work: `--init-from`'s (read without its weights), else a new one from `--preset` and the
     size flags."""
@@ -97,7 +97,7 @@ def model_config(args, tokenizer) -> ScratchGPTConfig:
     return config
 
 
-def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
+def model_factory(args: PretrainOptions, tokenizer, config: ScratchGPTConfig, stats: dict):
     """What the loop builds the model with, in its build context (under FSDP only the shapes; the loop
     fills each process' slices): `--init-from`'s weights, else a new model of `config` (marked
     `NewModel`: the loop initialises it); then one line on the data, the tokenizer and the model."""
@@ -122,7 +122,7 @@ def model_factory(args, tokenizer, config: ScratchGPTConfig, stats: dict):
     return build if args.init_from else NewModel(build)
 
 
-def prepare_data(args, tokenizer, train_docs, val_docs):
+def prepare_data(args: PretrainOptions, tokenizer, train_docs, val_docs):
     """Pack the training and validation documents into blocks (validation: disjoint). With `--streaming`
     the training blocks stay a lazy stream; validation keeps its first `eval_batches * batch_size`
     blocks in memory, so every evaluation sees the same blocks."""

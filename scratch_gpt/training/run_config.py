@@ -28,9 +28,11 @@ def read_run_options(run_dir) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
-def check_resume_options(run_options: dict | None, run_dir) -> None:
-    """On `--resume`: every option that may not change has the value in the run's config.yaml."""
-    saved = read_run_options(run_dir) if run_options else None
+def check_resume_options(run_options: dict | None, *folders) -> None:
+    """On `--resume`: every option that may not change has the value in the run's config.yaml, read from
+    the first of `folders` that holds one (a fine-tune's run works in a folder beside its model folder)."""
+    run_dir = next((Path(folder) for folder in folders if (Path(folder) / FILE).is_file()), None)
+    saved = read_run_options(run_dir) if run_options and run_dir else None
     if saved is None:  # not a command's run, or a run from before config.yaml
         return
     changed = resume_changes(saved, run_options)
