@@ -5,7 +5,9 @@ the allowed range or choices, older spellings, and whether it may change when a 
 
     learning_rate: float = option(3e-4, "peak learning rate (AdamW)", flag="--lr", more_than=0)
 
-From these fields `scratch_gpt.cli` generates each command's flags and `--config` keys, and
+A path option also says what the command does with it: `reads=True` (an input, never to be written
+over) or `writes="folder"|"run"|"file"` (an output, checked by `scratch_gpt.io_utils` before the
+command runs). From these fields `scratch_gpt.cli` generates each command's flags and `--config` keys, and
 `check_values` below validates them before any work. A command's options are one class made of
 groups (`class PretrainOptions(SourceOptions, ..., TrainingOptions)`), so a library function takes a
 typed object, never an argparse Namespace. This module imports nothing heavy: `scratch-gpt --help`
@@ -45,10 +47,14 @@ def option(
     resumable: bool = False,
     cli: bool = True,
     metavar: str | None = None,
+    reads: bool = False,
+    writes: str | None = None,
 ) -> Any:
     """A declared option. `aliases` are older flags (hidden in --help); an alias given as
     `(flag, value)` sets the option to `value`. `rule` is `(accepts(value), "what it must be")`.
-    `resumable`: the option may differ when `--resume` continues a run. `cli=False`: Python only."""
+    `resumable`: the option may differ when `--resume` continues a run. `cli=False`: Python only.
+    `reads`: a path the command reads. `writes`: a path it writes, a "folder" replaced whole, a
+    training "run" folder added to over runs, or a "file"."""
     metadata = {name: value for name, value in locals().items() if name != "default"}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -86,6 +92,22 @@ def choices_of(f: Field) -> tuple | None:
 def declared(cls) -> list[Field]:
     """The options of `cls` (the fields with an `option(...)` declaration)."""
     return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def shown_name(f: Field) -> str:
+    """How messages name an option: its flag, or the metavar of a positional argument (OUT_DIR)."""
+    return (f.metadata["metavar"] or f.name.upper()) if f.metadata["positional"] else flag_of(f)
+
+
+def paths_read(options) -> list[str]:
+    """The values of the options declared `reads=True` (every path the command reads)."""
+    values = [getattr(options, f.name) for f in declared(type(options)) if f.metadata["reads"]]
+    return [item for value in values for item in (value if isinstance(value, (list, tuple)) else [value]) if item]
+
+
+def paths_written(options) -> list[tuple[Field, str]]:
+    """`(declaration, path)` of every option declared `writes=` that has a value."""
+    return [(f, getattr(options, f.name)) for f in declared(type(options)) if f.metadata["writes"] and getattr(options, f.name)]
 
 
 def default_of(f: Field):
@@ -193,7 +215,7 @@ def comma_list(value: str | list | None) -> list[str] | None:
 class OutputFolder(Options):
     GROUP = "output"
     output_dir: str | None = option(
-        None, "folder to write (replaced whole, never half-written)", aliases=("--output",), resumable=True
+        None, "folder to write (replaced whole, never half-written)", aliases=("--output",), resumable=True, writes="folder"
     )  # a run folder may be moved or copied, then resumed
     overwrite: bool = option(False, "replace an existing output that scratch-gpt did not write", resumable=True)
 
@@ -280,7 +302,7 @@ class SourceOptions(Options):
     """`--data` (read by `scratch_gpt.sources`, the same in every command) and how to decode its files."""
 
     GROUP = "data"
-    data: str | None = option(None, "file (text or table), folder, glob or Hub dataset (hub:NAME)", required=True)
+    data: str | None = option(None, "file (text or table), folder, glob or Hub dataset (hub:NAME)", required=True, reads=True)
     encoding: str = option("utf-8", "text encoding of the data files, e.g. cp1252")
     encoding_errors: str = option(
         "strict", "'replace' turns undecodable bytes into U+FFFD instead of stopping",
@@ -304,7 +326,7 @@ class PretrainOptions(TrustRemoteCode, TextColumn, SourceOptions, TrainingOption
     val_fraction: float = option(0.05, "share of documents held out for validation", more_than=0, less_than=1)
     num_proc: int | None = option(None, "processes for tokenization", at_least=1, resumable=True)
     streaming: bool = option(False, "read and pack the corpus lazily (larger than memory); needs --max-steps")
-    tokenizer: str | None = option(None, "a saved tokenizer folder; default: train one on --data")
+    tokenizer: str | None = option(None, "a saved tokenizer folder; default: train one on --data", reads=True)
     vocab_size: int = option(4096, "vocabulary of the tokenizer trained when --tokenizer is not given", rule=VOCAB_RULE)
     preset: str = option("tiny", "model size to start from", choices="scratch_gpt.configuration_scratch_gpt:PRESETS")
     hidden_size: int | None = option(None, "width of the model (default: the preset's)", at_least=1)
@@ -321,7 +343,11 @@ class PretrainOptions(TrustRemoteCode, TextColumn, SourceOptions, TrainingOption
         "gpt2", "gpt2: N(0, 0.02); pytorch: torch's layer defaults, as the book's model",
         choices="scratch_gpt.configuration_scratch_gpt:INIT_STYLES",
     )  # fmt: skip
-    init_from: str | None = option(None, "continue pre-training a saved causal-LM folder instead of a new model")
+    init_from: str | None = option(None, "continue pre-training a saved causal-LM folder instead of a new model", reads=True)
+    output_dir: str | None = option(
+        None, "the run's folder: model/, checkpoints, logs (added to by --resume)", aliases=("--output",), resumable=True,
+        writes="run",
+    )  # fmt: skip
 
     def check(self) -> None:
         super().check()
@@ -352,7 +378,7 @@ class FinetuneOptions(TrustRemoteCode, SourceOptions, LoraOptions, TrainingOptio
     """What every fine-tuning command takes: the base model, the data, the held-out share, LoRA."""
 
     GROUP = "fine-tuning"
-    model: str | None = option(None, "pre-trained causal LM folder (with its tokenizer) or Hub id", required=True)
+    model: str | None = option(None, "pre-trained causal LM folder (with its tokenizer) or Hub id", required=True, reads=True)
     split: str = option("train", "split of a Hub dataset to read")
     val_fraction: float = option(0.1, "held-out share of records", more_than=0, less_than=1)
     max_length: int | None = option(None, "truncate to this many tokens (default: the model's context)", at_least=1)
@@ -404,7 +430,7 @@ class DPOOptions(FinetuneOptions):
 @dataclass
 class ChatOptions(TrustRemoteCode):
     GROUP = "chat"
-    model_dir: str | None = option(None, "finetune-instruct's output folder", positional=True, metavar="MODEL_DIR")
+    model_dir: str | None = option(None, "finetune-instruct's output folder", positional=True, metavar="MODEL_DIR", reads=True)
     prompt: str | None = option(None, "answer this one instruction and exit")
     system: str | None = option(None, "system prompt (default: the template's)")
     max_new_tokens: int | None = option(None, "longest answer (default: the generation config's)", at_least=1)
@@ -424,8 +450,9 @@ class ChatOptions(TrustRemoteCode):
 class TokenizerOptions(TextColumn, SourceOptions, OutputFolder):
     GROUP = "tokenizer"
     data: list[str] = option(  # many sources, where the other commands read one
-        [], "files, folders or globs (text, or tables with a text column), or hub:NAME for a Hub dataset", required=True
-    )
+        [], "files, folders or globs (text, or tables with a text column), or hub:NAME for a Hub dataset", required=True,
+        reads=True,
+    )  # fmt: skip
     vocab_size: int | None = option(None, f"vocab size (at least {MIN_VOCAB_SIZE})", required=True, rule=VOCAB_RULE)
     min_frequency: int = option(2, "least count of a pair to be merged", at_least=0)
     model_max_length: int | None = option(None, "context length of the model", at_least=1)
@@ -438,25 +465,31 @@ class TokenizerOptions(TextColumn, SourceOptions, OutputFolder):
 @dataclass
 class EvaluateOptions(TrustRemoteCode):
     GROUP = "evaluation"
-    model: str | None = option(None, "model folder (or Hub id) with its tokenizer", positional=True)
+    model: str | None = option(None, "model folder (or Hub id) with its tokenizer", positional=True, reads=True)
     tasks: list[str] = option([], "task names, comma-separated (repeatable)", repeat=True, required=True)
-    data: str | None = option(None, "text for scratch_perplexity, JSONL {question, choices, answer} for scratch_choice")
+    data: str | None = option(
+        None, "text for scratch_perplexity, JSONL {question, choices, answer} for scratch_choice", reads=True
+    )
     val_fraction: float | None = option(None, "score pretrain's held-out share of --data", more_than=0, less_than=1)
     seed: int = option(0, "seed of that split, as pretrain's --seed", at_least=0)
-    include_path: list[str] = option([], "folder of lm-eval task YAML files (repeatable)", repeat=True, metavar="DIR")
+    include_path: list[str] = option(
+        [], "folder of lm-eval task YAML files (repeatable)", repeat=True, metavar="DIR", reads=True
+    )
     batch_size: int = option(8, "sequences per forward pass", at_least=1)
     max_length: int | None = option(None, "context window in tokens (default: the model's context length)", at_least=1)
     limit: float | None = option(None, "at most this many documents per task (below 1: a share of them)", more_than=0)
     device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)")
     bootstrap_iters: int = option(1000, "bootstrap samples for standard errors, 0: none", at_least=0)
-    output: str | None = option(None, "also write the metrics as JSON to FILE", metavar="FILE")
+    output: str | None = option(None, "also write the metrics as JSON to FILE", metavar="FILE", writes="file")
     overwrite: bool = option(False, "replace an existing --output FILE that scratch-gpt did not write")
 
 
 @dataclass
 class PushOptions(Options):
     GROUP = "push"
-    output_dir: str | None = option(None, "folder written by a training command", positional=True, metavar="OUTPUT_DIR")
+    output_dir: str | None = option(
+        None, "folder written by a training command", positional=True, metavar="OUTPUT_DIR", reads=True
+    )
     repo_id: str | None = option(None, "the Hub repository to push to", required=True, metavar="OWNER/NAME")
     private: bool = option(False, "create the repository as private")
     revision: str | None = option(None, "branch to commit to (created if missing; default main)", metavar="R")
@@ -466,8 +499,10 @@ class PushOptions(Options):
 @dataclass
 class ExportOptions(TrustRemoteCode):
     GROUP = "export"
-    model_dir: str | None = option(None, "ScratchGPT, GPT-2, Llama or Qwen causal-LM folder or Hub id", positional=True)
-    out_dir: str | None = option(None, "where to write the folder (replaced atomically)", positional=True)
+    model_dir: str | None = option(
+        None, "ScratchGPT, GPT-2, Llama or Qwen causal-LM folder or Hub id", positional=True, reads=True
+    )
+    out_dir: str | None = option(None, "where to write the folder (replaced atomically)", positional=True, writes="folder")
     to: str | None = option(None, "the transformers class to write", required=True, choices=EXPORT_TARGETS)
     overwrite: bool = option(False, "replace an existing OUT_DIR that scratch-gpt did not write")
 
@@ -475,11 +510,17 @@ class ExportOptions(TrustRemoteCode):
 @dataclass
 class ImportBookOptions(TrustRemoteCode):
     GROUP = "import"
-    checkpoint: str | None = option(None, "book's model.pth or chapter 5's model_and_optimizer.pth", positional=True)
-    out_dir: str | None = option(None, "where to write the model folder (replaced atomically)", positional=True)
+    checkpoint: str | None = option(
+        None, "book's model.pth or chapter 5's model_and_optimizer.pth", positional=True, reads=True
+    )
+    out_dir: str | None = option(
+        None, "where to write the model folder (replaced atomically)", positional=True, writes="folder"
+    )
     num_heads: int | None = option(None, "attention heads (12 for GPT-2 124M); or use --config-json", at_least=1)
-    config_json: str | None = option(None, "the book's config dict as a JSON file (its n_heads is used)")
-    tokenizer: str | None = option(None, "tokenizer folder or Hub id saved with the model (the book uses GPT-2's)")
+    config_json: str | None = option(None, "the book's config dict as a JSON file (its n_heads is used)", reads=True)
+    tokenizer: str | None = option(
+        None, "tokenizer folder or Hub id saved with the model (the book uses GPT-2's)", reads=True
+    )
     overwrite: bool = option(False, "replace an existing OUT_DIR that scratch-gpt did not write")
 
 
@@ -503,14 +544,25 @@ def as_config(options: Options) -> dict:
     return values
 
 
-def resumable_keys() -> set[str]:
-    """The config keys of every option declared `resumable` (one flag means one thing in every command)."""
+def keys_where(test: Callable[[Field], bool]) -> set[str]:
+    """The config keys of the options of every group that pass `test` (one flag means one thing in every command)."""
     keys, classes = set(), [Options]
     while classes:
         cls = classes.pop()
         classes += cls.__subclasses__()
-        keys |= {flag_of(f).lstrip("-") for f in declared(cls) if f.metadata["resumable"]}
+        keys |= {flag_of(f).lstrip("-") for f in declared(cls) if test(f)}
     return keys
+
+
+def resumable_keys() -> set[str]:
+    """The config keys of every option declared `resumable`."""
+    return keys_where(lambda f: f.metadata["resumable"])
+
+
+def read_keys() -> set[str]:
+    """The config keys of every option declared `reads` (paths whose content a resumed run compares;
+    a positional argument has no config key)."""
+    return keys_where(lambda f: f.metadata["reads"] and not f.metadata["positional"])
 
 
 def resume_changes(saved: dict, now: dict) -> list[str]:

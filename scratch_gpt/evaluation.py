@@ -21,7 +21,7 @@ from pathlib import Path
 
 from scratch_gpt.args import EvaluateOptions
 from scratch_gpt.errors import BadInput, MissingFile
-from scratch_gpt.io_utils import RESULTS_MARK, check_output_file, write_atomically
+from scratch_gpt.io_utils import RESULTS_MARK, write_atomically
 
 TASKS_DIR = Path(__file__).parent / "eval_tasks"
 INSTALL_HINT = "lm-evaluation-harness is not installed; run `pip install 'scratch_gpt[eval]'` (or `pip install lm-eval`)."
@@ -99,7 +99,8 @@ def write_documents(source: str, path: Path, val_fraction: float | None, seed: i
 
 
 def evaluate(args: EvaluateOptions) -> dict:
-    """Load the model folder, run the tasks with lm-eval, print its table; returns lm-eval's results."""
+    """Load the model folder, run the tasks with lm-eval, print its table; returns lm-eval's results.
+    (`--output` was checked by the CLI before this runs, as every declared output is.)"""
     import torch
 
     lm_eval = import_lm_eval()
@@ -113,8 +114,6 @@ def evaluate(args: EvaluateOptions) -> dict:
     names = [name for group in args.tasks for name in group.split(",") if name]
     if args.val_fraction is not None and args.data is None:
         raise BadInput("--val-fraction selects the held-out part of --data; pass --data too.")
-    if args.output:  # before any work: never over an input, a model folder, or a file of the user's
-        check_output_file(args.output, inputs=[args.model, args.data, *args.include_path], overwrite=args.overwrite)
     with tempfile.TemporaryDirectory() as workdir:
         specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

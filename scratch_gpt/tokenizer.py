@@ -17,13 +17,14 @@ import itertools
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from scratch_gpt.args import MIN_VOCAB_SIZE, TokenizerOptions
 from scratch_gpt.errors import BadInput
-from scratch_gpt.io_utils import atomic_directory, check_output
+from scratch_gpt.io_utils import atomic_directory
 from scratch_gpt.sources import checked_texts, is_dataset, read_texts
 
 EOS_TOKEN = "<|endoftext|>"
@@ -292,7 +293,7 @@ def _hold_out(texts: Iterable[str], held_out: list[str], every: int, max_chars: 
 def train_tokenizer_command(args: TokenizerOptions) -> None:
     """`scratch-gpt train-tokenizer`: train on `--data` (every N-th text held out), save, report compression."""
     held_out: list[str] = []
-    output = check_output(args.output_dir, inputs=args.data, overwrite=args.overwrite, flag="--output-dir")
+    output = Path(args.output_dir)  # checked by the CLI, as every declared output
     corpus = read_texts(args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=True)
     texts = iter_texts(corpus)  # a list of strings is texts to iter_texts, and --data is a list of paths
     if args.held_out_every:

@@ -122,7 +122,7 @@ def main() -> int:
         import scratch_gpt  # noqa: F401
 
         generator = pipeline("text-generation", model=model_dir, device="cpu")
-        print(f"\n$ pipeline('text-generation', model=MODEL)('Return the', max_new_tokens=12, do_sample=False)")
+        print("\n$ pipeline('text-generation', model=MODEL)('Return the', max_new_tokens=12, do_sample=False)")
         print(generator("Return the", max_new_tokens=12, do_sample=False)[0]["generated_text"])
     print("\nall clients ran")
     return 0

@@ -465,3 +465,84 @@ def test_an_output_file_of_ours_is_replaced_whole_and_a_users_file_only_with_ove
     check_output_file(notes, overwrite=True)
     write_atomically(notes, "{}")
     assert notes.read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.json", "results.json"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Every path a command writes, taken from the declarations (`writes=`), never lands on the user's
+# files: pointed at each path the command reads, into a model folder, at a user's folder or file,
+# into a folder of ours the user added to, and (a folder) at a training run's folder.
+
+# The inputs each command needs to start, by option name (a new command that writes must add a row).
+STARTS = {
+    "train-tokenizer": {"data": ["corpus"], "vocab_size": 300},
+    "pretrain": {"data": "corpus", "tokenizer": "base"},
+    "quickstart": {},
+    "finetune-classifier": {"model": "base", "data": "data.csv"},
+    "finetune-instruct": {"model": "base", "data": "instr.jsonl"},
+    "finetune-dpo": {"model": "base", "data": "prefs.json"},
+    "import-book": {"checkpoint": "book.pth", "num_heads": 2},
+    "export": {"model_dir": "base", "to": "gpt2"},
+    "export-gpt2": {"model_dir": "base"},
+    "evaluate": {"model": "base", "tasks": ["scratch_perplexity"], "data": "corpus/a.txt", "include_path": ["corpus"]},
+}
+
+
+def argv_for(command: str, values: dict) -> list[str]:
+    """`scratch-gpt COMMAND` with these option values, spelled as the declarations say (positionals in order)."""
+    from scratch_gpt.args import declared, flag_of
+    from scratch_gpt.cli import COMMANDS
+
+    positional, flags = [], []
+    for f in declared(COMMANDS[command].options):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if f.metadata["positional"]:
+            positional.append(str(value))
+        elif f.metadata["repeat"]:
+            flags += [part for item in value for part in (flag_of(f), str(item))]
+        else:
+            flags += [flag_of(f), *map(str, value if isinstance(value, list) else [value])]
+    return [command, *positional, *flags]
+
+
+def output_cases() -> list[tuple[str, str, str]]:
+    """(command, output option, target) for every declared output of every command."""
+    from scratch_gpt.args import declared
+    from scratch_gpt.cli import COMMANDS
+
+    cases = []
+    for command, spec in COMMANDS.items():
+        for f in declared(spec.options):
+            kind = f.metadata["writes"]
+            if not kind:
+                continue
+            inputs = [v for name, value in STARTS[command].items() for v in (value if isinstance(value, list) else [value])
+                      if any(g.name == name and g.metadata["reads"] for g in declared(spec.options))]
+            targets = [*inputs, "base/config.json", "ours/notes.txt" if kind == "file" else "ours"]
+            targets += ["mine/notes.txt", "data.csv"] if kind == "file" else ["mine", "run_with_notes"]
+            cases += [(command, f.name, target) for target in dict.fromkeys(targets)]
+    return cases
+
+
+@pytest.mark.parametrize("command, name, target", output_cases(), ids=lambda v: str(v))
+def test_every_declared_output_is_checked_before_any_work(world, capsys, command, name, target):
+    before = tree_hashes(world)
+    code = main(argv_for(command, {**STARTS[command], name: target}))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"scratch-gpt {command}: error: \S.*[.)]", last), last
+    assert target.split("/")[0] in last, last  # the refusal is about the output, and names it
+    assert tree_hashes(world) == before
+
+
+def test_the_output_cases_come_from_every_command_that_writes():
+    from scratch_gpt.args import declared
+    from scratch_gpt.cli import COMMANDS
+
+    writers = {name for name, spec in COMMANDS.items() if any(f.metadata["writes"] for f in declared(spec.options))}
+    assert writers == set(STARTS) and writers == {case[0] for case in output_cases()}
+    assert {"chat", "push"} == set(COMMANDS) - writers  # they read only
+    assert len(output_cases()) >= 5 * len(writers)

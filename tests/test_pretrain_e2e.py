@@ -205,3 +205,33 @@ def test_resume_refuses_an_option_that_may_not_change_and_accepts_one_that_may(c
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before  # refused before any work
     assert main(["pretrain", *tiny_flags(corpus, out, "--max-steps", "8", "--resume", "--eval-every", "4")]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["max-steps"] == 8
+
+
+def test_resume_refuses_data_or_a_tokenizer_whose_content_changed(corpus, tmp_path, capsys):
+    from scratch_gpt.tokenizer import train_tokenizer
+
+    tokenizer = tmp_path / "tok"
+    train_tokenizer([corpus.read_text()], vocab_size=300).save_pretrained(tokenizer)
+    out = tmp_path / "run"
+    flags = ["--tokenizer", str(tokenizer), "--max-steps", "6"]
+    assert main(["pretrain", *tiny_flags(corpus, out, *flags)]) == 0
+    assert set(json.loads((out / "inputs.json").read_text())) == {"data", "tokenizer"}  # content digests
+    original = corpus.read_text()
+
+    def resume_refused(part: str) -> None:
+        before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+        capsys.readouterr()
+        assert main(["pretrain", *tiny_flags(corpus, out, *flags, "--resume", "--max-steps", "8")]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and part in error[0], error
+        assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before  # nothing touched
+
+    corpus.write_text(original + json.dumps({"text": "one more document"}) + "\n")  # other data, the same path
+    resume_refused(f"the content of --data {str(corpus)!r} changed since it started")
+    corpus.write_text(original)
+    train_tokenizer([corpus.read_text()], vocab_size=280).save_pretrained(tokenizer)  # another tokenizer, same folder
+    resume_refused("--tokenizer")
+    (out / "inputs.json").unlink()  # a run without input digests: each checkpoint still knows its tokenizer
+    resume_refused("was trained with another tokenizer")
+    train_tokenizer([corpus.read_text()], vocab_size=300).save_pretrained(tokenizer)  # the one it started with
+    assert main(["pretrain", *tiny_flags(corpus, out, *flags, "--resume", "--max-steps", "8")]) == 0

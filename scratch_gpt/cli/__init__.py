@@ -134,10 +134,26 @@ def run_command(command: Command, name: str, argv: list[str]) -> None:
     if show:
         print_config(options)
         return
+    check_outputs(options)
     if getattr(options, "progress", True) is False:
         quiet_progress_bars()
     module, function = command.run.split(":")
     getattr(importlib.import_module(module), function)(options)
+
+
+def check_outputs(options) -> None:
+    """Every path the command will write, as its options declare them (`writes=`), through the one
+    output check before it runs: never over a path it reads, a user's file, or a folder of ours
+    that is not what it replaces (`scratch_gpt.io_utils`); the command writes each atomically."""
+    from scratch_gpt.io_utils import check_output, check_output_file
+
+    inputs, overwrite = args.paths_read(options), getattr(options, "overwrite", False)
+    for f, path in args.paths_written(options):
+        name = args.shown_name(f)
+        if f.metadata["writes"] == "file":
+            check_output_file(path, inputs=inputs, overwrite=overwrite, flag=name)
+        else:  # a folder replaced whole, or a training run's folder, added to over runs
+            check_output(path, inputs=inputs, overwrite=overwrite, flag=name, replaces=f.metadata["writes"] == "folder")
 
 
 def quiet_progress_bars() -> None:

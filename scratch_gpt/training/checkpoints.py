@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.io_utils import disk_full
 from scratch_gpt.training.parallel import NoSlices
+from scratch_gpt.training.run_config import tokenizer_digest
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -82,15 +83,18 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
     accelerator.wait_for_everyone()
 
 
-def model_signature(model) -> dict:
+def model_signature(model, tokenizer=None) -> dict:
     """What a checkpoint must share with the model it is loaded into: its config (minus the keys that
-    do not change the weights) and the name and shape of every weight."""
+    do not change the weights), the name and shape of every weight, and the tokenizer's content."""
     config = getattr(model, "config", None)
     values = config.to_dict() if hasattr(config, "to_dict") else {}
     ignored = {"transformers_version", "dtype", "torch_dtype", "use_cache", "name_or_path"}
     values = {k: v for k, v in values.items() if k not in ignored and not k.startswith("_")}
     shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
-    return json.loads(json.dumps({"config": values, "shapes": shapes}, default=str))
+    signature = {"config": values, "shapes": shapes}
+    if tokenizer is not None:
+        signature["tokenizer"] = tokenizer_digest(tokenizer)
+    return json.loads(json.dumps(signature, default=str))
 
 
 def differing(saved: dict, current: dict) -> list[str]:
@@ -114,6 +118,12 @@ def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> Non
         raise BadInput(
             f"The checkpoint {str(checkpoint)!r} holds other weights than the model ({', '.join(names[:4])}); "
             "resume with the same model options (and --lora settings), or start afresh in a new --output-dir."
+        )
+    tokenizers = saved.get("tokenizer"), current.get("tokenizer")
+    if None not in tokenizers and tokenizers[0] != tokenizers[1]:
+        raise BadInput(
+            f"The checkpoint {str(checkpoint)!r} was trained with another tokenizer than this run has (its vocabulary "
+            "or merges differ); resume with the tokenizer and data the run started with, or start afresh in a new --output-dir."
         )
 
 

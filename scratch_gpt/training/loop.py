@@ -435,7 +435,7 @@ class Trainer:
     def restore(self) -> None:
         """With `resume`, load the newest checkpoint and continue from its position."""
         if self.config.resume:
-            signature = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+            signature = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.tokenizer)
             slices = self.strategy.slices(self.model, self.optimizer)
             state = load_newest_checkpoint(self.accelerator, self.output_dir, signature, slices)
             self.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
@@ -561,7 +561,7 @@ class Trainer:
         position = self.position
         epoch_done = position.batches_in_epoch == self.batches_per_epoch
         state = asdict(position) | ({"epoch": position.epoch + 1, "batches_in_epoch": 0} if epoch_done else {})
-        state["model"] = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+        state["model"] = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.tokenizer)
         slices = self.strategy.slices(self.model, self.optimizer)
         save_checkpoint(self.accelerator, self.output_dir, state, self.config.keep_checkpoints, slices)
         self.last_checkpoint = checkpoint_name(position.step)

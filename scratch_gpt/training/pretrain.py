@@ -81,7 +81,7 @@ def model_config(args: PretrainOptions, tokenizer) -> ScratchGPTConfig:
             max_position_embeddings=args.block_size,
             drop_rate=args.dropout,
             tie_word_embeddings=not args.untied_head,
-            qkv_bias=not args.no_qkv_bias,
+            **({"qkv_bias": False} if args.no_qkv_bias else {}),  # else the preset's: GPT-2 has one, Llama none
             init_style=args.init_style,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -208,7 +208,8 @@ def quickstart(args: PretrainOptions) -> None:
 
     results = pretrain(args)
     generator = pipeline("text-generation", model=str(Path(args.output_dir) / "model"))
-    sample = generator("Return the", max_new_tokens=30, do_sample=True, top_k=40)[0]["generated_text"]
+    room = generator.model.config.max_position_embeddings - len(generator.tokenizer("Return the")["input_ids"])
+    sample = generator("Return the", max_new_tokens=max(1, min(30, room)), do_sample=True, top_k=40)[0]["generated_text"]
     print(
         f"\nvalidation loss before training: {results['initial_eval_loss']:.3f} nats/token\n"
         f"validation loss after training:  {results['eval_loss']:.3f} nats/token "

@@ -1,18 +1,26 @@
-"""`config.yaml` in a run folder: the options the run was started with, as a `--config` file holds them.
+"""What a run started with, kept in its run folder, so that `--resume` continues the same run.
 
-A command hands its resolved options to the loop (`TrainingConfig.run_options`, from
-`scratch_gpt.args.as_config`). The first time the loop takes a run folder it writes them there;
-`--resume` first compares the options now with that file, and refuses, before any work, an option
-that may not change (an option declared `resumable`, such as --max-steps or --eval-every, may).
+- `config.yaml`: the options, as a `--config` file holds them. A command hands its resolved options
+  to the loop (`TrainingConfig.run_options`, from `scratch_gpt.args.as_config`).
+- `inputs.json`: a SHA-256 of the content of every local path an option reads (`reads=True`: the
+  data, the tokenizer, the base model), so that data edited or replaced at the same path is noticed.
+
+The loop writes both when it takes a run folder. `--resume` first compares the options and inputs
+now with them and refuses, before any work, an option that may not change (one declared `resumable`,
+such as --max-steps or --eval-every, may) and an input whose content changed. The tokenizer is also
+compared by content with the one each checkpoint was trained with (`tokenizer_digest`, checkpoints.py).
 """
 
+import hashlib
+import json
 from pathlib import Path
 
-from scratch_gpt.args import resume_changes
+from scratch_gpt.args import read_keys, resume_changes
 from scratch_gpt.errors import BadInput
 from scratch_gpt.io_utils import write_atomically
 
 FILE = "config.yaml"
+INPUTS_FILE = "inputs.json"
 
 
 def read_run_options(run_dir) -> dict | None:
@@ -29,8 +37,9 @@ def read_run_options(run_dir) -> dict | None:
 
 
 def check_resume_options(run_options: dict | None, *folders) -> None:
-    """On `--resume`: every option that may not change has the value in the run's config.yaml, read from
-    the first of `folders` that holds one (a fine-tune's run works in a folder beside its model folder)."""
+    """On `--resume`: every option that may not change has the value in the run's config.yaml, and every
+    input the content it had (inputs.json), read from the first of `folders` that holds them (a
+    fine-tune's run works in a folder beside its model folder)."""
     run_dir = next((Path(folder) for folder in folders if (Path(folder) / FILE).is_file()), None)
     saved = read_run_options(run_dir) if run_options and run_dir else None
     if saved is None:  # not a command's run, or a run from before config.yaml
@@ -41,13 +50,73 @@ def check_resume_options(run_options: dict | None, *folders) -> None:
             f"--resume continues the run in {str(run_dir)!r} with other options than it started with "
             f"({', '.join(changed)}); give the values of its {FILE}, or start a new run in another --output-dir."
         )
+    try:
+        started_with = json.loads((run_dir / INPUTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a run from before inputs.json
+        return
+    now = input_digests(run_options)
+    edited = [key for key, digest in started_with.items() if key in now and now[key] != digest]
+    if edited:
+        named = ", ".join(f"--{key} {run_options[key]!r}" for key in edited)
+        raise BadInput(
+            f"--resume continues the run in {str(run_dir)!r}, but the content of {named} changed since it started; "
+            "restore what it started with, or start a new run in another --output-dir (--init-from its model/ "
+            "continues from its weights)."
+        )
 
 
 def save_run_options(run_options: dict | None, run_dir) -> None:
+    """config.yaml and inputs.json of a run folder (see the module docstring)."""
     import yaml
 
     if run_options:
         write_atomically(Path(run_dir) / FILE, yaml.safe_dump(run_options, sort_keys=False, allow_unicode=True))
+        write_atomically(Path(run_dir) / INPUTS_FILE, json.dumps(input_digests(run_options), indent=2) + "\n")
 
 
-__all__ = ["check_resume_options", "save_run_options", "read_run_options"]
+# ----------------------------------------------------------------------------------------------
+# Content digests
+
+
+def input_digests(run_options: dict) -> dict[str, str]:
+    """{option key: SHA-256 of the content it names} for every option declared `reads` that names
+    local files (a Hub id or the built-in corpus names itself, and is compared as an option)."""
+    digests = {}
+    for key in sorted(read_keys() & run_options.keys()):
+        values = run_options[key] if isinstance(run_options[key], list) else [run_options[key]]
+        files = [file for value in values if value for file in files_read(key, value)]
+        if files:
+            digest = hashlib.sha256()
+            for file in files:
+                digest.update(f"{file}\0".encode())
+                with open(file, "rb") as handle:
+                    digest.update(hashlib.file_digest(handle, "sha256").digest())
+            digests[key] = digest.hexdigest()
+    return digests
+
+
+def files_read(key: str, value: str) -> list[Path]:
+    """The local files an input option names: for --data what `sources.resolve` reads (never a folder
+    of ours inside it); for a model or tokenizer folder every file in it but hidden ones."""
+    from scratch_gpt.sources import resolve
+
+    if key == "data":
+        return [file for file in resolve(value) if isinstance(file, Path)]
+    path = Path(value)
+    if path.is_dir():
+        return sorted(f for f in path.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(path).parts))
+    return [path] if path.is_file() else []
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """SHA-256 of what a tokenizer maps text to (vocabulary, merges, normalizer, special tokens), not of
+    the settings of one call (truncation, padding) that transformers leaves on its backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer: its vocabulary
+        content = dict(sorted(tokenizer.get_vocab().items()))
+    else:
+        content = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+__all__ = ["check_resume_options", "input_digests", "read_run_options", "save_run_options", "tokenizer_digest"]

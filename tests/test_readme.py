@@ -1,0 +1,200 @@
+"""The README runs as written.
+
+Every fenced block of README.md is counted. A `bash` or `python` block runs, in README order, in one
+working folder, unless SKIPPED names it with its reason: it needs the network, a GPU, or an extra
+install (named). `text` blocks are output or a file listing, not code. The test changes a block in
+two ways only: it appends the flags of SMALL to our commands (step counts and sizes), and the data
+files the README names (`the-verdict.txt`, `sms.csv`, ...) are small ones made here. In a command
+chain, `pip install ...` is the installation this test runs in, and is not repeated.
+
+A Python block runs on its own, or after the previous block when its first line says
+"# continues the previous block". A shell command of ours (`scratch-gpt ...`) runs in-process
+through `scratch_gpt.cli.main`, its words expanded by bash as a shell would; any other runs in bash.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratch_gpt.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+# Blocks not run, named by a piece of their text, with why: ("network" | "gpu" | "extra", reason).
+SKIPPED = {
+    "pip install -c .ci/constraints.txt": ("network", "the test command itself: a new venv, apt-get and pip"),
+    'from_pretrained("openai-community/gpt2")': ("network", "OpenAI's weights from the Hub"),
+    "from trl import": ("extra", "trl (pip install trl)"),
+    "transformers serve": ("extra", "transformers[serving] and curl"),
+    "--model openai-community/gpt2-medium": ("network", "GPT-2 355M from the Hub"),
+    "--model HuggingFaceTB/SmolLM2-135M": ("network", "SmolLM2 from the Hub"),
+    "--mixed-precision bf16": ("gpu", "bf16 and 20,000 steps of GPT-2 small"),
+    "--config_file scripts/accelerate_ddp.yaml": ("gpu", "8 and 16 GPUs"),
+    'pip install -e ".[web]"': ("extra", "web (Gradio); the page never returns, tests/test_web.py drives it"),
+    "--data the-verdict.txt             # GPT-2's tokenizer from the Hub": ("network", "GPT-2's tokenizer from the Hub"),
+    "ch06.yaml --data SMSSpamCollection.tsv   # GPT-2 124M": ("network", "GPT-2 124M from the Hub"),
+    "ch07.yaml --data instruction-data.json     # GPT-2 355M": ("network", "GPT-2 355M from the Hub"),
+    "scratch-gpt push": ("network", "uploads to the Hub"),
+    'from_pretrained("you/my-gpt"': ("network", "downloads from the Hub"),
+}
+REASONS = {"network", "gpu", "extra"}
+
+TRAIN = ["--max-steps", "2", "--batch-size", "2", "--eval-batches", "1", "--no-progress"]
+MODEL = ["--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--block-size", "128", "--stride", "128", "--vocab-size", "512"]
+# What is appended to each command of ours (and to scripts/pretrain.py and the chapter-5 ablation).
+SMALL = {
+    "quickstart": TRAIN + MODEL,
+    "pretrain": TRAIN + MODEL,
+    "finetune-classifier": TRAIN,
+    "finetune-instruct": TRAIN + ["--max-answers", "2"],
+    "finetune-dpo": TRAIN,
+    "evaluate": ["--limit", "4", "--bootstrap-iters", "0"],
+    "chat": ["--max-new-tokens", "4"],
+    "lm_eval": ["--limit", "4"],
+}
+SCRIPTS_THAT_PRETRAIN = ("scripts/pretrain.py", "scripts/book/ch05_ablation.py")
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """(language, text) of every fenced block of README.md, in order."""
+    return re.findall(r"^```(\w*)\n(.*?)^```$", README.read_text(encoding="utf-8"), flags=re.M | re.S)
+
+
+def skip_reason(text: str):
+    named = [key for key in SKIPPED if key in text]
+    assert len(named) <= 1, f"two SKIPPED names match one block: {named}"
+    return SKIPPED[named[0]] if named else None
+
+
+def test_every_block_is_counted_and_each_skip_names_one_block_and_a_reason():
+    blocks = readme_blocks()
+    assert len(blocks) >= 30 and {language for language, _ in blocks} <= {"bash", "python", "text"}
+    for key, (kind, reason) in SKIPPED.items():
+        assert kind in REASONS and reason, key
+        assert sum(key in text for language, text in blocks if language != "text") == 1, f"{key!r} names no single block"
+    run = [text for language, text in blocks if language != "text" and skip_reason(text) is None]
+    assert len(run) >= 15  # most of the README runs
+
+
+# ----------------------------------------------------------------------------------------------
+# The files the README names, made small
+
+
+def make_the_readmes_files(work: Path, tokenizer) -> None:
+    shutil.copytree(ROOT / "scripts", work / "scripts", ignore=shutil.ignore_patterns("*.png", "__pycache__"))
+    shutil.copytree(ROOT / "scratch_gpt" / "eval_tasks", work / "scratch_gpt" / "eval_tasks")
+    words = "the model reads a story and then it writes the next word of the story again".split()
+    story = " ".join(words[(i * 7) % len(words)] for i in range(900))
+    (work / "the-verdict.txt").write_text(story)
+    for folder in ("corpus", "my_corpus"):
+        (work / folder).mkdir()
+        for i in range(3):
+            (work / folder / f"part{i}.txt").write_text(story[i * 1000 : (i + 1) * 1000 + 2000])
+    (work / "big").mkdir()
+    for i in range(2):
+        (work / "big" / f"shard{i}.jsonl").write_text("".join(json.dumps({"text": story[j : j + 400]}) + "\n" for j in range(0, 4000, 200)))
+    (work / "held_out.jsonl").write_text("".join(json.dumps({"text": story[j : j + 300]}) + "\n" for j in range(0, 1200, 300)))
+    questions = [{"question": f"Which word comes after {w}?", "choices": ["story", "model"], "answer": i % 2} for i, w in enumerate(words[:6])]
+    (work / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    task = (ROOT / "scratch_gpt" / "eval_tasks" / "scratch_perplexity.yaml").read_text()
+    (work / "my_tasks").mkdir()
+    (work / "my_tasks" / "my_task.yaml").write_text(task.replace("task: scratch_perplexity", "task: my_task"))
+    texts = [("WIN CASH NOW call this number", "spam"), ("see you at lunch tomorrow", "ham")] * 20
+    (work / "sms.csv").write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in texts))
+    (work / "SMSSpamCollection.tsv").write_text("Label\tSMS\n" + "".join(f"{label}\t{t}\n" for t, label in texts))
+    records = [{"instruction": f"Repeat the word {w}.", "input": "", "output": w} for w in words * 2]
+    for name in ("alpaca.json", "instruction-data.json"):
+        (work / name).write_text(json.dumps(records))
+    pairs = [{**r, "chosen": r["output"], "rejected": r["output"].upper()} for r in records]
+    pairs.append({"instruction": "Say a.", "input": "", "chosen": "a", "rejected": "a"})  # as the book's data: identical
+    (work / "instruction-data-with-preference.json").write_text(json.dumps(pairs))
+    (work / "run.yaml").write_text("data: my_corpus/\noutput-dir: runs/from-yaml\nsave-every: 1\n")
+    tokenizer.save_pretrained(work / "gpt2-tokenizer")
+    torch.save(book_state_dict(vocab_size=len(tokenizer), width=48, context=32), work / "model.pth")
+
+
+def book_state_dict(vocab_size: int, width: int, context: int, layers: int = 1) -> dict:
+    """A state dict with the names and shapes of the book's GPTModel (12 heads of 4), random weights."""
+    torch.manual_seed(0)
+    state = {"tok_emb.weight": torch.randn(vocab_size, width), "pos_emb.weight": torch.randn(context, width)}
+    state |= {"final_norm.scale": torch.ones(width), "final_norm.shift": torch.zeros(width)}
+    state["out_head.weight"] = torch.randn(vocab_size, width) * 0.02
+    for i in range(layers):
+        block = {f"att.W_{name}.weight": torch.randn(width, width) * 0.02 for name in ("query", "key", "value")}
+        block |= {"att.out_proj.weight": torch.randn(width, width) * 0.02, "att.out_proj.bias": torch.zeros(width)}
+        for norm in ("norm1", "norm2"):
+            block |= {f"{norm}.scale": torch.ones(width), f"{norm}.shift": torch.zeros(width)}
+        block |= {"ff.layers.0.weight": torch.randn(4 * width, width) * 0.02, "ff.layers.0.bias": torch.zeros(4 * width)}
+        block |= {"ff.layers.2.weight": torch.randn(width, 4 * width) * 0.02, "ff.layers.2.bias": torch.zeros(width)}
+        state |= {f"trf_blocks.{i}.{name}": tensor for name, tensor in block.items()}
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a block
+
+
+def commands(text: str) -> list[str]:
+    """The commands of a bash block: continued lines joined, comments and `pip install` steps left out."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in joined.splitlines()]
+    steps = [step.strip() for line in lines if line and not line.startswith("#") for step in line.split("&&")]
+    return [step for step in steps if not step.startswith("pip install")]
+
+
+def small_flags(command: str) -> list[str]:
+    words = command.split()
+    if words[0] == "scratch-gpt":
+        return SMALL.get(words[1], [])
+    if words[0] == "lm_eval":
+        return SMALL["lm_eval"]
+    return SMALL["pretrain"] if any(script in command for script in SCRIPTS_THAT_PRETRAIN) else []
+
+
+def run_command(command: str, work: Path, env: dict) -> None:
+    extra = " ".join(small_flags(command))
+    if command.startswith("scratch-gpt "):
+        words = subprocess.run(["bash", "-c", f'printf "%s\\0" {command[len("scratch-gpt "):]} {extra}'], cwd=work,
+                               env=env, capture_output=True, text=True, check=True).stdout.split("\0")[:-1]  # fmt: skip
+        code = main(words)
+        assert code == 0, f"README command failed (exit {code}): {command} {extra}"
+        return
+    done = subprocess.run(["bash", "-c", f"{command} {extra}"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"README command failed (exit {done.returncode}): {command} {extra}\n{done.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_the_readme_runs_as_written(tmp_path, monkeypatch, tiny_tokenizer, capsys):
+    work = tmp_path / "clone"
+    work.mkdir()
+    make_the_readmes_files(work, tiny_tokenizer)
+    monkeypatch.chdir(work)
+    # PYTHONSAFEPATH: `python -c` here must import the installed package, never the copied scratch_gpt/eval_tasks
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONSAFEPATH": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    bin_dir = str(Path(sys.executable).parent)  # scratch-gpt, accelerate and lm_eval of this environment
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    namespace, ran = {}, 0
+    for number, (language, text) in enumerate(readme_blocks(), start=1):
+        if language == "text" or skip_reason(text):
+            continue
+        if language == "python":
+            if not text.startswith("# continues the previous block"):
+                namespace = {"__name__": f"readme_block_{number}"}
+            exec(compile(text, f"README.md block {number}", "exec"), namespace)
+        else:
+            for command in commands(text):
+                run_command(command, work, env)
+        ran += 1
+    capsys.readouterr()
+    assert ran == sum(1 for language, text in readme_blocks() if language != "text" and not skip_reason(text))
+    assert (work / "runs" / "quickstart" / "model" / "model.safetensors").is_file()
+    assert (work / "runs" / "dpo" / "adapter_config.json").is_file() or (work / "runs" / "dpo" / "model.safetensors").is_file()
