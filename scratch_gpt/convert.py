@@ -12,6 +12,7 @@ Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_
 """
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -109,6 +110,19 @@ class NeedsTrustRemoteCode(BadInput):
     """A folder that ships code of its own, loaded without `--trust-remote-code`."""
 
 
+@contextlib.contextmanager
+def transformers_verbosity(level: int):
+    """transformers' logging at `level` inside the block (e.g. `logging.ERROR` around a load whose report we replace)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwargs):
     """`load(source, ...)` (a `from_pretrained`), with one sentence of ours instead of a library's
     error when `source` cannot be read: a damaged file in a local folder (checked first, see
@@ -122,11 +136,12 @@ def load_pretrained(load, source, *args, trust_remote_code: bool = False, **kwar
             source = full_model_folder(source, trust_remote_code=trust_remote_code)
     try:
         loaded = load(source, *args, trust_remote_code=trust_remote_code, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) with output_loading_info
         # Read from a merged copy: named as the user named it.
-        if source is not named and hasattr(loaded, "name_or_path"):
-            loaded.name_or_path = str(named)
-            if hasattr(loaded, "config"):
-                loaded.config.name_or_path = str(named)
+        if source is not named and hasattr(model, "name_or_path"):
+            model.name_or_path = str(named)
+            if hasattr(model, "config"):
+                model.config.name_or_path = str(named)
         return loaded
     except ValueError as error:
         if trust_remote_code or "trust_remote_code=True" not in str(error):

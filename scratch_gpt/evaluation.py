@@ -14,7 +14,9 @@ local files, offline. The model is loaded here and handed to `HFLM`, the class o
 training loop measures it (mean loss over packed blocks, divided by ln 2 and bytes per token).
 """
 
+import contextlib
 import json
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -98,6 +100,30 @@ def write_documents(source: str, path: Path, val_fraction: float | None, seed: i
     return path
 
 
+# What lm-eval says about how we call it, on purpose: a model object instead of a name, in one process.
+ON_PURPOSE = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model")
+
+
+@contextlib.contextmanager
+def quiet_lm_eval():
+    """Run lm-eval without its remarks on how we call it (ON_PURPOSE) and without `git describe`, which it
+    runs in the working folder to record a commit (printing git's "fatal: not a git repository" outside one)."""
+    from unittest import mock
+
+    import lm_eval.evaluator
+
+    def remark(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(ON_PURPOSE)
+
+    logger = logging.getLogger("lm_eval.models.huggingface")
+    logger.addFilter(remark)
+    try:
+        with mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None):
+            yield
+    finally:
+        logger.removeFilter(remark)
+
+
 def evaluate(args: EvaluateOptions) -> dict:
     """Load the model folder, run the tasks with lm-eval, print its table; returns lm-eval's results.
     (`--output` was checked by the CLI before this runs, as every declared output is.)"""
@@ -110,6 +136,7 @@ def evaluate(args: EvaluateOptions) -> dict:
 
     import scratch_gpt  # noqa: F401  (registers the Auto classes)
     from scratch_gpt.convert import load_pretrained
+    from scratch_gpt.tokenizer import truncates_itself
 
     names = [name for group in args.tasks for name in group.split(",") if name]
     if args.val_fraction is not None and args.data is None:
@@ -118,12 +145,13 @@ def evaluate(args: EvaluateOptions) -> dict:
         specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         trust = args.trust_remote_code
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, args.model, trust_remote_code=trust)
+        tokenizer = truncates_itself(load_pretrained(AutoTokenizer.from_pretrained, args.model, trust_remote_code=trust))
         model = load_pretrained(AutoModelForCausalLM.from_pretrained, args.model, trust_remote_code=trust)
         model = model.to(device).eval()
-        lm = HFLM(model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
         settings = dict(limit=args.limit, bootstrap_iters=args.bootstrap_iters, log_samples=False)
-        results = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, **settings)
+        with quiet_lm_eval():
+            lm = HFLM(model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
+            results = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, **settings)
     print(make_table(results))
     if args.output:
         record = {RESULTS_MARK: "scratch-gpt evaluate", "model": str(args.model), "results": results["results"]}

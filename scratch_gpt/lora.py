@@ -15,6 +15,7 @@ plain `ScratchGPTFor...` model; `model.save_pretrained(folder)` saves only the a
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 
 from torch import nn
 
@@ -28,6 +29,10 @@ SWIGLU_TARGETS = ("qkv_proj", "out_proj", "gate_proj", "up_proj", "down_proj")  
 ALL_TARGETS = tuple(dict.fromkeys(DEFAULT_TARGETS + SWIGLU_TARGETS))
 TASK_TYPES = {"causal": "CAUSAL_LM", "classification": "SEQ_CLS"}  # peft's TaskType values
 PEFT_TARGETS_MODULE = "peft.utils.constants"  # where PEFT keeps its default targets per model type
+
+# peft 0.21 reads transformers' deprecated `model.is_gradient_checkpointing` whenever it wraps or loads an
+# adapter, and transformers 5 warns about it: a warning about peft's code that a user of ours cannot act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def register_with_peft() -> None:

@@ -16,6 +16,7 @@ Command line: `scratch-gpt train-tokenizer --data PATH_OR_DATASET --vocab-size N
 import itertools
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -152,6 +153,13 @@ def bpe_trainer(vocab_size: int, min_frequency: int = 2, show_progress: bool = T
     )
 
 
+def truncates_itself(tokenizer):
+    """Mark transformers' "Token indices sequence length is longer than the specified maximum" warning as
+    given, for a caller that cuts sequences to the model's context itself (and says so in its own words)."""
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return tokenizer
+
+
 def train_tokenizer(
     data,
     vocab_size: int = 8192,
@@ -161,12 +169,14 @@ def train_tokenizer(
     text_column: str = "text",
     encoding: str = "utf-8",
     errors: str = "strict",
-    show_progress: bool = True,
+    show_progress: bool | None = None,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `data` (see `iter_texts` for what it may be) and wrap it.
 
     `vocab_size` counts the 256 bytes, the two special tokens, the merges and RESPONSE_MARKER; a small
-    corpus may stop short of it. `model_max_length` is the model's context (`max_position_embeddings`).
+    corpus may stop short of it, with a warning that says so. `model_max_length` is the model's context
+    (`max_position_embeddings`). `show_progress`: the trainer's bar (default: when stderr is a terminal;
+    elsewhere it prints only blank lines).
     """
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
         raise BadInput(
@@ -179,9 +189,16 @@ def train_tokenizer(
     if first is None:
         raise BadInput("The corpus is empty: it holds no text to train on; check --data (file, folder, column).")
     backend = new_bpe_tokenizer()
+    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
     trainer = bpe_trainer(vocab_size - 1, min_frequency, show_progress)  # RESPONSE_MARKER takes the last id
     backend.train_from_iterator(_batches(itertools.chain([first], texts)), trainer)
     backend.add_tokens([AddedToken(RESPONSE_MARKER, normalized=False, special=False)])
+    if backend.get_vocab_size() < vocab_size:
+        warnings.warn(
+            f"The tokenizer has {backend.get_vocab_size():,} tokens, not the {vocab_size:,} asked for: the corpus has "
+            f"no more pairs seen at least {min_frequency} times to merge; give more text for a larger vocabulary.",
+            stacklevel=2,
+        )
     return wrap_tokenizer(backend, model_max_length=model_max_length)
 
 
@@ -298,13 +315,7 @@ def train_tokenizer_command(args: TokenizerOptions) -> None:
     texts = iter_texts(corpus)  # a list of strings is texts to iter_texts, and --data is a list of paths
     if args.held_out_every:
         texts = _hold_out(texts, held_out, every=args.held_out_every, max_chars=4_000_000)
-    tokenizer = train_tokenizer(
-        texts,
-        vocab_size=args.vocab_size,
-        min_frequency=args.min_frequency,
-        model_max_length=args.model_max_length,
-        show_progress=sys.stderr.isatty(),  # a bar in a terminal; no blank lines in a log file
-    )
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency, model_max_length=args.model_max_length)
     with atomic_directory(output) as tmp:
         tokenizer.save_pretrained(tmp)
     print(f"vocabulary size: {len(tokenizer)} (model vocab_size padded to 64: {model_vocab_size(tokenizer)})")

@@ -41,10 +41,10 @@ TINY_CORPUS = [
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    """A 512-token byte-level BPE trained on a few sentences (ids 0/1 = end-of-text/pad)."""
+    """A 392-token byte-level BPE trained on a few sentences, all they hold (ids 0/1 = end-of-text/pad)."""
     from scratch_gpt.tokenizer import train_tokenizer
 
-    return train_tokenizer(TINY_CORPUS, vocab_size=512, show_progress=False)
+    return train_tokenizer(TINY_CORPUS, vocab_size=392, show_progress=False)
 
 
 ISOLATION_PRELUDE = """

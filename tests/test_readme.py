@@ -198,3 +198,63 @@ def test_the_readme_runs_as_written(tmp_path, monkeypatch, tiny_tokenizer, capsy
     assert ran == sum(1 for language, text in readme_blocks() if language != "text" and not skip_reason(text))
     assert (work / "runs" / "quickstart" / "model" / "model.safetensors").is_file()
     assert (work / "runs" / "dpo" / "adapter_config.json").is_file() or (work / "runs" / "dpo" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# A newcomer's first hour is quiet: what the libraries say about what we do on purpose is not shown,
+# what matters is said in our words, and the slow phases have a bar.
+
+NOISE = (
+    "LOAD REPORT",  # the classifier's new head, added on purpose
+    "Token indices sequence length is longer",  # every command cuts or packs to the context itself
+    "is_gradient_checkpointing",  # peft reading a deprecated transformers property
+    "not a git repository",  # lm-eval's `git describe`
+    "kwarg is not of type",  # lm-eval on a model object, passed on purpose
+    "already-initialized model",
+    "Removed shared tensor",  # accelerate on tied weights, which are meant to be shared
+    "Loading weights",  # transformers' bars for a model folder of a few MB
+    "Writing model shards",
+    "\x1b[1m",  # raw terminal colours in a log file (a bar's cursor moves are fine)
+    "\x1b[0m",
+)
+RUN_ALL = """
+import sys
+from scratch_gpt.cli import main
+commands = [
+    ["finetune-classifier", "--model", "base", "--data", "sms.csv", "--output-dir", "spam"],
+    ["finetune-instruct", "--model", "base", "--data", "alpaca.json", "--output-dir", "instruct", "--lora",
+     "--max-answers", "4", "--eval-every", "1"],
+    ["finetune-dpo", "--model", "instruct", "--data", "prefs.json", "--output-dir", "dpo", "--skip-identical"],
+    ["evaluate", "base", "--tasks", "scratch_perplexity", "--data", "story.txt", "--bootstrap-iters", "0", "--limit", "2"],
+    ["pretrain", "--data", "story.txt", "--output-dir", "run", "--save-every", "1", "--vocab-size", "2000",
+     "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--block-size", "16"],
+]
+for argv in commands:
+    print("$", *argv[:1], file=sys.stderr, flush=True)
+    code = main(argv + (["--max-steps", "2", "--batch-size", "2"] if argv[0] != "evaluate" else []))
+    if code:
+        sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_newcomers_commands_say_what_matters_and_nothing_else(make_base_dir, tmp_path):
+    make_base_dir(max_position_embeddings=128)
+    story = " ".join(["the model reads a story and writes the next word"] * 60)
+    (tmp_path / "story.txt").write_text(story)
+    texts = [("WIN CASH NOW call", "spam"), ("see you at lunch", "ham")] * 10
+    (tmp_path / "sms.csv").write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in texts))
+    records = [{"instruction": f"Repeat {word} " * (40 if i % 5 == 0 else 1), "output": word} for i, word in enumerate(story.split()[:20])]
+    (tmp_path / "alpaca.json").write_text(json.dumps(records))
+    prefs = [{**r, "chosen": r["output"], "rejected": r["output"].upper()} for r in records]
+    (tmp_path / "prefs.json").write_text(json.dumps(prefs + [{"instruction": "a", "chosen": "b", "rejected": "b"}]))
+    done = subprocess.run([sys.executable, "-c", RUN_ALL], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout + done.stderr
+    assert [noise for noise in NOISE if noise in said] == [], said[-3000:]
+    assert "A new classification head (2 classes) starts from random weights." in said
+    assert "were truncated" in said  # the long records, in our words
+    assert re.search(r"answering \d+ held-out instructions", said) and "evaluating" in said  # the slow phases have bars
+    assert "Skipped 1 records whose chosen and rejected answers are the same" in said
+    assert "The tokenizer has" in said and "not the 2,000 asked for" in said  # a small corpus, said once

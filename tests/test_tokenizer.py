@@ -473,3 +473,20 @@ def test_cli_replace_invalid_utf8(tmp_path, capsys):
 def test_cli_help(capsys):
     assert scratch_gpt_main(["train-tokenizer", "--help"]) == 0  # returned, as by every command
     assert "--vocab-size" in capsys.readouterr().out
+
+
+def test_a_corpus_too_small_for_the_vocabulary_says_so_and_prints_no_blank_lines(capfd):
+    import warnings
+
+    from scratch_gpt.tokenizer import train_tokenizer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tokenizer = train_tokenizer(["a tiny corpus, a tiny corpus"], vocab_size=8192)  # stderr is not a terminal here
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(tokenizer) < 300 and len(said) == 1, said
+    assert f"has {len(tokenizer):,} tokens, not the 8,192 asked for" in said[0]
+    assert capfd.readouterr().err.strip() == ""  # the trainer's bar is off where it would print blank lines
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_tokenizer(["a tiny corpus, a tiny corpus"], vocab_size=len(tokenizer))  # reached: no warning

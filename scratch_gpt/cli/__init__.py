@@ -8,6 +8,7 @@ Every command's error policy (scratch_gpt.errors): `BadInput` is one sentence an
 before any work; `RunFailed` and a full disk are one sentence and status 1; a bug keeps its traceback.
 """
 
+import contextlib
 import errno
 import importlib
 import sys
@@ -135,10 +136,9 @@ def run_command(command: Command, name: str, argv: list[str]) -> None:
         print_config(options)
         return
     check_outputs(options)
-    if getattr(options, "progress", True) is False:
-        quiet_progress_bars()
     module, function = command.run.split(":")
-    getattr(importlib.import_module(module), function)(options)
+    with quiet_libraries(progress=getattr(options, "progress", True)):
+        getattr(importlib.import_module(module), function)(options)
 
 
 def check_outputs(options) -> None:
@@ -156,13 +156,23 @@ def check_outputs(options) -> None:
             check_output(path, inputs=inputs, overwrite=overwrite, flag=name, replaces=f.metadata["writes"] == "folder")
 
 
-def quiet_progress_bars() -> None:
-    """`--no-progress`: also silence the bars of datasets (tokenizing) and transformers (loading, saving)."""
+@contextlib.contextmanager
+def quiet_libraries(progress: bool):
+    """While a command runs: it shows its own progress (tokenizing, training, evaluating, answering), so
+    transformers' bars for loading and writing a model folder (seconds; twice where an adapter is merged
+    first) are off; with `--no-progress` every bar is, datasets' and the Hub's downloads too."""
     import datasets
     import transformers
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    hf_logging = transformers.utils.logging
+    previous = hf_logging.set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    if not progress:
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 def run_reporting(prog: str, body, *arguments) -> int:

@@ -10,6 +10,7 @@ their recorded sizes is skipped when resuming.
 
 import errno
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -21,6 +22,11 @@ from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.io_utils import disk_full
 from scratch_gpt.training.parallel import NoSlices
 from scratch_gpt.training.run_config import tokenizer_digest
+
+# accelerate writes a checkpoint's weights with safetensors, which cannot hold two names for one tensor,
+# so it drops the tied LM head and logs "Removed shared tensor {'lm_head.weight'}" at warning level; the
+# head is tied again when the checkpoint loads (resume is bitwise, tests/test_checkpoints.py).
+logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"

@@ -28,7 +28,7 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from scratch_gpt import ScratchGPTForSequenceClassification
 from scratch_gpt.args import ClassifyOptions
-from scratch_gpt.convert import load_pretrained
+from scratch_gpt.convert import load_pretrained, transformers_verbosity
 from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import describe_trainable, lora_config_for
 from scratch_gpt.sources import read_records
@@ -268,15 +268,23 @@ def classifier_factory(args: ClassifyOptions, tokenizer, label_names: list[str],
     check_head_size(args.model, len(label_names))
 
     def build():
-        model = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
-            ScratchGPTForSequenceClassification.from_pretrained,
-            args.model,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-            pad_token_id=tokenizer.pad_token_id,
-            trust_remote_code=args.trust_remote_code,
-        )
+        with transformers_verbosity(logging.ERROR):  # no LOAD REPORT for the head added on purpose; ours below
+            loaded = load_pretrained(  # a ScratchGPT, or GPT-2 / Llama / Qwen converted on the way in
+                ScratchGPTForSequenceClassification.from_pretrained,
+                args.model,
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={name: i for i, name in enumerate(label_names)},
+                pad_token_id=tokenizer.pad_token_id,
+                trust_remote_code=args.trust_remote_code,
+                output_loading_info=True,
+            )
+        model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
+        new = sorted(info.get("missing_keys", ()))
+        if new and all(key.startswith("score.") for key in new):
+            state.print(f"A new classification head ({len(label_names)} classes) starts from random weights.")
+        elif new or info.get("unexpected_keys"):
+            state.print(f"Loading {args.model!r}: new weights {new}, weights left unused {sorted(info['unexpected_keys'])}.")
         model = make_trainable(model, args)
         state.print(describe_trainable(model))
         return model

@@ -16,14 +16,15 @@ ROLES = ("system", "user", "assistant")  # the roles a chat message may have
 
 def load_base_tokenizer(model: str, trust_remote_code: bool = False):
     """The tokenizer saved with the base model, completed (`scratch_gpt.tokenizer.complete_tokenizer`):
-    GPT-2's gets end-of-text as its pad token and the Alpaca chat template."""
+    GPT-2's gets end-of-text as its pad token and the Alpaca chat template. Every command cuts or packs
+    its sequences to the context itself, so transformers' warning about long sequences is not shown."""
     from transformers import AutoTokenizer
 
     from scratch_gpt.convert import load_pretrained
-    from scratch_gpt.tokenizer import complete_tokenizer
+    from scratch_gpt.tokenizer import complete_tokenizer, truncates_itself
 
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model, trust_remote_code=trust_remote_code)
-    return complete_tokenizer(tokenizer)
+    return truncates_itself(complete_tokenizer(tokenizer))
 
 
 def card_writer(args: FinetuneOptions, kind: str, extra=None, **card):

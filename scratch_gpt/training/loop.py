@@ -210,17 +210,27 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int 
     return (total / count).item()
 
 
+def with_progress(dataloader, config: TrainingConfig, accelerator, max_batches: int | None = None):
+    """The batches of an evaluation, under a bar that goes away when it is done (the `--no-progress` rule)."""
+    total = len(dataloader) if max_batches is None else min(len(dataloader), max_batches)
+    show = config.progress and accelerator.is_local_main_process
+    return tqdm(dataloader, total=total, desc="evaluating", leave=False, disable=not show, dynamic_ncols=True)
+
+
 def measure(model, dataloader, accelerator, config: TrainingConfig, evaluate_fn) -> dict[str, float]:
     """Loss and the `evaluate_fn` metrics of `model` on one split; for a language model's loss (next
     token cross-entropy) also perplexity and bits per byte, which mean nothing for a class or a DPO loss."""
     model.eval()
     with torch.no_grad():
-        extra = dict(evaluate_fn(model, dataloader, accelerator)) if evaluate_fn is not None else {}
+        extra = {}
+        if evaluate_fn is not None:
+            extra = dict(evaluate_fn(model, with_progress(dataloader, config, accelerator), accelerator))
         loss = extra.pop("loss", None)
         language_model = accelerator.unwrap_model(model).can_generate()  # a classifier's or DPO's loss is not
         if loss is None:
             forward_kwargs = loss_kwargs(model, accelerator, config)
-            loss = evaluate_loss(model, dataloader, accelerator, config.eval_max_batches, **forward_kwargs)
+            batches = with_progress(dataloader, config, accelerator, config.eval_max_batches)
+            loss = evaluate_loss(model, batches, accelerator, config.eval_max_batches, **forward_kwargs)
     model.train()
     metrics = {"eval_loss": loss}
     if language_model:

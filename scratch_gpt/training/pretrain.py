@@ -27,7 +27,7 @@ def load_or_train_tokenizer(args: PretrainOptions, train_docs, output_dir: Path)
     or chat template (GPT-2's) is completed (`complete_tokenizer`) and saved so with the model."""
     from transformers import AutoTokenizer
 
-    from scratch_gpt.tokenizer import train_tokenizer
+    from scratch_gpt.tokenizer import train_tokenizer, truncates_itself
     from scratch_gpt.training.finetune import load_base_tokenizer
 
     if args.tokenizer and not Path(args.tokenizer).is_dir():
@@ -53,7 +53,7 @@ def load_or_train_tokenizer(args: PretrainOptions, train_docs, output_dir: Path)
         if state.is_main_process:
             shutil.rmtree(handed)
     tokenizer.model_max_length = args.block_size
-    return tokenizer
+    return truncates_itself(tokenizer)  # documents are packed into blocks, never fed whole
 
 
 def model_config(args: PretrainOptions, tokenizer) -> ScratchGPTConfig:
