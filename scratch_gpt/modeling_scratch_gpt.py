@@ -392,13 +392,14 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         dtype = {name: kwargs.pop(name) for name in ("dtype", "torch_dtype") if name in kwargs}
         # The config as config.json would hold it, so that kwargs update it as they update a saved one.
         config, kwargs = cls.config_class.from_dict(config.to_diff_dict(), return_unused_kwargs=True, **kwargs)
-        model = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **dtype, **kwargs)
+        loaded = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **dtype, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
         from_path = isinstance(source, (str, os.PathLike))
         model.name_or_path = model.config.name_or_path = str(source) if from_path else source.name_or_path
         if from_path and model.can_generate():
             with contextlib.suppress(OSError):  # no generation_config.json: keep the one made from the config
                 model.generation_config = GenerationConfig.from_pretrained(source, **download)
-        return model
+        return loaded
 
     def push_to_hub(self, repo_id: str, *, tokenizer=None, **kwargs):
         """Upload the model with its tokenizer, model card and plots to the Hub in one commit.
