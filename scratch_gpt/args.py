@@ -396,7 +396,7 @@ class ClassifyOptions(TextColumn, FinetuneOptions):
     balance: bool = option(False, "undersample every class to the size of the smallest")
     test_fraction: float = option(0.2, "share of records for testing", more_than=0, less_than=1)
     trainable: str | None = option(
-        None, "without --lora: train every weight, or the last --last-blocks blocks + final norm + head (default)",
+        None, "without --lora: every weight, or the last --last-blocks blocks + final norm + head (default: by base size)",
         choices=("all", "last-blocks"),
     )  # fmt: skip
     last_blocks: int = option(1, "blocks trained with --trainable last-blocks", at_least=1)

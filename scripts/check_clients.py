@@ -44,6 +44,7 @@ def step(title: str, command: list[str], **kwargs) -> str:
 def trl_sft_and_dpo(model_dir: str, work: Path) -> None:
     """Three SFT steps with a LoRA adapter, then three DPO steps on the merged model."""
     import datasets
+    import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
@@ -59,7 +60,10 @@ def trl_sft_and_dpo(model_dir: str, work: Path) -> None:
         model=model, args=SFTConfig(output_dir=str(work / "sft"), max_length=min(64, model.config.max_position_embeddings), **common), train_dataset=texts,
         processing_class=tokenizer, peft_config=LoraConfig(r=8, task_type="CAUSAL_LM"),
     )
+    adapters = {name: p.detach().clone() for name, p in sft.model.named_parameters() if p.requires_grad}
     sft.train()
+    if not adapters or all(torch.equal(adapters[name], p) for name, p in sft.model.named_parameters() if name in adapters):
+        raise SystemExit("TRL SFTTrainer trained nothing: the LoRA weights did not change.")
     losses = [round(log["loss"], 3) for log in sft.state.log_history if "loss" in log]
     print(f"TRL SFTTrainer + LoRA: {sft.model.__class__.__name__}, trainable {sft.model.num_parameters(only_trainable=True)} parameters, losses {losses}")
 
@@ -68,9 +72,13 @@ def trl_sft_and_dpo(model_dir: str, work: Path) -> None:
         "chosen": [" book.", " surprise.", " him a genius."] * 4,
         "rejected": [" xqzv.", " kkkk.", " zzzz qqq."] * 4,
     })
-    policy = sft.model.merge_and_unload()
+    policy = sft.model.merge_and_unload().requires_grad_(True)  # LoRA left the base weights frozen; DPO trains them all
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     dpo = DPOTrainer(model=policy, args=DPOConfig(output_dir=str(work / "dpo"), max_length=min(64, model.config.max_position_embeddings), **common), train_dataset=pairs, processing_class=tokenizer)
     dpo.train()
+    norms = [log["grad_norm"] for log in dpo.state.log_history if "grad_norm" in log]
+    if all(torch.equal(before[name], p) for name, p in dpo.model.named_parameters() if name in before) or not any(norms):
+        raise SystemExit(f"TRL DPOTrainer trained nothing: the weights did not change (grad_norm {norms}).")
     last = [log for log in dpo.state.log_history if "loss" in log][-1]
     print(f"TRL DPOTrainer: loss {last['loss']:.4f}, rewards/accuracies {last.get('rewards/accuracies')}, rewards/margins {last.get('rewards/margins'):.4f}")
 

@@ -328,3 +328,49 @@ def printed_label(capsys) -> str:
     """The label the snippet printed last (`pipeline`'s answer is a list with one dict)."""
     last = capsys.readouterr().out.strip().splitlines()[-1]
     return eval(last)[0]["label"]  # noqa: S307  (our own printed repr)
+
+
+def test_defaults_follow_the_size_of_the_base():
+    from scratch_gpt import ScratchGPTConfig
+    from scratch_gpt.training.finetune import LARGE_BASE_LR, SMALL_BASE_LR, base_defaults
+
+    tiny = ScratchGPTConfig.from_preset("tiny", hidden_size=32)
+    assert base_defaults(tiny, "classification")[:2] == ("all", SMALL_BASE_LR["classification"])
+    assert base_defaults(tiny, "instruct")[:2] == ("all", SMALL_BASE_LR["instruct"])
+    gpt2 = ScratchGPTConfig.from_preset("gpt2-small", vocab_size=50257)  # counted on the meta device: no memory
+    what, lr, why = base_defaults(gpt2, "classification")
+    assert (what, lr) == ("last-blocks", LARGE_BASE_LR) and "124.4 M parameters" in why
+    assert base_defaults(gpt2, "instruct")[:2] == ("all", LARGE_BASE_LR)
+
+
+@pytest.mark.parametrize(
+    "flags, trainable, lr, said",
+    [
+        ([], "all", 5e-4, "training all weights at lr 0.0005: the base has"),
+        (["--lr", "1e-3"], "all", 1e-3, "training all weights: the base has"),  # a flag wins
+        (["--trainable", "last-blocks"], "last-blocks", 5e-4, "training at lr 0.0005"),
+        (["--trainable", "last-blocks", "--lr", "5e-5"], "last-blocks", 5e-5, None),  # nothing left to choose
+        (["--lora"], None, 5e-4, "training at lr 0.0005"),  # the adapters and the head train
+    ],
+)
+def test_explicit_flags_win_over_the_defaults_from_the_base(base_dir, tmp_path, capsys, flags, trainable, lr, said):
+    from scratch_gpt.cli import parse_command
+    from scratch_gpt.training.finetune import with_base_defaults
+
+    argv = ["--model", str(base_dir), "--data", "x.csv", "--output-dir", str(tmp_path / "out"), *flags]
+    options = with_base_defaults(parse_command("finetune-classifier", argv)[0], "classification")
+    assert (options.trainable, options.learning_rate) == (trainable, lr)
+    out = capsys.readouterr().out
+    assert (said in out) if said else out == "", out
+
+
+def test_the_book_recipe_keeps_its_own_settings(base_dir, tmp_path):
+    from pathlib import Path
+
+    from scratch_gpt.cli import parse_command
+    from scratch_gpt.training.finetune import with_base_defaults
+
+    recipe = Path(__file__).resolve().parents[1] / "scripts" / "book" / "ch06.yaml"
+    argv = ["--config", str(recipe), "--model", str(base_dir), "--output-dir", str(tmp_path / "out")]
+    options = with_base_defaults(parse_command("finetune-classifier", argv)[0], "classification")
+    assert (options.trainable, options.last_blocks, options.learning_rate) == ("last-blocks", 1, 5e-5)

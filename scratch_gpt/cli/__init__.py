@@ -54,13 +54,15 @@ COMMANDS = {
     ),
     "finetune-classifier": Command(
         "fine-tune a classification head (stage 7.1)", args.ClassifyOptions, "scratch_gpt.training.classify:finetune_classifier",
-        "Fine-tune a pre-trained ScratchGPT folder into a text classifier.",
-        FINETUNE | dict(num_epochs=3, learning_rate=5e-5, batch_size=8),
+        "Fine-tune a pre-trained ScratchGPT folder into a text classifier. Without --trainable and --lr, both "
+        "are chosen from the base model's size (one line says which).",
+        FINETUNE | dict(num_epochs=3, learning_rate=None, batch_size=8),  # --lr and --trainable: from the base
     ),
     "finetune-instruct": Command(
         "instruction fine-tuning (stage 7.2)", args.InstructOptions, "scratch_gpt.training.instruct:finetune_instruct",
-        "Instruction-tune a pre-trained ScratchGPT folder on Alpaca-style {instruction, input?, output} or {messages} records.",
-        FINETUNE | dict(num_epochs=2, learning_rate=5e-5, batch_size=8),
+        "Instruction-tune a pre-trained ScratchGPT folder on Alpaca-style {instruction, input?, output} or {messages} "
+        "records. Without --lr, it is chosen from the base model's size (one line says which).",
+        FINETUNE | dict(num_epochs=2, learning_rate=None, batch_size=8),  # --lr: from the base
     ),
     "finetune-dpo": Command(
         "preference tuning with DPO (stage 7.3)", args.DPOOptions, "scratch_gpt.training.dpo:finetune_dpo",

@@ -32,7 +32,13 @@ from scratch_gpt.convert import load_pretrained, transformers_verbosity
 from scratch_gpt.errors import BadInput
 from scratch_gpt.lora import describe_trainable, lora_config_for
 from scratch_gpt.sources import read_records
-from scratch_gpt.training.finetune import card_writer, check_fraction, load_base_tokenizer, max_length_for
+from scratch_gpt.training.finetune import (
+    card_writer,
+    check_fraction,
+    load_base_tokenizer,
+    max_length_for,
+    with_base_defaults,
+)
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 
 logger = logging.getLogger(__name__)
@@ -294,6 +300,7 @@ def classifier_factory(args: ClassifyOptions, tokenizer, label_names: list[str],
 
 def finetune_classifier(args: ClassifyOptions) -> dict:
     """The whole command; returns its metrics."""
+    args = with_base_defaults(args, "classification")  # --lr and --trainable, when not given
     config = args.training()
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)

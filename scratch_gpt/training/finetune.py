@@ -1,8 +1,10 @@
 """What the fine-tuning commands (`finetune-classifier`, `finetune-instruct`, `finetune-dpo`) share
 beyond the loop and their options (`scratch_gpt.args.FinetuneOptions`): the base model's tokenizer and
-the token budget of a record, the checks of chat messages and of a held-out share, the held-out
-split, the padding of a causal-LM batch, and the model card written into the saved folder."""
+the token budget of a record, the defaults chosen from the base, the checks of chat messages and of a
+held-out share, the held-out split, the padding of a causal-LM batch, and the model card written into
+the saved folder."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -60,6 +62,56 @@ def max_length_for(model: str, max_length: int | None, tokenizer) -> int:
     check_fits(tokenizer, config, f"the model in {model!r}")
     context = config.max_position_embeddings
     return min(max_length or context, context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Defaults that follow the base: what trains and at which learning rate, when no flag says.
+# Measured on the book's data (README, "Defaults that learn"): a base of a few million parameters,
+# pre-trained on other text, has no features of the new task to reuse in a frozen body, and learns it
+# trained whole at about the learning rate it was pre-trained with; a large pre-trained base (GPT-2
+# 124M and up) keeps its features best as the book trains it, the last block at lr 5e-5.
+SMALL_BASE = 50_000_000  # parameters
+SMALL_BASE_LR = {"classification": 5e-4, "instruct": 2e-3}
+LARGE_BASE_LR = 5e-5  # the book's, for GPT-2 124M (chapter 6) and 355M (chapter 7)
+
+
+def parameter_count(config) -> int:
+    """The parameters of a causal LM of `config` (tied weights once), built on the meta device: no memory, no weights."""
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in ScratchGPTForCausalLM(config).parameters())
+
+
+def base_defaults(config, task: str) -> tuple[str, float, str]:
+    """`(what trains, learning rate, why)` for fine-tuning a base of this config when no flag says;
+    `task` is "classification" or "instruct" (which trains every weight either way)."""
+    count = parameter_count(config)
+    size = f"the base has {count / 1e6:.1f} M parameters"
+    if count < SMALL_BASE:
+        return "all", SMALL_BASE_LR[task], f"{size}, a small base learns a new task trained whole"
+    what = "last-blocks" if task == "classification" else "all"
+    return what, LARGE_BASE_LR, f"{size}, the book's choice for a pre-trained GPT-2"
+
+
+def with_base_defaults(args, task: str):
+    """`args` with `--lr` (and a classifier's `--trainable`) chosen by `base_defaults` where not given
+    (explicit flags and `--config` keys win), and one line saying what was chosen and why."""
+    from scratch_gpt.convert import load_config
+    from scratch_gpt.training.loop import process_state
+
+    if args.learning_rate is not None and (task != "classification" or args.lora or args.trainable):
+        return args
+    trainable, learning_rate, why = base_defaults(load_config(args.model, trust_remote_code=args.trust_remote_code), task)
+    chosen = {} if args.learning_rate is not None else {"learning_rate": learning_rate}
+    if task == "classification" and not args.lora and not args.trainable:
+        chosen["trainable"] = trainable
+    what = {"all": "training all weights", "last-blocks": "training the last block(s), final norm and head"}
+    words = what[chosen["trainable"]] if "trainable" in chosen else "training"
+    words += f" at lr {chosen['learning_rate']:g}" if "learning_rate" in chosen else ""
+    flags = " or ".join(flag for flag, key in (("--trainable", "trainable"), ("--lr", "learning_rate")) if key in chosen)
+    process_state().print(f"{words}: {why} (pass {flags} to choose).")
+    return replace(args, **chosen)
 
 
 def is_messages(value) -> bool:

@@ -41,6 +41,7 @@ from scratch_gpt.training.finetune import (
     load_base_tokenizer,
     max_length_for,
     pad_batch,
+    with_base_defaults,
 )
 from scratch_gpt.training.loop import check_output_dir, process_state, train
 from scratch_gpt.training.sharding import gathered_root, is_sharded
@@ -232,6 +233,7 @@ def answer_hooks(generation_config: GenerationConfig, tokenizer, answered: list[
 
 def finetune_instruct(args: InstructOptions) -> dict:
     """The whole command; returns its metrics."""
+    args = with_base_defaults(args, "instruct")  # --lr, when not given
     config = args.training()
     check_output_dir(config, inputs=[args.model, args.data])  # before any work: never over an input
     state = process_state()  # this process among those `accelerate launch` started (one by default)
