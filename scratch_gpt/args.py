@@ -24,7 +24,7 @@ from scratch_gpt.errors import BadInput
 
 # A byte-level BPE (scratch_gpt.tokenizer) holds the 256 bytes, end-of-text, pad and the response marker.
 MIN_VOCAB_SIZE = 256 + 3
-EXPORT_TARGETS = ("gpt2", "llama", "qwen3")  # the native transformers families `export` writes (scratch_gpt.convert)
+EXPORT_TARGETS = ("gpt2", "llama", "qwen2", "qwen3")  # the native transformers families `export` writes (scratch_gpt.convert)
 VOCAB_RULE = (lambda n: n >= MIN_VOCAB_SIZE, f"at least {MIN_VOCAB_SIZE} (smaller is too small for the 256 bytes and the special tokens)")
 
 

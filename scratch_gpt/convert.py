@@ -364,7 +364,7 @@ def import_book_checkpoint(
     everything else is read from the weights. `tokenizer` (a folder, Hub id or tokenizer; the book uses
     GPT-2's) is completed (pad token, chat template) and saved with the model.
     """
-    from .tokenizer import check_fits, complete_tokenizer
+    from .tokenizer import check_fits, complete_tokenizer, save_tokenizer
 
     named = [tokenizer] if isinstance(tokenizer, (str, os.PathLike)) else []
     check_output(out_dir, inputs=[path, *named], overwrite=overwrite, flag="OUT_DIR")
@@ -389,7 +389,7 @@ def import_book_checkpoint(
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)  # config, weights, generation config and the remote code
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
     return Path(out_dir)
 
 
@@ -481,24 +481,29 @@ for _model_type in LLAMA_FAMILY:
 
 
 def to_llama(model: ScratchGPTForCausalLM, model_type: str = "llama") -> PreTrainedModel:
-    """The same network as a native `LlamaForCausalLM` ("llama") or `Qwen3ForCausalLM` ("qwen3")."""
+    """The same network as a native `LlamaForCausalLM` ("llama"), `Qwen2ForCausalLM` ("qwen2") or `Qwen3ForCausalLM` ("qwen3")."""
     import transformers
 
     config = model.config
     class_name, fixed = LLAMA_FAMILY[model_type]
     needed = {**LLAMA_SHAPE, **fixed}
     needed.setdefault("qkv_bias", config.attention_bias)  # one bias switch for q, k, v and o in these classes
+    if model_type == "qwen2":  # Qwen2's heads are hidden_size / num_attention_heads wide
+        needed["head_dim"] = config.hidden_size // config.num_attention_heads
     wrong = {name: getattr(config, name) for name, value in needed.items() if getattr(config, name) != value}
     if wrong:
         raise BadInput(
             f"This ScratchGPT cannot be written as {class_name}: it needs {needed}, but has {wrong}; "
-            "export it --to the family it was built as (a GPT-2-shaped model: --to gpt2)."
+            "export it --to the family it was built as (GPT-2-shaped: gpt2; RoPE, RMSNorm and SwiGLU with a bias on "
+            "q, k and v only: qwen2; with qk-norm: qwen3)."
         )
     config_class = getattr(transformers, class_name.replace("ForCausalLM", "Config"))
     values = {name: getattr(config, name) for name in LLAMA_CONFIG_NAMES}
     values.update(attention_bias=config.attention_bias, attention_dropout=config.attn_pdrop)
     if model_type == "llama":
         values["mlp_bias"] = config.mlp_bias
+    if model_type == "qwen2":  # fixed by the class, not in its config: the head size, the bias on q, k, v only
+        del values["head_dim"], values["attention_bias"]
     native = getattr(transformers, class_name)(config_class(**values)).to(model.dtype)
     state = {}
     for name, tensor in model.state_dict().items():
@@ -523,9 +528,9 @@ def check_gpt2_shape(config: ScratchGPTConfig) -> None:
         raise BadInput(f"This ScratchGPT cannot be written as GPT2LMHeadModel: it needs {gpt2}, but has {wrong}; export it --to llama or qwen3.")
 
 
-# --- `scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3`: a folder of the native class, which
-# anything serving GPT-2, Llama or Qwen3 runs without remote code. `export-gpt2` is `--to gpt2`.
-NATIVE_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+# --- `scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen2|qwen3`: a folder of the native class, which
+# anything serving GPT-2, Llama, Qwen2 or Qwen3 runs without remote code. `export-gpt2` is `--to gpt2`.
+NATIVE_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def export_model(
@@ -563,9 +568,28 @@ def export_model(
     check_free_space(out_dir, sum(p.numel() * p.element_size() for p in native.parameters()), "output folder")
     with atomic_directory(out_dir) as tmp:
         native.save_pretrained(tmp)
+        add_older_names(tmp / "config.json")
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            from .tokenizer import save_tokenizer
+
+            save_tokenizer(tokenizer, tmp)
     return out_dir
+
+
+def add_older_names(config_file: Path) -> None:
+    """Write into a native config.json, beside transformers 5's names, the keys older readers look for
+    (transformers 4.x, llama.cpp's converter, optimum): GPT-2's context as `n_ctx`, and the RoPE base
+    `rope_theta` (and a scaled RoPE as `rope_scaling`) at the top level, where transformers 4.x reads it,
+    not only in `rope_parameters` (without it, 4.x silently uses a base of 10,000)."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if "n_positions" in config:
+        config.setdefault("n_ctx", config["n_positions"])
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        config.setdefault("rope_theta", rope["rope_theta"])
+    if rope.get("rope_type", "default") != "default":
+        config.setdefault("rope_scaling", rope)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def export_gpt2(model_dir: str | Path, out_dir: str | Path, **options) -> Path:
@@ -574,7 +598,7 @@ def export_gpt2(model_dir: str | Path, out_dir: str | Path, **options) -> Path:
 
 
 def export_command(args: ExportOptions) -> None:
-    """`scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen3` (`export-gpt2` is `--to gpt2`)."""
+    """`scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen2|qwen3` (`export-gpt2` is `--to gpt2`)."""
     out = export_model(args.model_dir, args.out_dir, args.to, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     print(f"Wrote a {NATIVE_CLASSES[args.to]} folder to {out}")
 

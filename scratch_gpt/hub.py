@@ -395,7 +395,9 @@ def push_model(model, repo_id: str, *, tokenizer=None, max_shard_size="50GB", ta
         model.save_pretrained(folder, max_shard_size=max_shard_size)
         kill_point("staged")  # tests: the staging folder is half-filled, nothing is uploaded yet
         if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
+            from .tokenizer import save_tokenizer
+
+            save_tokenizer(tokenizer, folder)
         for name, path in _companion_files(model).items():
             if not (folder / name).exists():
                 shutil.copyfile(path, folder / name)

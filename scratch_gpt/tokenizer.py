@@ -14,6 +14,7 @@ Command line: `scratch-gpt train-tokenizer --data PATH_OR_DATASET --vocab-size N
 """
 
 import itertools
+import json
 import os
 import sys
 import warnings
@@ -151,6 +152,19 @@ def bpe_trainer(vocab_size: int, min_frequency: int = 2, show_progress: bool = T
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
+
+
+# transformers 5 writes its fast tokenizer class as "TokenizersBackend" into tokenizer_config.json, a name
+# transformers 4 (and tools pinned to it: llama.cpp's converter, optimum) cannot load; "PreTrainedTokenizerFast"
+# is the same class under the name both read.
+def save_tokenizer(tokenizer, folder) -> None:
+    """`tokenizer.save_pretrained(folder)`, readable by transformers 4.x as well as 5.x (see above)."""
+    tokenizer.save_pretrained(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if settings.get("tokenizer_class") == "TokenizersBackend":
+        settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def truncates_itself(tokenizer):
@@ -317,7 +331,7 @@ def train_tokenizer_command(args: TokenizerOptions) -> None:
         texts = _hold_out(texts, held_out, every=args.held_out_every, max_chars=4_000_000)
     tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency, model_max_length=args.model_max_length)
     with atomic_directory(output) as tmp:
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     print(f"vocabulary size: {len(tokenizer)} (model vocab_size padded to 64: {model_vocab_size(tokenizer)})")
     if held_out:
         held_bytes = sum(len(text.encode("utf-8")) for text in held_out)

@@ -217,14 +217,19 @@ def saved_layout(folder) -> tuple[dict, set]:
         return config, set(weights.keys())
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
 def test_export_writes_the_native_class(tmp_path, model_type):
     reference = native_model(model_type)
     reference.save_pretrained(tmp_path / "reference")
     ours = ScratchGPTForCausalLM.from_pretrained(tmp_path / "reference")
     ours.save_pretrained(tmp_path / "ours")
     assert main(["export", str(tmp_path / "ours"), str(tmp_path / "out"), "--to", model_type]) == 0
-    assert saved_layout(tmp_path / "out") == saved_layout(tmp_path / "reference")
+    config, weights = saved_layout(tmp_path / "out")
+    # what older readers look for (transformers 4.x reads the RoPE base and scaling at the top level)
+    assert config.pop("rope_theta") == config["rope_parameters"]["rope_theta"] == EXTRA[model_type]["rope_theta"]
+    if model_type == "llama":
+        assert config.pop("rope_scaling") == config["rope_parameters"]
+    assert (config, weights) == saved_layout(tmp_path / "reference")
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # no remote code
     assert type(exported) is type(reference)
     ids = torch.tensor([PROMPTS[0]])
@@ -240,6 +245,24 @@ def test_export_to_gpt2_and_its_refusal_of_a_llama_shape(tmp_path, tiny_model, c
     assert main(["export", str(tmp_path / "llama"), str(tmp_path / "out"), "--to", "gpt2"]) == 2
     assert "cannot be written as GPT2LMHeadModel" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert main(["export", str(tmp_path / "llama"), str(tmp_path / "out"), "--to", "qwen3"]) == 2  # no QK-norm
+
+
+def test_a_llama_shaped_pretrain_keeps_the_presets_qkv_bias_and_exports_as_llama(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"word{i % 37} and more words" for i in range(400)))
+    flags = ["--data", str(corpus), "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--block-size", "16",
+             "--vocab-size", "300", "--max-steps", "1", "--batch-size", "2", "--no-progress", "--report-to", "none"]  # fmt: skip
+    assert main(["pretrain", "--preset", "smollm2-135m", "--num-kv-heads", "1", *flags, "--output-dir", str(tmp_path / "llama")]) == 0
+    assert json.loads((tmp_path / "llama" / "model" / "config.json").read_text())["qkv_bias"] is False
+    assert main(["export", str(tmp_path / "llama" / "model"), str(tmp_path / "hf"), "--to", "llama"]) == 0
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "hf")).__name__ == "LlamaForCausalLM"
+    tokenizer = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert tokenizer["tokenizer_class"] == "PreTrainedTokenizerFast"  # a name transformers 4.x knows too
+    assert main(["pretrain", *flags, "--output-dir", str(tmp_path / "gpt2")]) == 0  # GPT-2's preset: a qkv bias
+    assert json.loads((tmp_path / "gpt2" / "model" / "config.json").read_text())["qkv_bias"] is True
+    assert main(["export", str(tmp_path / "gpt2" / "model"), str(tmp_path / "gpt2-hf"), "--to", "gpt2"]) == 0
+    gpt2 = json.loads((tmp_path / "gpt2-hf" / "config.json").read_text())
+    assert gpt2["n_ctx"] == gpt2["n_positions"] == 16
 
 
 # ---------------------------------------------------------------------------------- LoRA, commands

@@ -81,8 +81,8 @@ COMMANDS = {
         "Turn the book's GPTModel checkpoint (torch.save of its state dict) into a ScratchGPT model folder.",
     ),
     "export": Command(
-        "write a model folder as a native GPT-2, Llama or Qwen3 folder", args.ExportOptions, "scratch_gpt.convert:export_command",
-        "Write a model folder as a native GPT-2, Llama or Qwen3 folder (loads without trust_remote_code).",
+        "write a model folder as a native GPT-2, Llama, Qwen2 or Qwen3 folder", args.ExportOptions, "scratch_gpt.convert:export_command",
+        "Write a model folder as a native GPT-2, Llama, Qwen2 or Qwen3 folder (loads without trust_remote_code).",
     ),
     "export-gpt2": Command(
         "write a model folder as a standard GPT2LMHeadModel", args.ExportOptions, "scratch_gpt.convert:export_command",

@@ -76,6 +76,7 @@ from scratch_gpt.training.checkpoints import (
 )
 from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
 from scratch_gpt.training.parallel import NewModel, cpu_processes, world_size
+from scratch_gpt.tokenizer import save_tokenizer
 from scratch_gpt.training.run_config import check_resume_options, save_run_options
 
 
@@ -693,7 +694,7 @@ def save_model(
             else:
                 unwrapped.save_pretrained(tmp, state_dict=state_dict)
             if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+                save_tokenizer(tokenizer, tmp)
             (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
             if run_dir is not None:
                 copy_run_files(Path(run_dir), folder, tmp)
