@@ -60,8 +60,7 @@ def check_resume_options(run_options: dict | None, *folders) -> None:
         named = ", ".join(f"--{key} {run_options[key]!r}" for key in edited)
         raise BadInput(
             f"--resume continues the run in {str(run_dir)!r}, but the content of {named} changed since it started; "
-            "restore what it started with, or start a new run in another --output-dir (--init-from its model/ "
-            "continues from its weights)."
+            "restore what it started with, or start a new run in another --output-dir."
         )
 
 
