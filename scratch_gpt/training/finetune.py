@@ -89,7 +89,7 @@ def base_defaults(config, task: str) -> tuple[str, float, str]:
     count = parameter_count(config)
     size = f"the base has {count / 1e6:.1f} M parameters"
     if count < SMALL_BASE:
-        return "all", SMALL_BASE_LR[task], f"{size}, a small base learns a new task trained whole"
+        return "all", SMALL_BASE_LR[task], f"{size}, under {SMALL_BASE // 10**6} M"
     what = "last-blocks" if task == "classification" else "all"
     return what, LARGE_BASE_LR, f"{size}, the book's choice for a pre-trained GPT-2"
 
