@@ -10,6 +10,8 @@ chain, `pip install ...` is the installation this test runs in, and is not repea
 A Python block runs on its own, or after the previous block when its first line says
 "# continues the previous block". A shell command of ours (`scratch-gpt ...`) runs in-process
 through `scratch_gpt.cli.main`, its words expanded by bash as a shell would; any other runs in bash.
+A command for each of several machines (`$NODE_RANK`) runs twice at once, ranks 0 and 1, with this
+machine's loopback as the main machine's address (`MAIN_NODE_IP`).
 """
 
 import json
@@ -166,6 +168,13 @@ def run_command(command: str, work: Path, env: dict) -> None:
                                env=env, capture_output=True, text=True, check=True).stdout.split("\0")[:-1]  # fmt: skip
         code = main(words)
         assert code == 0, f"README command failed (exit {code}): {command} {extra}"
+        return
+    if "$NODE_RANK" in command:  # a command for each of two machines: both here, the main one at 127.0.0.1
+        logs = [work.parent / f"machine{rank}.log" for rank in (0, 1)]  # files: a full pipe would stall a machine
+        machines = [subprocess.Popen(["bash", "-c", f"{command} {extra}"], cwd=work, env={**env, "NODE_RANK": str(rank),
+                    "MAIN_NODE_IP": "127.0.0.1"}, stdout=log.open("w"), stderr=subprocess.STDOUT) for rank, log in enumerate(logs)]  # fmt: skip
+        codes = [machine.wait(timeout=900) for machine in machines]
+        assert codes == [0, 0], f"README command failed (exits {codes}): {command} {extra}\n{logs[codes[0] == 0].read_text()[-3000:]}"
         return
     done = subprocess.run(["bash", "-c", f"{command} {extra}"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"README command failed (exit {done.returncode}): {command} {extra}\n{done.stderr[-3000:]}"

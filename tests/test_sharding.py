@@ -243,3 +243,62 @@ def test_the_strategy_builds_the_model_of_a_factory_in_its_build_context(folder,
         assert on_meta(parallel.FSDP2().build(new))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert type(parallel.choose(fsdp=True)) is parallel.Plain
+
+
+# ----------------------------------------------------------------------------------------------
+# Past one machine: two "machines" of one CPU process each, on this machine's loopback
+
+
+def launch_two_nodes(folder: Path, logs: Path, *argv) -> str:
+    """`scratch-gpt ARGV` as the README's two-machine recipe runs it, with 127.0.0.1 as the main
+    machine's address: two `accelerate launch --num_machines 2 --machine_rank 0|1` at once, one
+    process each (gloo). Returns the main machine's stdout; fails the test if either machine fails."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    logs.mkdir(parents=True, exist_ok=True)
+    nodes = []
+    for rank in (0, 1):
+        launcher = ["--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                    "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]  # fmt: skip
+        out, err = open(logs / f"node{rank}.out", "w"), open(logs / f"node{rank}.err", "w")  # files: no full pipe blocks a node
+        command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "scratch_gpt.cli", *map(str, argv)]
+        nodes.append((subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=err), out, err))
+    for rank, (node, out, err) in enumerate(nodes):
+        node.wait(timeout=600)
+        out.close(), err.close()
+        if node.returncode:
+            pytest.fail(f"machine {rank} exited with {node.returncode}:\n{(logs / f'node{rank}.err').read_text()[-3000:]}", pytrace=False)
+    return (logs / "node0.out").read_text()
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.parametrize("strategy", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_machines_on_loopback_save_what_one_machine_saves_and_resume_bitwise(folder, tmp_path, strategy):
+    two = tmp_path / "two-machines"
+    launch_two_nodes(folder, tmp_path / "logs", *pretrain_flags(two, *strategy))
+    one = tmp_path / "one-machine"
+    launch(folder, *pretrain_flags(one, *strategy))  # two processes on one machine, the same seed
+    assert same_weights(two, one) and train_losses(two) == train_losses(one)
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # one folder, written once
+    # both machines stopped after the first checkpoint, then resumed: the end is bitwise the same
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    for checkpoint in sorted((resumed / "checkpoints").iterdir())[1:]:
+        shutil.rmtree(checkpoint)
+    shutil.rmtree(resumed / "model")
+    stdout = launch_two_nodes(folder, tmp_path / "logs-resumed", *pretrain_flags(resumed, *strategy), "--resume")
+    assert "Resumed from" in stdout and "step-00000005" in stdout
+    assert same_weights(two, resumed)
