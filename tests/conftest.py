@@ -102,6 +102,11 @@ def make_base_dir(tmp_path, tiny_tokenizer):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def launch_env() -> dict:
+    """The environment of an `accelerate launch` in a test: CPU processes (gloo), one thread each, this checkout."""
+    return {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
 def launch_processes(argv, *, cwd, processes: int = 2, config_file: str | None = None, timeout: int = 600) -> str:
     """`accelerate launch` of `python ARGV` (a script, or `-m module ...`) on CPU processes (gloo);
     returns stdout, and fails the test when the launch fails.
@@ -111,7 +116,7 @@ def launch_processes(argv, *, cwd, processes: int = 2, config_file: str | None =
     stderr: the error of the process that broke, not only the other processes' reaction to it
     (gloo's "Connection closed by peer") at the end of the launcher's output.
     """
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = launch_env()
     with tempfile.TemporaryDirectory() as logs:
         if config_file:
             launcher = ["--config_file", str(ROOT / "scripts" / config_file)]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoints import BookGPT
 
 from scratch_gpt.cli import main
 
@@ -120,24 +121,8 @@ def make_the_readmes_files(work: Path, tokenizer) -> None:
     (work / "instruction-data-with-preference.json").write_text(json.dumps(pairs))
     (work / "run.yaml").write_text("data: my_corpus/\noutput-dir: runs/from-yaml\nsave-every: 1\n")
     tokenizer.save_pretrained(work / "gpt2-tokenizer")
-    torch.save(book_state_dict(vocab_size=len(tokenizer), width=48, context=32), work / "model.pth")
-
-
-def book_state_dict(vocab_size: int, width: int, context: int, layers: int = 1) -> dict:
-    """A state dict with the names and shapes of the book's GPTModel (12 heads of 4), random weights."""
-    torch.manual_seed(0)
-    state = {"tok_emb.weight": torch.randn(vocab_size, width), "pos_emb.weight": torch.randn(context, width)}
-    state |= {"final_norm.scale": torch.ones(width), "final_norm.shift": torch.zeros(width)}
-    state["out_head.weight"] = torch.randn(vocab_size, width) * 0.02
-    for i in range(layers):
-        block = {f"att.W_{name}.weight": torch.randn(width, width) * 0.02 for name in ("query", "key", "value")}
-        block |= {"att.out_proj.weight": torch.randn(width, width) * 0.02, "att.out_proj.bias": torch.zeros(width)}
-        for norm in ("norm1", "norm2"):
-            block |= {f"{norm}.scale": torch.ones(width), f"{norm}.shift": torch.zeros(width)}
-        block |= {"ff.layers.0.weight": torch.randn(4 * width, width) * 0.02, "ff.layers.0.bias": torch.zeros(4 * width)}
-        block |= {"ff.layers.2.weight": torch.randn(width, 4 * width) * 0.02, "ff.layers.2.bias": torch.zeros(width)}
-        state |= {f"trf_blocks.{i}.{name}": tensor for name, tensor in block.items()}
-    return state
+    torch.manual_seed(0)  # the book's GPTModel (tests/test_checkpoints.py), 12 heads as the README's command says
+    torch.save(BookGPT(vocab=len(tokenizer), context=32, dim=48, layers=1, heads=12).state_dict(), work / "model.pth")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -253,15 +253,16 @@ def launch_two_nodes(folder: Path, logs: Path, *argv) -> str:
     """`scratch-gpt ARGV` as the README's two-machine recipe runs it, with 127.0.0.1 as the main
     machine's address: two `accelerate launch --num_machines 2 --machine_rank 0|1` at once, one
     process each (gloo). Returns the main machine's stdout; fails the test if either machine fails."""
-    import os
     import socket
     import subprocess
     import sys
 
+    from conftest import launch_env
+
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = launch_env()
     logs.mkdir(parents=True, exist_ok=True)
     nodes = []
     for rank in (0, 1):

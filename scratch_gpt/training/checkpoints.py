@@ -21,7 +21,6 @@ from accelerate import Accelerator
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.io_utils import disk_full
 from scratch_gpt.training.parallel import NoSlices
-from scratch_gpt.training.run_config import tokenizer_digest
 
 # accelerate writes a checkpoint's weights with safetensors, which cannot hold two names for one tensor,
 # so it drops the tied LM head and logs "Removed shared tensor {'lm_head.weight'}" at warning level; the
@@ -89,17 +88,18 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
     accelerator.wait_for_everyone()
 
 
-def model_signature(model, tokenizer=None) -> dict:
+def model_signature(model, tokenizer_digest: str | None = None) -> dict:
     """What a checkpoint must share with the model it is loaded into: its config (minus the keys that
-    do not change the weights), the name and shape of every weight, and the tokenizer's content."""
+    do not change the weights), the name and shape of every weight, and the tokenizer's content
+    (`run_config.tokenizer_digest`)."""
     config = getattr(model, "config", None)
     values = config.to_dict() if hasattr(config, "to_dict") else {}
     ignored = {"transformers_version", "dtype", "torch_dtype", "use_cache", "name_or_path"}
     values = {k: v for k, v in values.items() if k not in ignored and not k.startswith("_")}
     shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
     signature = {"config": values, "shapes": shapes}
-    if tokenizer is not None:
-        signature["tokenizer"] = tokenizer_digest(tokenizer)
+    if tokenizer_digest is not None:
+        signature["tokenizer"] = tokenizer_digest
     return json.loads(json.dumps(signature, default=str))
 
 

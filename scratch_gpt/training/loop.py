@@ -77,7 +77,7 @@ from scratch_gpt.training.checkpoints import (
 from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
 from scratch_gpt.training.parallel import NewModel, cpu_processes, world_size
 from scratch_gpt.tokenizer import save_tokenizer
-from scratch_gpt.training.run_config import check_resume_options, save_run_options
+from scratch_gpt.training.run_config import check_resume_options, save_run_options, tokenizer_digest
 
 
 class TrainingDiverged(RunFailed):
@@ -351,6 +351,7 @@ class Trainer:
         self.accelerator = new_accelerator(config, self.output_dir, self.tensorboard)
         set_seed(config.seed)
         self.evaluate_fn, self.tokenizer = evaluate_fn, tokenizer
+        self.tokenizer_digest = tokenizer_digest(tokenizer) if tokenizer is not None else None  # in every checkpoint
         self.build_train_loader(train_dataset, collate_fn)
         self.build_model(model)
         self.prepare_evaluation(train_dataset, eval_dataset, test_dataset, collate_fn)
@@ -446,14 +447,15 @@ class Trainer:
     def restore(self) -> None:
         """With `resume`, load the newest checkpoint and continue from its position."""
         if self.config.resume:
-            signature = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.tokenizer)
+            signature = self.signature()
             slices = self.strategy.slices(self.model, self.optimizer)
             state = load_newest_checkpoint(self.accelerator, self.output_dir, signature, slices)
             self.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
             self.last_checkpoint = checkpoint_name(self.position.step)
         if self.accelerator.is_main_process:
             mark_output(self.output_dir, run=True)  # the run folder is ours now: a later run may replace it
-            save_run_options(self.config.run_options, self.output_dir)  # config.yaml: what the run (now) runs with
+            # config.yaml: what the run (now) runs with; inputs.json when it starts (a resume has just compared it)
+            save_run_options(self.config.run_options, self.output_dir, inputs=not self.config.resume)
         self.log = MetricsLog(self.accelerator, self.output_dir, self.position.step if self.config.resume else None)
 
     def run_epoch(self) -> None:
@@ -566,13 +568,17 @@ class Trainer:
         for sample in samples:
             self.accelerator.print(f"  sample: {sample!r}")
 
+    def signature(self) -> dict:
+        """What a checkpoint of this run must match (`checkpoints.model_signature`)."""
+        return model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.tokenizer_digest)
+
     def checkpoint(self) -> None:
         """Save the full training state (model, optimizer, schedule, RNG, position)."""
         self.check_finite(self.accelerator.reduce(self.loss_sum.clone(), reduction="sum"))
         position = self.position
         epoch_done = position.batches_in_epoch == self.batches_per_epoch
         state = asdict(position) | ({"epoch": position.epoch + 1, "batches_in_epoch": 0} if epoch_done else {})
-        state["model"] = model_signature(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.tokenizer)
+        state["model"] = self.signature()
         slices = self.strategy.slices(self.model, self.optimizer)
         save_checkpoint(self.accelerator, self.output_dir, state, self.config.keep_checkpoints, slices)
         self.last_checkpoint = checkpoint_name(position.step)

@@ -64,13 +64,14 @@ def check_resume_options(run_options: dict | None, *folders) -> None:
         )
 
 
-def save_run_options(run_options: dict | None, run_dir) -> None:
-    """config.yaml and inputs.json of a run folder (see the module docstring)."""
+def save_run_options(run_options: dict | None, run_dir, inputs: bool = True) -> None:
+    """config.yaml and (with `inputs`) inputs.json of a run folder (see the module docstring)."""
     import yaml
 
     if run_options:
         write_atomically(Path(run_dir) / FILE, yaml.safe_dump(run_options, sort_keys=False, allow_unicode=True))
-        write_atomically(Path(run_dir) / INPUTS_FILE, json.dumps(input_digests(run_options), indent=2) + "\n")
+        if inputs:  # reads every input once: only when a run starts, not again on each resume
+            write_atomically(Path(run_dir) / INPUTS_FILE, json.dumps(input_digests(run_options), indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
