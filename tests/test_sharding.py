@@ -356,8 +356,8 @@ def test_an_output_dir_the_machines_do_not_share_stops_every_machine_with_one_se
     results = run_two_nodes(tmp_path, tmp_path / "logs-own", program, node1_prefix=own_view_of(output_dir))
     sentence = (
         f"scratch-gpt pretrain: error: --output-dir {str(output_dir)!r} is not shared between the machines: machine 1 "
-        "(--machine_rank) does not see the file the main machine wrote in it; put --output-dir on a filesystem every "
-        "machine mounts at that path (NFS, a cluster filesystem), or run on one machine."
+        "does not see the file the main machine wrote in it; put --output-dir on a filesystem every machine mounts "
+        "at that path (NFS, a cluster filesystem), or run on one machine."
     )
     for rank, (code, stderr) in enumerate(results):
         assert code != 0 and sentence in stderr, f"machine {rank}: {stderr[-2000:]}"

@@ -113,16 +113,17 @@ def check_shared_output_dir(state, output_dir, patience_s: float = 5.0) -> None:
     deadline = time.monotonic() + patience_s
     while not marker.is_file() and time.monotonic() < deadline:
         time.sleep(0.25)
-    machine = int(os.environ.get("GROUP_RANK", "0"))  # torchrun's machine (node) rank
-    answers = gather_object([(machine, state.process_index, marker.is_file())])
+    machine = os.environ.get("GROUP_RANK")  # torchrun's machine rank (accelerate launch --machine_rank)
+    who = f"machine {machine}" if machine is not None else f"process {state.process_index}"
+    answers = gather_object([(who, marker.is_file())])
     if state.is_main_process:
         marker.unlink()
-    blind = sorted({machine for machine, _, seen in answers if not seen})
+    blind = sorted({who for who, seen in answers if not seen})
     if blind:
         raise BadInput(
-            f"--output-dir {str(output_dir)!r} is not shared between the machines: machine {', '.join(map(str, blind))} "
-            f"(--machine_rank) does not see the file the main machine wrote in it; put --output-dir on a filesystem "
-            "every machine mounts at that path (NFS, a cluster filesystem), or run on one machine."
+            f"--output-dir {str(output_dir)!r} is not shared between the machines: {' and '.join(blind)} "
+            f"{'does' if len(blind) == 1 else 'do'} not see the file the main machine wrote in it; put --output-dir "
+            "on a filesystem every machine mounts at that path (NFS, a cluster filesystem), or run on one machine."
         )
 
 
