@@ -466,7 +466,10 @@ class TokenizerOptions(TextColumn, SourceOptions, OutputFolder):
 class EvaluateOptions(TrustRemoteCode):
     GROUP = "evaluation"
     model: str | None = option(None, "model folder (or Hub id) with its tokenizer", positional=True, reads=True)
-    tasks: list[str] = option([], "task names, comma-separated (repeatable)", repeat=True, required=True)
+    tasks: list[str] = option(
+        [], "task names, comma-separated (repeatable): ours (scratch_perplexity, scratch_choice) or lm-eval's (hellaswag, ...)",
+        repeat=True, required=True,
+    )  # fmt: skip
     data: str | None = option(
         None, "text for scratch_perplexity, JSONL {question, choices, answer} for scratch_choice", reads=True
     )

@@ -3,12 +3,15 @@
     scratch-gpt evaluate MODEL_DIR --tasks scratch_perplexity --data held_out.txt
     scratch-gpt evaluate MODEL_DIR --tasks scratch_choice --data questions.jsonl
     scratch-gpt evaluate MODEL_DIR --tasks my_task --include-path my_tasks/
+    scratch-gpt evaluate MODEL_DIR --tasks hellaswag,arc_easy
 
 Two task files ship in `scratch_gpt/eval_tasks/`, ordinary lm-eval YAML that reads a local JSON
 Lines file: `scratch_perplexity` (word and byte perplexity, bits per byte of a text) and
 `scratch_choice` (multiple-choice accuracy). `--data` points them at your file; `--include-path`
-adds folders of your own task YAML files, as lm-eval's `--include_path` does. Everything runs on
-local files, offline. The model is loaded here and handed to `HFLM`, the class of `lm_eval --model hf`.
+adds folders of your own task YAML files, as lm-eval's `--include_path` does. These run on local
+files, offline. Any other name is one of lm-eval's own tasks (`lm-eval ls tasks` lists them), which
+download their data from the Hugging Face Hub the first time. The model is loaded here and handed
+to `HFLM`, the class of `lm_eval --model hf`.
 
 `loop_bits_per_byte` is the other side of the comparison in the README: bits per byte the way the
 training loop measures it (mean loss over packed blocks, divided by ln 2 and bytes per token).
@@ -18,11 +21,12 @@ import contextlib
 import json
 import logging
 import math
+import os
 import tempfile
 from pathlib import Path
 
 from scratch_gpt.args import EvaluateOptions
-from scratch_gpt.errors import BadInput, MissingFile
+from scratch_gpt.errors import BadInput, MissingFile, RunFailed
 from scratch_gpt.io_utils import RESULTS_MARK, write_atomically
 
 TASKS_DIR = Path(__file__).parent / "eval_tasks"
@@ -44,29 +48,41 @@ def import_lm_eval():
     return lm_eval
 
 
-def task_specs(names: list[str], data: str | None, include_paths: list[str], val_fraction: float | None, seed: int, workdir: Path):
-    """What `lm_eval.simple_evaluate(tasks=...)` gets, and the TaskManager that knows the names.
-
-    Names are looked up in the shipped task folder and the `--include-path` folders only (lm-eval's
-    own tasks download their data: run `lm_eval` for those). A shipped task with `--data` becomes its
-    YAML config, `data_files` replaced by the user's file (for perplexity, `--data` as JSON Lines).
-    """
-    import yaml
+def task_manager(names: list[str], include_paths: list[str]):
+    """`(manager, theirs)`: the lm-eval TaskManager that knows every name, and the names that are
+    lm-eval's own tasks (`hellaswag`, `arc_easy`, ...). Ours (the shipped task folder and the
+    `--include-path` folders) are indexed alone when each name is one of them (milliseconds): indexing
+    lm-eval's 14,685 tasks reads thousands of YAML files, 10-12 s of CPU time (measured with lm-eval
+    0.4.13; 23-38 s of wall time on two busy cores), which a run of our tasks never pays."""
     from lm_eval.tasks import TaskManager
 
     for folder in include_paths:
         if not Path(folder).is_dir():
             raise MissingFile(f"--include-path {folder!r} is not a folder; pass a folder of lm-eval task YAML files.")
     local_dirs = [str(TASKS_DIR), *include_paths]
-    manager = TaskManager(include_path=local_dirs, include_defaults=False)
-    unknown = [name for name in names if name not in manager.all_tasks]
+    ours = TaskManager(include_path=local_dirs, include_defaults=False)
+    theirs = [name for name in names if name not in ours.all_tasks]
+    if not theirs:
+        return ours, theirs
+    print(f"Looking up {', '.join(map(repr, theirs))} among lm-eval's own tasks (indexing them takes a few seconds)", flush=True)
+    manager = TaskManager(include_path=local_dirs)  # lm-eval's own tasks, then ours
+    unknown = [name for name in theirs if name not in manager.all_tasks]
     if unknown:
-        found = sorted(str(p) for d in local_dirs for p in Path(d).rglob("*.yaml"))
         raise BadInput(
-            f"Unknown task {', '.join(map(repr, unknown))}: the local task files found are {', '.join(found)} "
-            f"(add yours with --include-path DIR; for lm-eval's own tasks run `lm_eval --model hf "
-            f"--model_args pretrained=MODEL_DIR,trust_remote_code=True --tasks {unknown[0]}`)."
+            f"Unknown task {', '.join(map(repr, unknown))}: it is none of ours ({', '.join(sorted(ours.all_tasks))}; "
+            "add folders of task YAML files with --include-path DIR) nor one of lm-eval's (`lm-eval ls tasks` lists them)."
         )
+    return manager, theirs
+
+
+def task_specs(names: list[str], data: str | None, include_paths: list[str], val_fraction: float | None, seed: int, workdir: Path):
+    """`(specs, manager, theirs)`: what `lm_eval.simple_evaluate(tasks=...)` gets, then what
+    `task_manager` returns. A shipped task with `--data` becomes its YAML config, `data_files` replaced by
+    the user's file (for perplexity, `--data` as JSON Lines); any other name is passed as it is.
+    """
+    import yaml
+
+    manager, theirs = task_manager(names, include_paths)
     specs = []
     for name in names:
         if data is None or name not in shipped_tasks():
@@ -81,7 +97,7 @@ def task_specs(names: list[str], data: str | None, include_paths: list[str], val
                 raise MissingFile(f"--data {data!r} is not a file; pass a JSON Lines file of questions for {name}.")
         config["dataset_kwargs"] = {"data_files": {config["test_split"]: str(data_file.resolve())}}
         specs.append(config)
-    return specs, manager
+    return specs, manager, theirs
 
 
 def write_documents(source: str, path: Path, val_fraction: float | None, seed: int) -> Path:
@@ -98,6 +114,19 @@ def write_documents(source: str, path: Path, val_fraction: float | None, seed: i
         for text in documents["text"]:
             file.write(json.dumps({"text": text}) + "\n")
     return path
+
+
+def unreachable(theirs: list[str], error: Exception) -> str:
+    """One sentence for lm-eval's own tasks (`theirs`) whose data cannot be downloaded: offline
+    (HF_HUB_OFFLINE=1 or HF_DATASETS_OFFLINE=1) and not in the datasets cache, or no network."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    offline = [name for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(name, "").lower() in ("1", "true", "yes", "on")]
+    where = f"offline ({' and '.join(f'{name}=1' for name in offline)})" if offline else "unreachable"
+    return (
+        f"lm-eval's task {', '.join(map(repr, theirs))} downloads its data from the Hugging Face Hub, which is {where} "
+        f"here, and the data is not in the local cache ({reason}); run it once with network (it is cached then), "
+        "or evaluate local data with scratch_perplexity, scratch_choice or --include-path."
+    )
 
 
 # What lm-eval says about how we call it, on purpose: a model object instead of a name, in one process.
@@ -137,13 +166,14 @@ def evaluate(args: EvaluateOptions) -> dict:
 
     import scratch_gpt  # noqa: F401  (registers the Auto classes)
     from scratch_gpt.convert import load_pretrained
+    from scratch_gpt.hub import http_client_errors
     from scratch_gpt.tokenizer import truncates_itself
 
     names = [name for group in args.tasks for name in group.split(",") if name]
     if args.val_fraction is not None and args.data is None:
         raise BadInput("--val-fraction selects the held-out part of --data; pass --data too.")
     with tempfile.TemporaryDirectory() as workdir:
-        specs, manager = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
+        specs, manager, theirs = task_specs(names, args.data, args.include_path, args.val_fraction, args.seed, Path(workdir))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         trust = args.trust_remote_code
         tokenizer = truncates_itself(load_pretrained(AutoTokenizer.from_pretrained, args.model, trust_remote_code=trust))
@@ -152,7 +182,10 @@ def evaluate(args: EvaluateOptions) -> dict:
         settings = dict(limit=args.limit, bootstrap_iters=args.bootstrap_iters, log_samples=False)
         with quiet_lm_eval():
             lm = HFLM(model, tokenizer=tokenizer, backend="causal", batch_size=args.batch_size, max_length=args.max_length)
-            results = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, **settings)
+            try:
+                results = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, **settings)
+            except (ConnectionError, *http_client_errors()) as error:  # lm-eval's own tasks read the Hub
+                raise RunFailed(unreachable(theirs, error)) from None
     print(make_table(results))
     if args.output:
         record = {RESULTS_MARK: "scratch-gpt evaluate", "model": str(args.model), "results": results["results"]}

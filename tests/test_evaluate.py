@@ -1,4 +1,4 @@
-"""`scratch-gpt evaluate` (lm-evaluation-harness on local task files) and PEFT beyond LoRA.
+"""`scratch-gpt evaluate` (lm-evaluation-harness on local task files, and lm-eval's own) and PEFT beyond LoRA.
 
 lm-eval runs in-process through `scratch_gpt.cli.main` on a tiny model and tiny local files;
 conftest sets HF_HUB_OFFLINE and HF_DATASETS_OFFLINE, and a guard makes any network access fail.
@@ -7,6 +7,7 @@ conftest sets HF_HUB_OFFLINE and HF_DATASETS_OFFLINE, and a guard makes any netw
 import json
 import math
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,11 +108,57 @@ def test_include_path_runs_a_users_own_task_file(tmp_path, make_base_dir, no_net
     assert 0 < metrics["bits_per_byte,none"] < 20
 
 
-def test_an_unknown_task_lists_the_local_task_files(tmp_path, make_base_dir, capsys):
-    assert main(["evaluate", str(make_base_dir()), "--tasks", "hellaswag_typo"]) == 2
+# ---------------------------------------------------------------------------- lm-eval's own tasks
+# Indexing lm-eval's ~15,000 task files takes 10-12 s of CPU time, hence `slow`.
+
+
+@pytest.mark.slow
+def test_lm_evals_own_task_names_are_found_and_ours_alone_skip_its_index(monkeypatch, no_network):
+    """`hellaswag` is known (its YAML in lm-eval's task folder), without downloading anything; a run of our
+    tasks only builds the index of ours (lm-eval's own would hold thousands of names)."""
+    import lm_eval.tasks
+
+    from scratch_gpt.evaluation import task_manager
+
+    manager, theirs = task_manager(["hellaswag", "scratch_choice"], [])
+    assert theirs == ["hellaswag"]
+    entry = manager.task_index["hellaswag"]
+    assert Path(lm_eval.tasks.__file__).parent in Path(entry.yaml_path).parents
+    assert "scratch_perplexity" in manager.all_tasks and len(manager.all_tasks) > 1000
+    ours, theirs = task_manager(["scratch_perplexity", "scratch_choice"], [])
+    assert theirs == [] and sorted(ours.all_tasks) == ["scratch_choice", "scratch_perplexity"]
+
+
+@pytest.mark.slow
+def test_an_unknown_task_names_ours_and_how_to_list_lm_evals(tmp_path, make_base_dir, capsys):
+    assert main(["evaluate", str(make_base_dir()), "--tasks", "scratch_choice,hellaswag_typo"]) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]  # (the lines before: the tiny model's save)
-    assert message.startswith("scratch-gpt evaluate: error: Unknown task 'hellaswag_typo'")
-    assert "scratch_perplexity.yaml" in message and "scratch_choice.yaml" in message
+    assert message == (
+        "scratch-gpt evaluate: error: Unknown task 'hellaswag_typo': it is none of ours (scratch_choice, scratch_perplexity; "
+        "add folders of task YAML files with --include-path DIR) nor one of lm-eval's (`lm-eval ls tasks` lists them)."
+    )
+
+
+@pytest.mark.slow
+def test_lm_evals_own_task_offline_without_its_data_is_one_sentence(tmp_path, make_base_dir, monkeypatch, capsys, no_network):
+    """HF_HUB_OFFLINE=1 (conftest) and empty caches: hellaswag's data cannot be had; one sentence, exit 1."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model_dir = make_base_dir()
+    capsys.readouterr()
+    assert main(["evaluate", str(model_dir), "--tasks", "hellaswag", "--limit", "2"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.err.startswith(
+        "scratch-gpt evaluate: lm-eval's task 'hellaswag' downloads its data from the Hugging Face Hub, which is offline "
+        "(HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1) here, and the data is not in the local cache ("
+    )
+    assert captured.err.rstrip().endswith("run it once with network (it is cached then), or evaluate local data with "
+                                          "scratch_perplexity, scratch_choice or --include-path.")
+    assert "Rowan/hellaswag" in captured.err  # the dataset lm-eval asked for, in the reason
 
 
 def test_without_lm_eval_it_says_what_to_install(tmp_path, monkeypatch, capsys):

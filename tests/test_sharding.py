@@ -253,6 +253,15 @@ def launch_two_nodes(folder: Path, logs: Path, *argv) -> str:
     """`scratch-gpt ARGV` as the README's two-machine recipe runs it, with 127.0.0.1 as the main
     machine's address: two `accelerate launch --num_machines 2 --machine_rank 0|1` at once, one
     process each (gloo). Returns the main machine's stdout; fails the test if either machine fails."""
+    for rank, (code, stderr) in enumerate(run_two_nodes(folder, logs, ["-m", "scratch_gpt.cli", *map(str, argv)])):
+        if code:
+            pytest.fail(f"machine {rank} exited with {code}:\n{stderr[-3000:]}", pytrace=False)
+    return (logs / "node0.out").read_text()
+
+
+def run_two_nodes(folder: Path, logs: Path, program: list, node1_prefix: list = ()) -> list[tuple[int, str]]:
+    """`python PROGRAM` on two "machines" of one CPU process each (see `launch_two_nodes`); machine 1's
+    command starts with `node1_prefix` (another view of the filesystem). Returns (exit status, stderr) of each."""
     import socket
     import subprocess
     import sys
@@ -269,14 +278,14 @@ def launch_two_nodes(folder: Path, logs: Path, *argv) -> str:
         launcher = ["--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
                     "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]  # fmt: skip
         out, err = open(logs / f"node{rank}.out", "w"), open(logs / f"node{rank}.err", "w")  # files: no full pipe blocks a node
-        command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "scratch_gpt.cli", *map(str, argv)]
+        command = [*(node1_prefix if rank else []), sys.executable, "-m", "accelerate.commands.launch", *launcher, *program]
         nodes.append((subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=err), out, err))
+    results = []
     for rank, (node, out, err) in enumerate(nodes):
         node.wait(timeout=600)
         out.close(), err.close()
-        if node.returncode:
-            pytest.fail(f"machine {rank} exited with {node.returncode}:\n{(logs / f'node{rank}.err').read_text()[-3000:]}", pytrace=False)
-    return (logs / "node0.out").read_text()
+        results.append((node.returncode, (logs / f"node{rank}.err").read_text()))
+    return results
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -303,3 +312,54 @@ def test_two_machines_on_loopback_save_what_one_machine_saves_and_resume_bitwise
     stdout = launch_two_nodes(folder, tmp_path / "logs-resumed", *pretrain_flags(resumed, *strategy), "--resume")
     assert "Resumed from" in stdout and "step-00000005" in stdout
     assert same_weights(two, resumed)
+
+
+# A machine whose --output-dir is its own folder, not the one the others share: machine 1 runs in a
+# mount namespace of its own (`unshare -m`), with an empty tmpfs mounted over the output folder.
+SHARED_CHECK = """
+import sys
+from accelerate import PartialState
+from scratch_gpt.cli import run_reporting
+from scratch_gpt.training.run_config import check_shared_output_dir
+sys.exit(run_reporting("scratch-gpt pretrain", check_shared_output_dir, PartialState(cpu=True), sys.argv[1]))
+"""
+
+
+def own_view_of(folder: Path) -> list[str]:
+    """A command prefix that runs the command with an empty tmpfs over `folder`, seen by it alone."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(folder)]
+
+
+def can_unshare(tmp_path: Path) -> bool:
+    import subprocess
+
+    (tmp_path / "probe").mkdir()
+    done = subprocess.run([*own_view_of(tmp_path / "probe"), "true"], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_an_output_dir_the_machines_do_not_share_stops_every_machine_with_one_sentence(tmp_path):
+    if not can_unshare(tmp_path):
+        pytest.skip("unshare -m and mount need root (CAP_SYS_ADMIN) here")
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    (tmp_path / "check.py").write_text(SHARED_CHECK)
+    program = [str(tmp_path / "check.py"), str(output_dir)]
+
+    # one folder for both machines: the run goes on, and the check leaves nothing behind
+    assert [code for code, _ in run_two_nodes(tmp_path, tmp_path / "logs-shared", program)] == [0, 0]
+    assert list(output_dir.iterdir()) == []
+
+    # machine 1 sees a folder of its own at that path: both machines stop, each with the sentence
+    results = run_two_nodes(tmp_path, tmp_path / "logs-own", program, node1_prefix=own_view_of(output_dir))
+    sentence = (
+        f"scratch-gpt pretrain: error: --output-dir {str(output_dir)!r} is not shared between the machines: machine 1 "
+        "does not see the file the main machine wrote in it; put --output-dir on a filesystem every machine mounts "
+        "at that path (NFS, a cluster filesystem), or run on one machine."
+    )
+    for rank, (code, stderr) in enumerate(results):
+        assert code != 0 and sentence in stderr, f"machine {rank}: {stderr[-2000:]}"
+        assert "Traceback" not in stderr.split(sentence)[0][-200:]  # (torchrun reports the exit below it)
+    assert list(output_dir.iterdir()) == []  # the main machine's file is removed again

@@ -94,9 +94,11 @@ COMMANDS = {
         "commit. Log in first with `hf auth login` or set HF_TOKEN.",
     ),
     "evaluate": Command(
-        "run lm-evaluation-harness tasks (local perplexity, multiple choice)", args.EvaluateOptions,
+        "run lm-evaluation-harness tasks (local perplexity, multiple choice, hellaswag...)", args.EvaluateOptions,
         "scratch_gpt.evaluation:evaluate",
-        "Evaluate a model folder with lm-evaluation-harness on local task files (shipped: scratch_perplexity, scratch_choice).",
+        "Evaluate a model folder with lm-evaluation-harness: on local task files (shipped: scratch_perplexity, "
+        "scratch_choice; yours with --include-path), or lm-eval's own tasks (hellaswag, arc_easy, ...; `lm-eval ls tasks` "
+        "lists them), which download their data from the Hub the first time.",
     ),
 }
 

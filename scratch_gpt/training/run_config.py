@@ -9,10 +9,17 @@ The loop writes both when it takes a run folder. `--resume` first compares the o
 now with them and refuses, before any work, an option that may not change (one declared `resumable`,
 such as --max-steps or --eval-every, may) and an input whose content changed. The tokenizer is also
 compared by content with the one each checkpoint was trained with (`tokenizer_digest`, checkpoints.py).
+
+Under `accelerate launch` on several machines the run folder must be one folder that every machine
+sees (a shared filesystem); `check_shared_output_dir` tells it, when a run starts, from a folder of
+the same path on each machine's own disk.
 """
 
 import hashlib
 import json
+import os
+import time
+import uuid
 from pathlib import Path
 
 from scratch_gpt.args import read_keys, resume_changes
@@ -75,6 +82,52 @@ def save_run_options(run_options: dict | None, run_dir, inputs: bool = True) -> 
 
 
 # ----------------------------------------------------------------------------------------------
+# One run folder for every machine
+
+
+def check_shared_output_dir(state, output_dir, patience_s: float = 5.0) -> None:
+    """With several processes: every process must see the same `output_dir`, or the run stops here
+    with one sentence, on every process.
+
+    Only the main process writes the run's files, yet every process reads them (a handed-over
+    tokenizer, the checkpoint a resume loads) and writes its own part of a checkpoint (its random
+    states, its FSDP slices). With `--num_machines 2` and an `--output-dir` on each machine's own
+    disk, a run would seem to work and leave checkpoints that cannot resume. So the main process
+    writes a file with a new name into the folder; once every process has that name (a broadcast
+    from the main process, which has then written it), each looks for the file, for up to
+    `patience_s` seconds (a network filesystem may show a new file a little late). The answers are
+    gathered, so every process stops together: an error on one machine alone would leave the
+    others waiting at their next collective. `state` is accelerate's `PartialState` or `Accelerator`.
+    """
+    if state.num_processes == 1:
+        return
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    folder = Path(output_dir)
+    name = [f".shared-{uuid.uuid4().hex}" if state.is_main_process else None]
+    if state.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder / name[0], "written by the main process; every process of the run must see it\n")
+    broadcast_object_list(name)  # also a barrier: the file exists before any process looks
+    marker = folder / name[0]
+    deadline = time.monotonic() + patience_s
+    while not marker.is_file() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    machine = os.environ.get("GROUP_RANK")  # torchrun's machine rank (accelerate launch --machine_rank)
+    who = f"machine {machine}" if machine is not None else f"process {state.process_index}"
+    answers = gather_object([(who, marker.is_file())])
+    if state.is_main_process:
+        marker.unlink()
+    blind = sorted({who for who, seen in answers if not seen})
+    if blind:
+        raise BadInput(
+            f"--output-dir {str(output_dir)!r} is not shared between the machines: {' and '.join(blind)} "
+            f"{'does' if len(blind) == 1 else 'do'} not see the file the main machine wrote in it; put --output-dir "
+            "on a filesystem every machine mounts at that path (NFS, a cluster filesystem), or run on one machine."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
 # Content digests
 
 
@@ -119,4 +172,4 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-__all__ = ["check_resume_options", "input_digests", "read_run_options", "save_run_options", "tokenizer_digest"]
+__all__ = ["check_resume_options", "check_shared_output_dir", "input_digests", "read_run_options", "save_run_options", "tokenizer_digest"]
