@@ -10,7 +10,8 @@ Every command takes its data the same way, so `--data X` means the same thing ev
    - a file; a folder (every supported file inside, recursively, in sorted order, skipping hidden
      files and folders); a glob pattern ("notes/**/*.md"); a list of any of these, kept in order;
    - "hub:NAME", or a bare NAME that is no local path, for a dataset on the Hugging Face Hub
-     (loaded with `datasets.load_dataset`: this needs network, or the dataset in the local cache).
+     (loaded with `datasets.load_dataset`: this needs network, or the dataset in the local cache);
+     "hub:NAME:CONFIG" picks one of its configurations ("hub:HuggingFaceFW/fineweb-edu:sample-10BT").
 2. *How is a file read?* By its suffix (SUFFIXES): a .txt or .md file is ONE document, the whole
    file, line endings kept; .jsonl (one object per line), .json (an array of objects), .csv, .tsv
    and .parquet files hold one row per line or record.
@@ -137,10 +138,10 @@ def _names(suffixes) -> str:
 
 
 def _load_hub(source: str, split: str, **options):
-    """The `split` of a Hub dataset ("hub:NAME"), or one clear error."""
-    name = source.removeprefix("hub:")
+    """The `split` of a Hub dataset ("hub:NAME" or "hub:NAME:CONFIG"), or one clear error."""
+    name, _, config = source.removeprefix("hub:").partition(":")
     try:
-        return datasets.load_dataset(name, split=split, **options)
+        return datasets.load_dataset(name, *([config] if config else []), split=split, **options)
     except Exception as error:  # not found, offline, no such split: all mean "cannot load this name"
         raise MissingFile(
             f"{name!r} is no local file, folder or glob, and could not be loaded as a Hub dataset (split {split!r}): "

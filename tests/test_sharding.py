@@ -316,13 +316,6 @@ def test_two_machines_on_loopback_save_what_one_machine_saves_and_resume_bitwise
 
 # A machine whose --output-dir is its own folder, not the one the others share: machine 1 runs in a
 # mount namespace of its own (`unshare -m`), with an empty tmpfs mounted over the output folder.
-SHARED_CHECK = """
-import sys
-from accelerate import PartialState
-from scratch_gpt.cli import run_reporting
-from scratch_gpt.training.run_config import check_shared_output_dir
-sys.exit(run_reporting("scratch-gpt pretrain", check_shared_output_dir, PartialState(cpu=True), sys.argv[1]))
-"""
 
 
 def own_view_of(folder: Path) -> list[str]:
@@ -340,20 +333,15 @@ def can_unshare(tmp_path: Path) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.processes
-def test_an_output_dir_the_machines_do_not_share_stops_every_machine_with_one_sentence(tmp_path):
+def test_an_output_dir_the_machines_do_not_share_stops_every_machine_with_one_sentence(folder, tmp_path):
     if not can_unshare(tmp_path):
         pytest.skip("unshare -m and mount need root (CAP_SYS_ADMIN) here")
     output_dir = tmp_path / "run"
     output_dir.mkdir()
-    (tmp_path / "check.py").write_text(SHARED_CHECK)
-    program = [str(tmp_path / "check.py"), str(output_dir)]
-
-    # one folder for both machines: the run goes on, and the check leaves nothing behind
-    assert [code for code, _ in run_two_nodes(tmp_path, tmp_path / "logs-shared", program)] == [0, 0]
-    assert list(output_dir.iterdir()) == []
+    program = ["-m", "scratch_gpt.cli", *pretrain_flags(output_dir, "--max-steps", "2", "--save-every", "0")]
 
     # machine 1 sees a folder of its own at that path: both machines stop, each with the sentence
-    results = run_two_nodes(tmp_path, tmp_path / "logs-own", program, node1_prefix=own_view_of(output_dir))
+    results = run_two_nodes(folder, tmp_path / "logs-own", program, node1_prefix=own_view_of(output_dir))
     sentence = (
         f"scratch-gpt pretrain: error: --output-dir {str(output_dir)!r} is not shared between the machines: machine 1 "
         "does not see the file the main machine wrote in it; put --output-dir on a filesystem every machine mounts "
@@ -362,4 +350,9 @@ def test_an_output_dir_the_machines_do_not_share_stops_every_machine_with_one_se
     for rank, (code, stderr) in enumerate(results):
         assert code != 0 and sentence in stderr, f"machine {rank}: {stderr[-2000:]}"
         assert "Traceback" not in stderr.split(sentence)[0][-200:]  # (torchrun reports the exit below it)
-    assert list(output_dir.iterdir()) == []  # the main machine's file is removed again
+    assert list(output_dir.iterdir()) == []  # stopped before any work; the main machine's file is removed again
+
+    # one folder for both machines: the run trains, and the check leaves nothing of its own behind
+    assert [code for code, _ in run_two_nodes(folder, tmp_path / "logs-shared", program)] == [0, 0]
+    assert (output_dir / "model" / "model.safetensors").is_file()
+    assert not [p.name for p in output_dir.iterdir() if p.name.startswith(".shared-")]

@@ -46,8 +46,8 @@ def fake_hub(monkeypatch, rows=({"body": "hub text"},)):
     """Replace `datasets.load_dataset`; returns the list of (name, split) it was called with."""
     calls = []
 
-    def load_dataset(name, split, **options):
-        calls.append((name, split))
+    def load_dataset(name, *config, split, **options):
+        calls.append((name, *config, split))
         dataset = datasets.Dataset.from_list(list(rows))
         return dataset.to_iterable_dataset() if options.get("streaming") else dataset
 
@@ -122,6 +122,12 @@ def test_hub_names_with_or_without_prefix_reach_load_dataset_as_the_bare_name(mo
     assert texts(read_texts(source, text_column="body", streaming=True)) == ["hub text"]
     assert read_records(source, split="test").to_list() == [{"body": "hub text"}]
     assert calls == [("someone/corpus", "validation"), ("someone/corpus", "train"), ("someone/corpus", "test")]
+
+
+def test_a_hub_name_may_name_a_configuration(monkeypatch):
+    calls = fake_hub(monkeypatch)
+    assert read_texts("hub:someone/corpus:sample-10BT", text_column="body")["text"][:] == ["hub text"]
+    assert calls == [("someone/corpus", "sample-10BT", "train")]
 
 
 def test_a_list_may_mix_local_files_and_hub_datasets(monkeypatch, tmp_path):

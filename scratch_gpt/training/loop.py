@@ -77,7 +77,7 @@ from scratch_gpt.training.checkpoints import (
 from scratch_gpt.training.metrics import MetricsLog, Throughput, flops_per_token, peak_flops, use_tensorboard
 from scratch_gpt.training.parallel import NewModel, cpu_processes, world_size
 from scratch_gpt.tokenizer import save_tokenizer
-from scratch_gpt.training.run_config import check_resume_options, save_run_options, tokenizer_digest
+from scratch_gpt.training.run_config import check_resume_options, check_shared_output_dir, save_run_options, tokenizer_digest
 
 
 class TrainingDiverged(RunFailed):
@@ -349,6 +349,7 @@ class Trainer:
         check_no_other_run(config, self.output_dir)
         self.tensorboard = use_tensorboard(config.report_to)
         self.accelerator = new_accelerator(config, self.output_dir, self.tensorboard)
+        check_shared_output_dir(self.accelerator, self.output_dir)  # several machines: one folder they all see
         set_seed(config.seed)
         self.evaluate_fn, self.tokenizer = evaluate_fn, tokenizer
         self.tokenizer_digest = tokenizer_digest(tokenizer) if tokenizer is not None else None  # in every checkpoint

@@ -18,6 +18,7 @@ from scratch_gpt.args import PretrainOptions, hyperparameters
 from scratch_gpt.configuration_scratch_gpt import ScratchGPTConfig
 from scratch_gpt.errors import BadInput, MissingFile
 from scratch_gpt.training.loop import NewModel, check_output_dir, process_state, train
+from scratch_gpt.training.run_config import check_shared_output_dir
 
 
 def load_or_train_tokenizer(args: PretrainOptions, train_docs, output_dir: Path):
@@ -157,7 +158,8 @@ def pretrain(args: PretrainOptions) -> dict:
 
     config = args.training()  # the options were checked when parsed; the output folder (a run folder) is checked here
     output_dir = check_output_dir(config, inputs=[args.data, args.tokenizer, args.init_from], replaces=False)
-    process_state()  # this process among those launched, before any other accelerate object
+    # this process among those launched (before any other accelerate object); one --output-dir for all
+    check_shared_output_dir(process_state(), output_dir)
     set_seed(args.seed)
     corpus = read_texts(
         args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=args.streaming
