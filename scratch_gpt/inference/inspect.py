@@ -135,7 +135,8 @@ def inspect_text(model, tokenizer, text: str, *, layers=None, heads=None, top_k:
     head = model.score if classifier else model.lm_head
 
     # The eager attention path runs when attentions are asked for: its weights are what the model used.
-    outputs = model(ids.to(model.device), output_attentions=True, output_hidden_states=True, use_cache=False)
+    no_cache = {} if classifier else {"use_cache": False}  # the classifier never caches (and sets it itself)
+    outputs = model(ids.to(model.device), output_attentions=True, output_hidden_states=True, **no_cache)
     tokens = [token_entry(tokenizer, i) for i in ids[0].tolist()]
     numbers = {
         "model": name,

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -46,8 +47,7 @@ def heatmap(axis, weights, colormap="Blues"):
 
     values = np.array(weights)
     masked = np.ma.masked_where(np.triu(np.ones_like(values, dtype=bool), k=1), values)
-    cmap = colormaps[colormap].copy()
-    cmap.set_bad(MASKED)
+    cmap = colormaps[colormap].with_extremes(bad=MASKED)
     # A square-root colour scale: the many small weights of a long prompt stay visible (the colour bar shows the true values).
     return axis.imshow(masked, cmap=cmap, norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
 
@@ -288,14 +288,21 @@ def embeddings_section(numbers: dict) -> str:
 
 
 def data_script(numbers: dict) -> str:
-    """The numbers as JSON inside the page; every `<` is escaped (\\u003c, still JSON), so no text of the
+    """The numbers as JSON inside report.html; every `<` is escaped (\\u003c, still JSON), so no text of the
     prompt can end the script or open a comment in it."""
     text = json.dumps(numbers, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
     return f'<script type="application/json" id="data">{text}</script>'
 
 
-def report_body(numbers: dict, images: dict) -> str:
-    """The report as one HTML fragment (CSS and numbers inside it)."""
+def data_details(numbers: dict) -> str:
+    """The numbers as JSON in a folded box: the web page's tab (Gradio warns about any <script> in its HTML)."""
+    text = html.escape(json.dumps(numbers, ensure_ascii=False, allow_nan=False))
+    return f'<details><summary>The numbers (JSON)</summary><pre class="data">{text}</pre></details>'
+
+
+def report_body(numbers: dict, images: dict, numbers_in: str = "script") -> str:
+    """The report as one HTML fragment (CSS and numbers inside it); `numbers_in`: "script" (report.html)
+    or "details" (a box the reader can unfold, for the web page)."""
     loss = numbers.get("mean_loss")
     facts = f"{len(numbers['tokens'])} tokens" + (f", mean next-token loss {loss:.3f}" if loss is not None else "")
     parts = [
@@ -307,7 +314,7 @@ def report_body(numbers: dict, images: dict) -> str:
         attention_section(numbers, images),
         logit_lens_section(numbers, images),
         embeddings_section(numbers),
-        data_script(numbers),
+        data_script(numbers) if numbers_in == "script" else data_details(numbers),
         "</div>",
     ]
     return "\n".join(parts)
@@ -324,8 +331,10 @@ def report_html(numbers: dict, images: dict) -> str:
 
 def read_numbers(page: str) -> dict:
     """The numbers a report (or the Inspect tab's fragment) holds, read back from its JSON."""
-    start = page.index('<script type="application/json" id="data">') + len('<script type="application/json" id="data">')
-    return json.loads(page[start : page.index("</script>", start)])
+    script = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, flags=re.S)
+    if script:
+        return json.loads(script.group(1))
+    return json.loads(html.unescape(re.search(r'<pre class="data">(.*?)</pre>', page, flags=re.S).group(1)))
 
 
 def write_report(numbers: dict, folder) -> None:
