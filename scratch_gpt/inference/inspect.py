@@ -225,8 +225,9 @@ def nearest_tokens(embedding: torch.Tensor, ids: torch.Tensor, tokenizer, top_k:
 
 
 def shown(text: str) -> str:
-    """A token's text on one line, its spaces and line breaks visible."""
-    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+    """A token's text on one line, its spaces and line breaks visible, other control characters as \\xNN."""
+    text = text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def summary(numbers: dict) -> str:

@@ -83,7 +83,7 @@ def draw_head(numbers: dict) -> bytes:
         for q, row in enumerate(weights):
             for k in range(q + 1):
                 axis.text(k, q, f"{row[k]:.2f}", ha="center", va="center", fontsize=6,
-                          color="white" if row[k] > 0.5 else "black")  # fmt: skip
+                          color="white" if row[k] > 0.35 else "black")  # fmt: skip
     fig.colorbar(image, ax=axis, fraction=0.04)
     return png(fig)
 
