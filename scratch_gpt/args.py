@@ -447,6 +447,27 @@ class ChatOptions(TrustRemoteCode):
 
 
 @dataclass
+class InspectOptions(TrustRemoteCode, OutputFolder):
+    GROUP = "inspect"
+    model: str | None = option(
+        None, "causal LM, LoRA adapter or classifier folder (with its tokenizer), or Hub id", positional=True,
+        metavar="MODEL", reads=True,
+    )  # fmt: skip
+    prompt: str | None = option(None, "the text to look inside the model with", required=True)
+    layers: list[int] | None = option(None, "layers whose attention heads are drawn, from 0 (default: all)", at_least=0)
+    heads: list[int] | None = option(
+        None, "heads drawn in each of those layers, from 0 (default: all); the first, in the last layer, drawn large",
+        at_least=0,
+    )  # fmt: skip
+    top_k: int = option(5, "likeliest next tokens shown at each position (and nearest tokens by embedding)", at_least=1)
+
+    def check(self) -> None:
+        super().check()
+        if self.prompt is not None and not self.prompt.strip():
+            raise BadInput("--prompt is empty; give the text to inspect, e.g. --prompt \"I HAD always thought\".")
+
+
+@dataclass
 class TokenizerOptions(TextColumn, SourceOptions, OutputFolder):
     GROUP = "tokenizer"
     data: list[str] = option(  # many sources, where the other commands read one

@@ -484,6 +484,7 @@ STARTS = {
     "export": {"model_dir": "base", "to": "gpt2"},
     "export-gpt2": {"model_dir": "base"},
     "evaluate": {"model": "base", "tasks": ["scratch_perplexity"], "data": "corpus/a.txt", "include_path": ["corpus"]},
+    "inspect": {"model": "base", "prompt": "the fox"},
 }
 
 

@@ -76,6 +76,14 @@ COMMANDS = {
         "an empty line or Ctrl-D ends, /reset forgets the conversation. --web serves the chat as a page in the "
         "browser instead (needs pip install 'scratch_gpt[web]').",
     ),
+    "inspect": Command(
+        "look inside a model: tokens, next-token odds, attention, logit lens", args.InspectOptions,
+        "scratch_gpt.inference.inspect:inspect_command",
+        "Run one prompt through a model and write report.html (one self-contained file) and PNGs: the tokens, the "
+        "likeliest next tokens and the loss at each position, every attention head of the chosen layers, the logit "
+        "lens, and the nearest tokens by embedding; a classifier shows its class probabilities.",
+        dict(output_dir="runs/inspect"),
+    ),
     "import-book": Command(
         "turn the book's GPTModel model.pth into a model folder", args.ImportBookOptions, "scratch_gpt.convert:import_book_command",
         "Turn the book's GPTModel checkpoint (torch.save of its state dict) into a ScratchGPT model folder.",

@@ -6,7 +6,9 @@ the terminal chat (the tokenizer's chat template, `reply_pieces`, `chat_generati
 greedy answer on the page is exactly the answer of `scratch-gpt chat --prompt`.
 
 The page is a `gr.ChatInterface`, which keeps the conversation (every earlier turn goes back into
-the template on each message), and a sidebar with the temperature, top-k and answer length.
+the template on each message), and a sidebar with the temperature, top-k and answer length. Its
+Inspect tab shows the report of `scratch-gpt inspect` (`inference.inspect`, `inference.report`)
+for a prompt typed there, or for the conversation up to the last answer: the same numbers and pictures.
 """
 
 import os
@@ -71,15 +73,52 @@ def chat_page(model, tokenizer, generation_config, *, system=None, max_new_token
                 gr.Slider(0, 200, value=top_k, step=1, label="Top-k (0 = all tokens)"),
                 gr.Slider(1, context, value=min(answer_length, context), step=1, label="Max new tokens"),
             ]
-        gr.ChatInterface(
-            respond,
-            chatbot=gr.Chatbot(render_markdown=False, label="scratch_gpt"),  # the model's text as it is
-            additional_inputs=sliders,
-            title="scratch_gpt chat",
-            analytics_enabled=False,
-            api_name="chat",
-        )
+        with gr.Tab("Chat"):
+            chat = gr.ChatInterface(
+                respond,
+                chatbot=gr.Chatbot(render_markdown=False, label="scratch_gpt"),  # the model's text as it is
+                additional_inputs=sliders,
+                title="scratch_gpt chat",
+                analytics_enabled=False,
+                api_name="chat",
+            )
+        with gr.Tab("Inspect"):
+            inspect_tab(gr, model, tokenizer, chat.chatbot)
     return page
+
+
+def inspect_tab(gr, model, tokenizer, chatbot) -> None:
+    """The Inspect tab: the report of `scratch-gpt inspect` for the prompt typed here (API endpoint
+    `/inspect`), or for the conversation so far, the chat template's text up to the last answer
+    (`/inspect_last_answer`, which takes the chat's history). Its numbers are in a folded JSON box
+    (`report.read_numbers` reads them back)."""
+    from scratch_gpt.inference.inspect import inspect_text
+    from scratch_gpt.inference.report import pictures, report_body
+
+    def report(text: str) -> str:
+        try:
+            numbers = inspect_text(model, tokenizer, text)
+        except BadInput as error:  # an empty prompt, or one longer than the context: said in the page
+            raise gr.Error(str(error)) from None
+        return report_body(numbers, pictures(numbers), numbers_in="details")
+
+    def last_answer(history: list[dict]) -> str:
+        messages = [{"role": turn["role"], "content": message_text(turn["content"])} for turn in history or []]
+        if not any(turn["role"] == "assistant" for turn in messages):
+            raise gr.Error("There is no answer yet; chat first, or type a prompt and press Inspect.")
+        return report(tokenizer.apply_chat_template(messages, tokenize=False))
+
+    gr.Markdown(
+        "What the model does with a text: its tokens, the next-token odds at each position, every attention "
+        "head, the logit lens and the nearest tokens by embedding (as `scratch-gpt inspect` writes them)."
+    )
+    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a text to look inside the model with")
+    with gr.Row():
+        this_prompt = gr.Button("Inspect", variant="primary")
+        the_answer = gr.Button("Inspect the last answer")
+    shown = gr.HTML()
+    this_prompt.click(report, prompt, shown, api_name="inspect")
+    the_answer.click(last_answer, chatbot, shown, api_name="inspect_last_answer")
 
 
 def serve(page, *, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True) -> str:
