@@ -129,7 +129,7 @@ real = ScratchGPTForCausalLM.forward
 
 def recording(self, input_ids=None, **kwargs):  # every training block, by the process that trained on it
     if self.training:
-        with open(f"trained-{os.environ['RANK']}.jsonl", "a") as file:
+        with open(f"trained-{os.environ.get('RANK', '0')}.jsonl", "a") as file:
             file.write(json.dumps(input_ids.tolist()) + "\\n")
     return real(self, input_ids=input_ids, **kwargs)
 
@@ -211,3 +211,37 @@ def test_two_processes_read_their_own_blocks_of_prepared_shards_and_train_none_t
     assert not Counter(zero + one) - Counter(every)
     metrics = json.loads((numbered / "shards" / "model" / "metrics.json").read_text())
     assert metrics["examples_left_out"] == len(blocks) % 4 == (Counter(every) - Counter(zero + one)).total() > 0
+
+
+def steps_trained(folder) -> list[set]:
+    """The blocks each optimizer step trained on, over every process (one micro-batch per step)."""
+    ranks = [[json.loads(line) for line in path.read_text().splitlines()] for path in sorted(folder.glob("trained-*.jsonl"))]
+    return [{tuple(block) for rank in ranks for block in rank[step]} for step in range(len(ranks[0]))]
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
+def test_a_run_resumes_on_another_number_of_processes_with_the_examples_that_come_next(world, tmp_path, before, after):
+    """DDP with a global batch of 4 (2 x 2 or 1 x 4), prepared data, a checkpoint at step 5: resumed on
+    the other number of processes, steps 6-10 train on the same blocks as the uninterrupted run, and
+    the losses agree to float32 summation order (not bitwise: the mean of two means of 2 is summed in
+    another order than the mean of 4)."""
+    from conftest import launch_processes
+
+    (tmp_path / "record.py").write_text(RECORDER)
+    flags = lambda out: [*two_process_flags(world / "prepared", out), "--max-steps", "10", "--save-every", "5", "--global-batch-size", "4"]  # noqa: E731
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch_processes([tmp_path / "record.py", *flags(straight)], cwd=tmp_path, processes=before)
+    trained_straight = steps_trained(tmp_path)
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000010"), shutil.rmtree(resumed / "model")
+    for path in tmp_path.glob("trained-*.jsonl"):
+        path.unlink()
+    stdout = launch_processes([tmp_path / "record.py", *flags(resumed), "--resume"], cwd=tmp_path, processes=after)
+    assert "Resumed from" in stdout and "step-00000005" in stdout
+    assert len(trained_straight) == 10 and steps_trained(tmp_path) == trained_straight[5:]  # the same examples, in the same steps
+    assert train_losses(resumed)[-5:] == pytest.approx(train_losses(straight)[-5:], rel=1e-5)
+    metrics = [json.loads((run / "model" / "metrics.json").read_text()) for run in (straight, resumed)]
+    assert metrics[1]["eval_loss"] == pytest.approx(metrics[0]["eval_loss"], rel=1e-5)
+    assert json.loads((resumed / "checkpoints" / "step-00000010" / "trainer_state.json").read_text())["processes"] == after

@@ -12,7 +12,8 @@
   `NewModel(factory)` (new weights, initialised after sharding). Only parameters with
   `requires_grad` are optimized (LoRA just works).
 - `train_dataset` / `eval_dataset` / `test_dataset` are map-style datasets (a `datasets.Dataset`,
-  a list, a torch `Dataset`; the training set may also be an `IterableDataset`, read in order);
+  a list, a torch `Dataset`; the training set may also be an `IterableDataset`, read in order, which
+  is each process' own share of a stream: see `own_shares`);
   `collate_fn` turns a list of rows into a dict of tensors (default: stack each column). The
   evaluation and test sets may be None.
 - `evaluate_fn(model, eval_dataloader, accelerator) -> dict[str, float]` adds metrics (accuracy...)
@@ -545,10 +546,12 @@ class Trainer:
         return bool(self.accelerator.gather(flag.reshape(1)).min().item())
 
     def end_epoch(self, left_out: int) -> None:
-        """Past the end of the data: the next epoch starts; the examples this one left out are logged."""
+        """Past the end of the data: the next epoch starts; the examples this one left out are counted
+        (in the final metrics) and, when there are any, logged."""
         position = self.position
         self.results["examples_left_out"] = self.results.get("examples_left_out", 0) + left_out
-        self.log.log(position.step, {"epoch": position.epoch, "examples_left_out": left_out})
+        if left_out:
+            self.log.log(position.step, {"epoch": position.epoch, "examples_left_out": left_out})
         position.epoch, position.examples_in_epoch = position.epoch + 1, 0
 
     def train_micro_batch(self, batch: dict) -> torch.Tensor:

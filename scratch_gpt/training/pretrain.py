@@ -6,7 +6,8 @@ small fixed sizes on the built-in corpus, in a few minutes on a laptop CPU.
 
 What lands in `--output-dir`: `model/` (model, tokenizer, generation config, model card, loss
 curve: load it with `AutoModelForCausalLM.from_pretrained` or `pipeline("text-generation")`),
-`checkpoints/`, `metrics.jsonl`, `loss_curve.png` and TensorBoard logs. The same command runs under
+`checkpoints/`, `metrics.jsonl`, `loss_curve.png` and TensorBoard logs. `--data` may be a folder of
+token shards written by `scratch-gpt prepare-data` (`scratch_gpt.prepared`): nothing is tokenized then. The same command runs under
 `accelerate launch` (see `scripts/pretrain.py`) on many processes, GPUs or nodes.
 """
 
