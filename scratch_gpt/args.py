@@ -356,6 +356,18 @@ class PretrainOptions(TrustRemoteCode, TextColumn, SourceOptions, TrainingOption
 
 
 @dataclass
+class PrepareDataOptions(TrustRemoteCode, TextColumn, SourceOptions, OutputFolder):
+    """`scratch-gpt prepare-data`: --data tokenised once into token shards, for `pretrain --data FOLDER`."""
+
+    GROUP = "prepare-data"
+    tokenizer: str | None = option(None, "tokenizer folder or Hub id to tokenize with (pretrain then uses it)", required=True, reads=True)
+    val_fraction: float = option(0.05, "share of documents held out for validation", more_than=0, less_than=1)
+    seed: int = option(0, "seed of the validation split (as pretrain's --seed)", at_least=0)
+    num_proc: int | None = option(None, "processes for tokenization", at_least=1)
+    shard_tokens: int = option(2**27, "token ids per shard file", at_least=1)
+
+
+@dataclass
 class LoraOptions(Options):
     GROUP = "LoRA (PEFT)"
     lora: bool = option(False, "train LoRA adapters instead of the full weights")

@@ -128,20 +128,17 @@ def train_val_split(dataset, val_fraction, seed):
 
     A Dataset is shuffled with `seed` and `round(len * val_fraction)` rows (at least one) go to
     validation; a Dataset of one document (a single text file) is cut at `1 - val_fraction` of its
-    characters instead, validation getting the end. An IterableDataset sends row i to validation
-    when a random number seeded by (seed, i) falls below `val_fraction`. Split documents before
+    characters instead, validation getting the end. An IterableDataset sends a document to
+    validation when a random number seeded by (seed, its text) falls below `val_fraction`. Split documents before
     `pack_dataset` when blocks overlap (stride < block_size): no validation token is then trained on.
     """
     if not 0 < val_fraction < 1:
         raise BadInput(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
     if isinstance(dataset, datasets.IterableDataset):
-        def in_validation(_, index):
-            return random.Random(f"{seed}-{index}").random() < val_fraction
+        def in_validation(example):  # by its text, not its place: the same for a process reading a share of the stream
+            return random.Random(f"{seed}-{example['text']}").random() < val_fraction
 
-        def in_train(example, index):
-            return not in_validation(example, index)
-
-        return dataset.filter(in_train, with_indices=True), dataset.filter(in_validation, with_indices=True)
+        return dataset.filter(lambda example: not in_validation(example)), dataset.filter(in_validation)
     if len(dataset) == 1:  # one document (a single text file): split its text, as the book does
         text = dataset[0]["text"]
         cut = int(len(text) * (1 - val_fraction))

@@ -476,6 +476,7 @@ def test_an_output_file_of_ours_is_replaced_whole_and_a_users_file_only_with_ove
 STARTS = {
     "train-tokenizer": {"data": ["corpus"], "vocab_size": 300},
     "pretrain": {"data": "corpus", "tokenizer": "base"},
+    "prepare-data": {"data": "corpus", "tokenizer": "base"},
     "quickstart": {},
     "finetune-classifier": {"model": "base", "data": "data.csv"},
     "finetune-instruct": {"model": "base", "data": "instr.jsonl"},

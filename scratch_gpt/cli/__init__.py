@@ -52,6 +52,11 @@ COMMANDS = {
         "tokenizer + small GPT on the built-in corpus", args.PretrainOptions, "scratch_gpt.training.pretrain:quickstart",
         "Train a tokenizer and a small GPT on the built-in corpus (a few minutes on a CPU).", QUICKSTART,
     ),
+    "prepare-data": Command(
+        "tokenize a corpus once into token shards for pretrain", args.PrepareDataOptions, "scratch_gpt.prepared:prepare_data",
+        "Tokenize --data once into memory-mapped token shards (uint16 or uint32) with an index; "
+        "`pretrain --data FOLDER` then trains on them without tokenizing.",
+    ),
     "finetune-classifier": Command(
         "fine-tune a classification head (stage 7.1)", args.ClassifyOptions, "scratch_gpt.training.classify:finetune_classifier",
         "Fine-tune a pre-trained ScratchGPT folder into a text classifier. Without --trainable and --lr, both "

@@ -12,7 +12,8 @@
   `NewModel(factory)` (new weights, initialised after sharding). Only parameters with
   `requires_grad` are optimized (LoRA just works).
 - `train_dataset` / `eval_dataset` / `test_dataset` are map-style datasets (a `datasets.Dataset`,
-  a list, a torch `Dataset`; the training set may also be an `IterableDataset`, read in order);
+  a list, a torch `Dataset`; the training set may also be an `IterableDataset`, read in order, which
+  is each process' own share of a stream: see `own_shares`);
   `collate_fn` turns a list of rows into a dict of tensors (default: stack each column). The
   evaluation and test sets may be None.
 - `evaluate_fn(model, eval_dataloader, accelerator) -> dict[str, float]` adds metrics (accuracy...)
@@ -46,6 +47,7 @@ uninterrupted one. The same code runs on one CPU and under `accelerate launch` o
 
 import copy
 import inspect
+import itertools
 import json
 import math
 import os
@@ -58,7 +60,7 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, patch_environment, set_seed
+from accelerate.utils import DataLoaderConfiguration, patch_environment, send_to_device, set_seed
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
@@ -314,11 +316,13 @@ def new_accelerator(config: TrainingConfig, output_dir: Path, tensorboard: bool)
 
 @dataclass
 class Position:
-    """Where a run is; saved in every checkpoint, so a resumed run continues from the same batch."""
+    """Where a run is; saved in every checkpoint, so a resumed run continues from the same batch. The
+    place in the data is counted in examples over all processes, so that a run resumed on another
+    number of processes (with the same global batch) continues with the examples that come next."""
 
     step: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0
+    examples_in_epoch: int = 0
     tokens: int = 0
 
 
@@ -380,7 +384,9 @@ class Trainer:
                 "lower batch_size or add data."
             )
         self.sampler = None if self.streaming else EpochShuffleSampler(len(train_dataset), config.seed, config.shuffle)
-        self.train_loader = make_loader(train_dataset, config.batch_size, collate_fn, self.sampler, drop_last=True, seed=config.seed)
+        # a stream's last, short batch is read, to be counted among the examples left out (`own_shares`)
+        drop_last = not self.streaming
+        self.train_loader = make_loader(train_dataset, config.batch_size, collate_fn, self.sampler, drop_last=drop_last, seed=config.seed)
 
     def build_model(self, model: torch.nn.Module) -> None:
         """The model placed by the strategy, the optimizer and the schedule, prepared with the training data."""
@@ -393,8 +399,12 @@ class Trainer:
         model = self.strategy.place(model, accelerator, config)
         model.train()
         optimizer = build_optimizer(model, config)
-        self.train_loader = accelerator.prepare(self.train_loader)  # sharded first: its length fixes the schedule
+        if not self.streaming:  # sharded by accelerate first: its length fixes the schedule (a stream is each process' own)
+            self.train_loader = accelerator.prepare(self.train_loader)
         self.batches_per_epoch = None if self.streaming else len(self.train_loader)  # per process; None for a stream
+        self.global_batch = config.batch_size * accelerator.num_processes  # examples per micro-batch, all processes
+        if not self.streaming:  # the examples no global batch takes: each epoch leaves them out, never repeats one
+            self.left_out = len(self.train_loader.dataset) - self.batches_per_epoch * self.global_batch
         self.total_steps = config.max_steps or config.num_epochs * math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
         schedule = partial(lr_factor, warmup_steps=config.warmup_steps, total_steps=self.total_steps, min_lr_ratio=config.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -451,7 +461,8 @@ class Trainer:
             signature = self.signature()
             slices = self.strategy.slices(self.model, self.optimizer)
             state = load_newest_checkpoint(self.accelerator, self.output_dir, signature, slices)
-            self.position = Position(**{key: state[key] for key in ("step", "epoch", "batches_in_epoch", "tokens")})
+            self.position = Position(**{key: state[key] for key in ("step", "epoch", "tokens")})
+            self.position.examples_in_epoch = self.examples_consumed(state)
             self.last_checkpoint = checkpoint_name(self.position.step)
         if self.accelerator.is_main_process:
             mark_output(self.output_dir, run=True)  # the run folder is ours now: a later run may replace it
@@ -459,30 +470,90 @@ class Trainer:
             save_run_options(self.config.run_options, self.output_dir, inputs=not self.config.resume)
         self.log = MetricsLog(self.accelerator, self.output_dir, self.position.step if self.config.resume else None)
 
+    def examples_consumed(self, state: dict) -> int:
+        """The checkpoint's place in its epoch, in examples over all processes: whole global batches of
+        this run (another number of processes must keep the global batch), the same stream split."""
+        processes = state.get("processes", self.accelerator.num_processes)
+        if self.streaming and processes != self.accelerator.num_processes:
+            raise BadInput(
+                f"The checkpoint was written by {processes} processes, each reading its own part of the stream; resume a "
+                f"--streaming run on {processes} processes (prepared token shards resume on any number)."
+            )
+        examples = state.get("examples_in_epoch", state.get("batches_in_epoch", 0) * self.global_batch)  # older checkpoints
+        if examples % self.global_batch:
+            raise BadInput(
+                f"The checkpoint stopped {examples} examples into its epoch, not a whole number of global batches of "
+                f"{self.global_batch} ({self.accelerator.num_processes} processes x {self.config.batch_size}); resume "
+                "with the global batch the run had (--global-batch-size)."
+            )
+        return examples
+
     def run_epoch(self) -> None:
         """The micro-batches of one pass over the data, from the current position; it stops early
         when the last step is done."""
         accelerator, position = self.accelerator, self.position
         if self.sampler is not None:
             self.sampler.epoch = position.epoch
-        self.train_loader.set_epoch(position.epoch)
-        skip = position.batches_in_epoch
-        for batch in accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader:
+        if hasattr(self.train_loader.dataset if self.streaming else self.train_loader, "set_epoch"):
+            (self.train_loader.dataset if self.streaming else self.train_loader).set_epoch(position.epoch)
+        skip = position.examples_in_epoch // self.global_batch  # a map-style set skips without reading
+        if self.streaming:
+            batches = self.own_shares(skip)
+        else:
+            batches = accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        for batch in batches:
             loss = self.train_micro_batch(batch)
-            position.batches_in_epoch += 1
+            position.examples_in_epoch += self.global_batch
             self.loss_sum += loss.detach().float()
             self.loss_count += 1
             self.pending_tokens += batch["input_ids"].numel() * accelerator.num_processes if "input_ids" in batch else 0
             if accelerator.sync_gradients:
                 self.after_optimizer_step()
-                if position.step >= self.total_steps:
+                if position.step >= self.total_steps and not self.epoch_read():
                     return
-        if position.batches_in_epoch == 0:  # a stream shorter than one global batch would loop for ever
+        if position.examples_in_epoch == 0:  # a stream shorter than one global batch would loop for ever
             raise BadInput(
                 f"The training data ran out before a single batch of {self.config.batch_size} per process "
                 f"({accelerator.num_processes} processes); add data or lower the batch size."
             )
-        position.epoch, position.batches_in_epoch = position.epoch + 1, 0
+        self.end_epoch(self.left_out if not self.streaming else self.stream_left_out)
+
+    def epoch_read(self) -> bool:
+        """Whether the last batch of a map-style epoch was read (its end is then logged, `end_epoch`)."""
+        return not self.streaming and self.position.examples_in_epoch == self.batches_per_epoch * self.global_batch
+
+    def own_shares(self, skip: int):
+        """The batches of a stream, which each process reads its own share of (the command splits it;
+        nothing is sent from process 0, nothing split again), while every process has a full batch:
+        the shares end at different points, and all processes stop at the first end, together (one
+        flag reduced per micro-batch; none waits for ever in a collective). The examples the other
+        processes hold then are counted as left out (`stream_left_out`, summed over processes)."""
+        accelerator = self.accelerator
+        iterator, self.stream_left_out = itertools.islice(iter(self.train_loader), skip, None), 0
+        for batch in iterator:
+            rows = next(iter(batch.values())).shape[0]
+            if self.all_processes(rows == self.config.batch_size):
+                yield send_to_device(batch, accelerator.device)
+                continue
+            self.stream_left_out = rows + sum(next(iter(rest.values())).shape[0] for rest in iterator)
+            break
+        else:
+            self.all_processes(False)  # this share ended: tell the others, who wait in the same reduction
+        self.stream_left_out = int(accelerator.reduce(torch.tensor(self.stream_left_out, device=accelerator.device), "sum"))
+
+    def all_processes(self, has_batch: bool) -> bool:
+        """Whether every process has a full batch now (each says whether it has one)."""
+        flag = torch.tensor(int(has_batch), device=self.accelerator.device)
+        return bool(self.accelerator.gather(flag.reshape(1)).min().item())
+
+    def end_epoch(self, left_out: int) -> None:
+        """Past the end of the data: the next epoch starts; the examples this one left out are counted
+        (in the final metrics) and, when there are any, logged."""
+        position = self.position
+        self.results["examples_left_out"] = self.results.get("examples_left_out", 0) + left_out
+        if left_out:
+            self.log.log(position.step, {"epoch": position.epoch, "examples_left_out": left_out})
+        position.epoch, position.examples_in_epoch = position.epoch + 1, 0
 
     def train_micro_batch(self, batch: dict) -> torch.Tensor:
         """Forward and backward of one micro-batch; on the last of a step, clip and step the optimizer."""
@@ -577,8 +648,9 @@ class Trainer:
         """Save the full training state (model, optimizer, schedule, RNG, position)."""
         self.check_finite(self.accelerator.reduce(self.loss_sum.clone(), reduction="sum"))
         position = self.position
-        epoch_done = position.batches_in_epoch == self.batches_per_epoch
-        state = asdict(position) | ({"epoch": position.epoch + 1, "batches_in_epoch": 0} if epoch_done else {})
+        epoch_done = self.batches_per_epoch is not None and position.examples_in_epoch == self.batches_per_epoch * self.global_batch
+        state = asdict(position) | ({"epoch": position.epoch + 1, "examples_in_epoch": 0} if epoch_done else {})
+        state["processes"] = self.accelerator.num_processes
         state["model"] = self.signature()
         slices = self.strategy.slices(self.model, self.optimizer)
         save_checkpoint(self.accelerator, self.output_dir, state, self.config.keep_checkpoints, slices)

@@ -6,7 +6,8 @@ small fixed sizes on the built-in corpus, in a few minutes on a laptop CPU.
 
 What lands in `--output-dir`: `model/` (model, tokenizer, generation config, model card, loss
 curve: load it with `AutoModelForCausalLM.from_pretrained` or `pipeline("text-generation")`),
-`checkpoints/`, `metrics.jsonl`, `loss_curve.png` and TensorBoard logs. The same command runs under
+`checkpoints/`, `metrics.jsonl`, `loss_curve.png` and TensorBoard logs. `--data` may be a folder of
+token shards written by `scratch-gpt prepare-data` (`scratch_gpt.prepared`): nothing is tokenized then. The same command runs under
 `accelerate launch` (see `scripts/pretrain.py`) on many processes, GPUs or nodes.
 """
 
@@ -33,7 +34,7 @@ def load_or_train_tokenizer(args: PretrainOptions, train_docs, output_dir: Path)
 
     if args.tokenizer and not Path(args.tokenizer).is_dir():
         raise MissingFile(f"The tokenizer folder {args.tokenizer!r} does not exist; pass a saved tokenizer folder.")
-    source = args.tokenizer or args.init_from
+    source = args.tokenizer or args.init_from or prepared_tokenizer(args.data)
     state = process_state()
     if source:
         try:
@@ -55,6 +56,33 @@ def load_or_train_tokenizer(args: PretrainOptions, train_docs, output_dir: Path)
             shutil.rmtree(handed)
     tokenizer.model_max_length = args.block_size
     return truncates_itself(tokenizer)  # documents are packed into blocks, never fed whole
+
+
+def prepared_tokenizer(data) -> str | None:
+    """The tokenizer folder of a `prepare-data` folder (None for any other `--data`)."""
+    from scratch_gpt.prepared import TOKENIZER_FOLDER, is_prepared
+
+    return str(Path(data) / TOKENIZER_FOLDER) if is_prepared(data) else None
+
+
+def read_prepared(args: PretrainOptions, tokenizer):
+    """`--data` a `prepare-data` folder: the blocks of its two splits, read from the memory-mapped
+    shards (no tokenisation), and the statistics it recorded. The run's tokenizer (the folder's, or
+    --tokenizer / --init-from's) must be the one the shards were made with."""
+    from scratch_gpt.prepared import TokenBlocks, check_tokenizer, read_index
+
+    if args.streaming:
+        raise BadInput(f"--streaming reads raw text lazily, and {args.data!r} holds token shards that are read lazily already; drop --streaming.")
+    index = read_index(args.data)
+    named = f"--tokenizer {args.tokenizer!r}" if args.tokenizer else f"--init-from {args.init_from!r}'s"
+    if args.tokenizer or args.init_from:
+        check_tokenizer(args.data, index, tokenizer, named)
+    train_blocks, val_blocks = (TokenBlocks(args.data, split, args.block_size, args.stride, index) for split in ("train", "validation"))
+    if len(train_blocks) == 0:
+        tokens = index["splits"]["train"]["tokens"]
+        raise BadInput(f"The prepared data in {args.data!r} has {tokens} training tokens, fewer than one block of {args.block_size}; lower --block-size or add data.")
+    stats = {"bytes_per_token": index["bytes_per_token"], "unigram_entropy": index["unigram_entropy"]}
+    return train_blocks, val_blocks, stats | {"train_blocks": len(train_blocks), "val_blocks": len(val_blocks)}
 
 
 def model_config(args: PretrainOptions, tokenizer) -> ScratchGPTConfig:
@@ -125,13 +153,19 @@ def model_factory(args: PretrainOptions, tokenizer, config: ScratchGPTConfig, st
 
 def prepare_data(args: PretrainOptions, tokenizer, train_docs, val_docs):
     """Pack the training and validation documents into blocks (validation: disjoint). With `--streaming`
-    the training blocks stay a lazy stream; validation keeps its first `eval_batches * batch_size`
+    the training blocks stay a lazy stream, each process packing its own share of the documents
+    (`split_dataset_by_node`: a file to each in turn when they split evenly, else every N-th
+    document, which all then read past); validation keeps its first `eval_batches * batch_size`
     blocks in memory, so every evaluation sees the same blocks."""
     import datasets
+    import datasets.distributed
 
     from scratch_gpt.data import bytes_per_token, pack_dataset, unigram_entropy
 
-    with process_state().main_process_first():  # the first process fills the datasets cache
+    state = process_state()
+    if args.streaming:  # each process reads its own share of the documents: by files where there are enough, else by rows
+        train_docs = datasets.distributed.split_dataset_by_node(train_docs, rank=state.process_index, world_size=state.num_processes)
+    with state.main_process_first():  # the first process fills the datasets cache
         train_blocks = pack_dataset(train_docs, tokenizer, block_size=args.block_size, stride=args.stride, num_proc=args.num_proc)
         val_blocks = pack_dataset(val_docs, tokenizer, block_size=args.block_size, num_proc=args.num_proc)
     if args.streaming:
@@ -154,6 +188,7 @@ def pretrain(args: PretrainOptions) -> dict:
 
     from scratch_gpt.data import train_val_split
     from scratch_gpt.hub import write_model_card
+    from scratch_gpt.prepared import TokenBlocks, stack_blocks
     from scratch_gpt.sources import read_texts
 
     config = args.training()  # the options were checked when parsed; the output folder (a run folder) is checked here
@@ -161,13 +196,18 @@ def pretrain(args: PretrainOptions) -> dict:
     # this process among those launched (before any other accelerate object); one --output-dir for all
     check_shared_output_dir(process_state(), output_dir)
     set_seed(args.seed)
-    corpus = read_texts(
-        args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=args.streaming
-    )
-    train_docs, val_docs = train_val_split(corpus, args.val_fraction, args.seed)
-    tokenizer = load_or_train_tokenizer(args, train_docs, output_dir)
-    checked = model_config(args, tokenizer)  # bad model options fail before the data work
-    train_blocks, val_blocks, stats = prepare_data(args, tokenizer, train_docs, val_docs)
+    if prepared_tokenizer(args.data):  # token shards: nothing to read or tokenize before training
+        tokenizer = load_or_train_tokenizer(args, None, output_dir)
+        checked = model_config(args, tokenizer)
+        train_blocks, val_blocks, stats = read_prepared(args, tokenizer)
+    else:
+        corpus = read_texts(
+            args.data, text_column=args.text_column, encoding=args.encoding, errors=args.encoding_errors, streaming=args.streaming
+        )
+        train_docs, val_docs = train_val_split(corpus, args.val_fraction, args.seed)
+        tokenizer = load_or_train_tokenizer(args, train_docs, output_dir)
+        checked = model_config(args, tokenizer)  # bad model options fail before the data work
+        train_blocks, val_blocks, stats = prepare_data(args, tokenizer, train_docs, val_docs)
     config.bytes_per_token = stats["bytes_per_token"]
 
     def write_card(folder: Path, metrics: dict) -> None:
@@ -191,6 +231,7 @@ def pretrain(args: PretrainOptions) -> dict:
         final_dir=output_dir / "model",
         on_save=write_card,
         seq_len=args.block_size,
+        collate_fn=stack_blocks if isinstance(train_blocks, TokenBlocks) else None,
     )
     return {**results, **stats}
 

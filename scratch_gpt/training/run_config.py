@@ -133,7 +133,8 @@ def check_shared_output_dir(state, output_dir, patience_s: float = 5.0) -> None:
 
 def input_digests(run_options: dict) -> dict[str, str]:
     """{option key: SHA-256 of the content it names} for every option declared `reads` that names
-    local files (a Hub id or the built-in corpus names itself, and is compared as an option)."""
+    local files (a Hub id or the built-in corpus names itself, and is compared as an option; a folder
+    of token shards is its index, which holds the shards' digests)."""
     digests = {}
     for key in sorted(read_keys() & run_options.keys()):
         values = run_options[key] if isinstance(run_options[key], list) else [run_options[key]]
@@ -151,8 +152,11 @@ def input_digests(run_options: dict) -> dict[str, str]:
 def files_read(key: str, value: str) -> list[Path]:
     """The local files an input option names: for --data what `sources.resolve` reads (never a folder
     of ours inside it); for a model or tokenizer folder every file in it but hidden ones."""
+    from scratch_gpt.prepared import INDEX, is_prepared
     from scratch_gpt.sources import resolve
 
+    if key == "data" and is_prepared(value):  # token shards: their index holds each shard's SHA-256
+        return [Path(value) / INDEX]
     if key == "data":
         return [file for file in resolve(value) if isinstance(file, Path)]
     path = Path(value)
