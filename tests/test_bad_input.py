@@ -270,7 +270,7 @@ CASES = [
     ("exp-remote-tokenizer", ["export-gpt2", "remote_tokenizer", "gpt2"], "pass --trust-remote-code"),
     ("ib-remote-tokenizer", ["import-book", "book.pth", "out", "--num-heads", "2", "--tokenizer", "remote_tokenizer"], "pass --trust-remote-code"),
     # evaluate (lm-eval)
-    ("eval-unknown-task", ["evaluate", "base", "--tasks", "nope_task"], "the local task files found are"),
+    ("eval-unknown-task", ["evaluate", "base", "--tasks", "nope_task"], "nor one of lm-eval's"),
     ("eval-missing-data", ["evaluate", "base", "--tasks", "scratch_choice", "--data", "nope.jsonl"], "is not a file"),
     ("eval-missing-text", ["evaluate", "base", "--tasks", "scratch_perplexity", "--data", "nope.txt"], "nope.txt"),
     ("eval-include-path-file", ["evaluate", "base", "--tasks", "x", "--include-path", "data.csv"], "is not a folder"),
