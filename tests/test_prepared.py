@@ -222,15 +222,18 @@ def steps_trained(folder) -> list[set]:
 @pytest.mark.slow
 @pytest.mark.processes
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
-def test_a_run_resumes_on_another_number_of_processes_with_the_examples_that_come_next(world, tmp_path, before, after):
-    """DDP with a global batch of 4 (2 x 2 or 1 x 4), prepared data, a checkpoint at step 5: resumed on
-    the other number of processes, steps 6-10 train on the same blocks as the uninterrupted run, and
-    the losses agree to float32 summation order (not bitwise: the mean of two means of 2 is summed in
-    another order than the mean of 4)."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_a_run_resumes_on_another_number_of_processes_with_the_examples_that_come_next(world, tmp_path, before, after, fsdp):
+    """DDP or FSDP (on one process: neither) with a global batch of 4 (2 x 2 or 1 x 4), prepared data,
+    a checkpoint at step 5: resumed on the other number of processes, steps 6-10 train on the same
+    blocks as the uninterrupted run, and the losses agree to float32 summation order (not bitwise: the
+    mean of two means of 2 is summed in another order than the mean of 4). Under FSDP the checkpoint
+    of 2 processes holds slices, read whole by 1; the one of 1 holds whole files, cut into slices by 2."""
     from conftest import launch_processes
 
     (tmp_path / "record.py").write_text(RECORDER)
-    flags = lambda out: [*two_process_flags(world / "prepared", out), "--max-steps", "10", "--save-every", "5", "--global-batch-size", "4"]  # noqa: E731
+    fsdp_flag = ["--fsdp"] if fsdp else []
+    flags = lambda out: [*two_process_flags(world / "prepared", out), "--max-steps", "10", "--save-every", "5", "--global-batch-size", "4", *fsdp_flag]  # noqa: E731
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     launch_processes([tmp_path / "record.py", *flags(straight)], cwd=tmp_path, processes=before)
     trained_straight = steps_trained(tmp_path)
@@ -244,4 +247,6 @@ def test_a_run_resumes_on_another_number_of_processes_with_the_examples_that_com
     assert train_losses(resumed)[-5:] == pytest.approx(train_losses(straight)[-5:], rel=1e-5)
     metrics = [json.loads((run / "model" / "metrics.json").read_text()) for run in (straight, resumed)]
     assert metrics[1]["eval_loss"] == pytest.approx(metrics[0]["eval_loss"], rel=1e-5)
-    assert json.loads((resumed / "checkpoints" / "step-00000010" / "trainer_state.json").read_text())["processes"] == after
+    states = [json.loads((run / "checkpoints" / f"step-{step:08d}" / "trainer_state.json").read_text()) for run, step in ((straight, 5), (resumed, 10))]
+    assert [state["processes"] for state in states] == [before, after]
+    assert [state["sharded"] for state in states] == [fsdp and before == 2, fsdp and after == 2]  # slices, then whole files, or the reverse
