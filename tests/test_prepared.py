@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from scratch_gpt.cli import main
-from scratch_gpt.data import load_text_corpus, pack_dataset, train_val_split
+from scratch_gpt.data import PackedStream, load_text_corpus, pack_dataset, train_val_split
 from scratch_gpt.prepared import TokenBlocks, read_index, token_dtype
 from scratch_gpt.tokenizer import train_tokenizer
 from scratch_gpt.training.loop import EpochShuffleSampler
@@ -250,3 +250,50 @@ def test_a_run_resumes_on_another_number_of_processes_with_the_examples_that_com
     states = [json.loads((run / "checkpoints" / f"step-{step:08d}" / "trainer_state.json").read_text()) for run, step in ((straight, 5), (resumed, 10))]
     assert [state["processes"] for state in states] == [before, after]
     assert [state["sharded"] for state in states] == [fsdp and before == 2, fsdp and after == 2]  # slices, then whole files, or the reverse
+
+
+# ----------------------------------------------------------------------------------------------
+# A raw text stream resumes in the file it was reading: the checkpoint holds the stream's place
+# (which file, how many rows into it, the tokens not yet cut into a block).
+
+
+@pytest.mark.slow
+def test_a_stream_resumes_in_the_file_it_was_reading_and_ends_with_the_same_weights(numbered, world, tmp_path, monkeypatch):
+    import scratch_gpt.sources
+    from scratch_gpt.training.loop import Trainer
+
+    read = []  # the file of every row the reader yields; "training" where training starts reading
+    real_reader, real_epoch = scratch_gpt.sources._texts_of_file, Trainer.run_epoch
+
+    def counting_reader(path, *args):
+        for text in real_reader(path, *args):
+            read.append(path.name)
+            yield text
+
+    monkeypatch.setattr(scratch_gpt.sources, "_texts_of_file", counting_reader)
+    monkeypatch.setattr(Trainer, "run_epoch", lambda self: read.append("training") or real_epoch(self))
+    monkeypatch.setattr(PackedStream, "TOKENIZE_BATCH", 1)  # no read-ahead: both runs read exactly the rows they train on
+
+    def training_reads(out, *extra) -> list[str]:
+        read.clear()
+        flags = ["--streaming", "--tokenizer", world / "tok", "--max-steps", "48", "--save-every", "24", "--eval-every", "0"]
+        assert main([*pretrain_flags(numbered / "docs", out, *flags), *extra]) == 0
+        return read[read.index("training") + 1 :]  # after validation's reading, which every run does first
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    read_straight = training_reads(straight)
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000048"), shutil.rmtree(resumed / "model")
+    read_resumed = training_reads(resumed, "--resume")
+
+    # the file the checkpoint was taken in (not the first) is read again from its first row; no file before it
+    rows = {path.name: len(path.read_text().splitlines()) for path in (numbered / "docs").iterdir()}
+    current = read_resumed[0]
+    assert current != "part-0.jsonl" and read_resumed == read_straight[read_straight.index(current) :]
+    assert read_straight.index(current) == sum(rows[name] for name in sorted(rows) if name < current)  # not read again
+    straight_weights, resumed_weights = (load_file(run / "model" / "model.safetensors") for run in (straight, resumed))
+    assert all(torch.equal(straight_weights[name], resumed_weights[name]) for name in straight_weights)
+    assert train_losses(resumed) == train_losses(straight)
+    state = json.loads((resumed / "checkpoints" / "step-00000048" / "trainer_state.json").read_text())
+    stream = state["streams"][0]  # the one process' place: the tokens read, of which the buffer's are not yet in a block
+    assert len(state["streams"]) == 1 and stream["tokens"] - len(stream["buffer"]) == 48 * 4 * 16
