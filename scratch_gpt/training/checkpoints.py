@@ -3,7 +3,7 @@
 Each is accelerate's `save_state` (model, optimizer, scheduler, RNG states, one set per process)
 plus the strategy's slices (`parallel.py`: under FSDP each process' slices of the model and
 optimizer in `sharded/`; nothing more otherwise), written into a temporary folder, plus
-`trainer_state.json` (the position in the data and the size of every file), then renamed into
+`trainer_state.json` (the position in the data, with a stream's place for each process, and the size of every file), then renamed into
 place: a kill never leaves a half-written `step-*` folder, and a folder whose files do not match
 their recorded sizes is skipped when resuming. A run resumes from a checkpoint of a sharded run
 (FSDP) or not, written by any number of processes: `torch.distributed.checkpoint` reshards slices,

@@ -42,7 +42,10 @@ model, accelerator, loaders, optimizer, schedule), `restore` (from a checkpoint)
 only): `metrics.jsonl`, `loss_curve.png`, TensorBoard logs in `tensorboard/` when installed, and
 `checkpoints/step-XXXXXXXX/` every `save_every` steps (see `checkpoints.py`); `resume=True`
 continues from the newest complete one, so an interrupted run ends with the same weights as an
-uninterrupted one. The same code runs on one CPU and under `accelerate launch` on many GPUs or nodes.
+uninterrupted one. A map-style set resumes by skipping batches without reading them; a stream with a
+`state_dict` (`data.PackedStream`, a `datasets.IterableDataset`) by loading each process' place in it,
+saved with the checkpoint; another stream by reading its batches again up to the position. The same
+code runs on one CPU and under `accelerate launch` on many GPUs or nodes.
 """
 
 import copy
