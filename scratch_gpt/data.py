@@ -14,6 +14,7 @@ The pipeline, top to bottom:
 `input_target_pairs` shows step 2 the way the book draws it, as (input, target) tensors.
 """
 
+import itertools
 import random
 
 import datasets
@@ -45,7 +46,8 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
 
     Tokenization is a batched `datasets.map` over `num_proc` processes (default one); for a corpus
     loaded from files, `datasets` caches its result, so a second run skips it. A streaming corpus is
-    counted while training reads it: "too few tokens" is raised at the first batch instead of here.
+    packed while training reads it (`PackedStream`, which can resume where it was) and counted then:
+    "too few tokens" is raised at the end of the stream instead of here.
     """
     stride = block_size if stride is None else stride
     if not 1 <= stride <= block_size:
@@ -61,15 +63,12 @@ def pack_dataset(dataset, tokenizer, *, block_size, stride=None, num_proc=None):
             f"pack_dataset needs a 'text' column, the dataset has {dataset.column_names}; "
             "use read_texts(..., text_column=...)."
         )
+    if isinstance(dataset, datasets.IterableDataset):
+        return PackedStream(dataset, tokenizer, block_size, stride)
     map_options = dict(batched=True, fn_kwargs={"tokenizer": tokenizer}, remove_columns=dataset.column_names)
-    if not isinstance(dataset, datasets.IterableDataset):
-        map_options.update(num_proc=num_proc, desc="Tokenizing")
-    tokenized = dataset.map(_tokenize_batch, **map_options)
+    tokenized = dataset.map(_tokenize_batch, num_proc=num_proc, desc="Tokenizing", **map_options)
     block = datasets.List(datasets.Value("int64"), length=block_size)
     features = datasets.Features({"input_ids": block, "labels": block})
-    if isinstance(tokenized, datasets.IterableDataset):
-        arguments = {"tokenized": tokenized, "block_size": block_size, "stride": stride}
-        return datasets.IterableDataset.from_generator(_stream_blocks, features=features, gen_kwargs=arguments)
     ids = _flat_token_ids(tokenized)
     _check_enough_tokens(len(ids), block_size)
     blocks = np.lib.stride_tricks.sliding_window_view(ids, block_size)[::stride]
@@ -88,17 +87,55 @@ def _flat_token_ids(tokenized):
     return np.asarray(pyarrow.compute.list_flatten(column).to_numpy(), dtype=np.int64)
 
 
-def _stream_blocks(tokenized, block_size, stride):
-    """The same windows as the non-streaming path, cut from a buffer while the stream flows."""
-    buffer, seen = [], 0
-    for example in tokenized:
-        buffer.extend(example["input_ids"])
-        seen += len(example["input_ids"])
-        while len(buffer) >= block_size:
-            block = buffer[:block_size]
-            yield {"input_ids": block, "labels": block}
-            del buffer[:stride]
-    _check_enough_tokens(seen, block_size)
+class PackedStream(torch.utils.data.IterableDataset):
+    """The blocks of a stream of documents, cut as the non-streaming path cuts them, while the
+    documents flow; a training loop can save where it is and resume there (`state_dict`,
+    `load_state_dict`, as a `datasets.IterableDataset`).
+
+    The place is the documents' stream state after the last document read into the buffer (for
+    local files: which file, and how many rows into it; `datasets` resumes by re-reading that file
+    up to the row, and no file before it) and the tokens of the buffer not yet cut. Documents are
+    tokenized `TOKENIZE_BATCH` at a time, the state taken after each one."""
+
+    TOKENIZE_BATCH = 64
+
+    def __init__(self, documents: datasets.IterableDataset, tokenizer, block_size: int, stride: int):
+        self.documents, self.tokenizer, self.block_size, self.stride = documents, tokenizer, block_size, stride
+        self.state = self.start = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.documents.set_epoch(epoch)  # the documents' state belongs to an epoch (`datasets`)
+
+    def state_dict(self) -> dict:
+        """Where the blocks yielded so far end (JSON-serialisable)."""
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        """The next pass over the blocks continues after the ones `state` was taken after."""
+        self.documents.load_state_dict(state["documents"])
+        self.start = state
+
+    def __iter__(self):
+        start, self.start = self.start or {"buffer": [], "tokens": 0}, None
+        buffer, seen = list(start["buffer"]), start["tokens"]
+        size, stride = self.block_size, self.stride
+        for ids, documents_state in self._documents():
+            buffer.extend(ids)
+            seen += len(ids)
+            while len(buffer) >= size:
+                block = buffer[:size]
+                del buffer[:stride]
+                self.state = {"documents": documents_state, "buffer": list(buffer), "tokens": seen}
+                yield {"input_ids": block, "labels": block}
+        _check_enough_tokens(seen, size)
+
+    def _documents(self):
+        """(token ids followed by EOS, the documents' state after it) of each document in turn."""
+        rows = iter(self.documents)
+        while batch := [(row["text"], self.documents.state_dict()) for row in itertools.islice(rows, self.TOKENIZE_BATCH)]:
+            texts, states = zip(*batch)
+            for ids, state in zip(encode_batch(self.tokenizer, list(texts)), states):
+                yield ids + [self.tokenizer.eos_token_id], state
 
 
 def _check_enough_tokens(num_tokens, block_size):

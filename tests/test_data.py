@@ -17,6 +17,7 @@ from scratch_gpt.data import (
     builtin_corpus,
     bytes_per_token,
     input_target_pairs,
+    PackedStream,
     load_text_corpus,
     pack_dataset,
     train_val_split,
@@ -231,7 +232,7 @@ def test_streaming_packs_the_same_blocks(tmp_path, word_tokenizer, stride):
     (tmp_path / "b.txt").write_text(words(7, 8, 9))
     packed = pack_dataset(load_text_corpus(tmp_path), word_tokenizer, block_size=5, stride=stride)
     streamed = pack_dataset(load_text_corpus(tmp_path, streaming=True), word_tokenizer, block_size=5, stride=stride)
-    assert isinstance(streamed, datasets.IterableDataset)
+    assert isinstance(streamed, PackedStream)
     assert list(streamed) == list(packed)
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from scratch_gpt.cli import main
-from scratch_gpt.data import load_text_corpus, pack_dataset, train_val_split
+from scratch_gpt.data import PackedStream, load_text_corpus, pack_dataset, train_val_split
 from scratch_gpt.prepared import TokenBlocks, read_index, token_dtype
 from scratch_gpt.tokenizer import train_tokenizer
 from scratch_gpt.training.loop import EpochShuffleSampler
@@ -222,15 +222,18 @@ def steps_trained(folder) -> list[set]:
 @pytest.mark.slow
 @pytest.mark.processes
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
-def test_a_run_resumes_on_another_number_of_processes_with_the_examples_that_come_next(world, tmp_path, before, after):
-    """DDP with a global batch of 4 (2 x 2 or 1 x 4), prepared data, a checkpoint at step 5: resumed on
-    the other number of processes, steps 6-10 train on the same blocks as the uninterrupted run, and
-    the losses agree to float32 summation order (not bitwise: the mean of two means of 2 is summed in
-    another order than the mean of 4)."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_a_run_resumes_on_another_number_of_processes_with_the_examples_that_come_next(world, tmp_path, before, after, fsdp):
+    """DDP or FSDP (on one process: neither) with a global batch of 4 (2 x 2 or 1 x 4), prepared data,
+    a checkpoint at step 5: resumed on the other number of processes, steps 6-10 train on the same
+    blocks as the uninterrupted run, and the losses agree to float32 summation order (not bitwise: the
+    mean of two means of 2 is summed in another order than the mean of 4). Under FSDP the checkpoint
+    of 2 processes holds slices, read whole by 1; the one of 1 holds whole files, cut into slices by 2."""
     from conftest import launch_processes
 
     (tmp_path / "record.py").write_text(RECORDER)
-    flags = lambda out: [*two_process_flags(world / "prepared", out), "--max-steps", "10", "--save-every", "5", "--global-batch-size", "4"]  # noqa: E731
+    fsdp_flag = ["--fsdp"] if fsdp else []
+    flags = lambda out: [*two_process_flags(world / "prepared", out), "--max-steps", "10", "--save-every", "5", "--global-batch-size", "4", *fsdp_flag]  # noqa: E731
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     launch_processes([tmp_path / "record.py", *flags(straight)], cwd=tmp_path, processes=before)
     trained_straight = steps_trained(tmp_path)
@@ -244,4 +247,53 @@ def test_a_run_resumes_on_another_number_of_processes_with_the_examples_that_com
     assert train_losses(resumed)[-5:] == pytest.approx(train_losses(straight)[-5:], rel=1e-5)
     metrics = [json.loads((run / "model" / "metrics.json").read_text()) for run in (straight, resumed)]
     assert metrics[1]["eval_loss"] == pytest.approx(metrics[0]["eval_loss"], rel=1e-5)
-    assert json.loads((resumed / "checkpoints" / "step-00000010" / "trainer_state.json").read_text())["processes"] == after
+    states = [json.loads((run / "checkpoints" / f"step-{step:08d}" / "trainer_state.json").read_text()) for run, step in ((straight, 5), (resumed, 10))]
+    assert [state["processes"] for state in states] == [before, after]
+    assert [state["sharded"] for state in states] == [fsdp and before == 2, fsdp and after == 2]  # slices, then whole files, or the reverse
+
+
+# ----------------------------------------------------------------------------------------------
+# A raw text stream resumes in the file it was reading: the checkpoint holds the stream's place
+# (which file, how many rows into it, the tokens not yet cut into a block).
+
+
+@pytest.mark.slow
+def test_a_stream_resumes_in_the_file_it_was_reading_and_ends_with_the_same_weights(numbered, world, tmp_path, monkeypatch):
+    import scratch_gpt.sources
+    from scratch_gpt.training.loop import Trainer
+
+    read = []  # the file of every row the reader yields; "training" where training starts reading
+    real_reader, real_epoch = scratch_gpt.sources._texts_of_file, Trainer.run_epoch
+
+    def counting_reader(path, *args):
+        for text in real_reader(path, *args):
+            read.append(path.name)
+            yield text
+
+    monkeypatch.setattr(scratch_gpt.sources, "_texts_of_file", counting_reader)
+    monkeypatch.setattr(Trainer, "run_epoch", lambda self: read.append("training") or real_epoch(self))
+    monkeypatch.setattr(PackedStream, "TOKENIZE_BATCH", 1)  # no read-ahead: both runs read exactly the rows they train on
+
+    def training_reads(out, *extra) -> list[str]:
+        read.clear()
+        flags = ["--streaming", "--tokenizer", world / "tok", "--max-steps", "48", "--save-every", "24", "--eval-every", "0"]
+        assert main([*pretrain_flags(numbered / "docs", out, *flags), *extra]) == 0
+        return read[read.index("training") + 1 :]  # after validation's reading, which every run does first
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    read_straight = training_reads(straight)
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000048"), shutil.rmtree(resumed / "model")
+    read_resumed = training_reads(resumed, "--resume")
+
+    # the file the checkpoint was taken in (not the first) is read again from its first row; no file before it
+    rows = {path.name: len(path.read_text().splitlines()) for path in (numbered / "docs").iterdir()}
+    current = read_resumed[0]
+    assert current != "part-0.jsonl" and read_resumed == read_straight[read_straight.index(current) :]
+    assert read_straight.index(current) == sum(rows[name] for name in sorted(rows) if name < current)  # not read again
+    straight_weights, resumed_weights = (load_file(run / "model" / "model.safetensors") for run in (straight, resumed))
+    assert all(torch.equal(straight_weights[name], resumed_weights[name]) for name in straight_weights)
+    assert train_losses(resumed) == train_losses(straight)
+    state = json.loads((resumed / "checkpoints" / "step-00000048" / "trainer_state.json").read_text())
+    stream = state["streams"][0]  # the one process' place: the tokens read, of which the buffer's are not yet in a block
+    assert len(state["streams"]) == 1 and stream["tokens"] - len(stream["buffer"]) == 48 * 4 * 16

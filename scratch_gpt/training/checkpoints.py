@@ -3,11 +3,14 @@
 Each is accelerate's `save_state` (model, optimizer, scheduler, RNG states, one set per process)
 plus the strategy's slices (`parallel.py`: under FSDP each process' slices of the model and
 optimizer in `sharded/`; nothing more otherwise), written into a temporary folder, plus
-`trainer_state.json` (the position in the data and the size of every file), then renamed into
+`trainer_state.json` (the position in the data, with a stream's place for each process, and the size of every file), then renamed into
 place: a kill never leaves a half-written `step-*` folder, and a folder whose files do not match
-their recorded sizes is skipped when resuming.
+their recorded sizes is skipped when resuming. A run resumes from a checkpoint of a sharded run
+(FSDP) or not, written by any number of processes: `torch.distributed.checkpoint` reshards slices,
+and whole files are cut into slices (`sharding.load_sharded`, `sharding.load_whole`).
 """
 
+import contextlib
 import errno
 import json
 import logging
@@ -133,12 +136,28 @@ def check_compatible(checkpoint: Path, saved: dict | None, current: dict) -> Non
         )
 
 
+@contextlib.contextmanager
+def loading_model(accelerator: Accelerator, loads: bool):
+    """Around `load_state`: without `loads`, accelerate reads the schedule and the RNG states but not
+    the model and optimizer it holds (a sharded run's checkpoint has no files of them; the slices do).
+    Accelerate has no option for it: its private lists of them are emptied meanwhile."""
+    if loads:
+        yield
+        return
+    models, optimizers = accelerator._models, accelerator._optimizers
+    accelerator._models, accelerator._optimizers = [], []
+    try:
+        yield
+    finally:
+        accelerator._models, accelerator._optimizers = models, optimizers
+
+
 def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature: dict | None = None, slices=NoSlices()) -> dict:
     """Restore the newest complete checkpoint of the run in `output_dir`; skip damaged ones with a warning.
     Each is checked before any state is touched: its files against their recorded sizes, then (with
     `signature`, see `model_signature`) its model against this one. Another model is an error, not a
-    reason to skip; so is a checkpoint of a sharded run for a run that is not (or the reverse), and no
-    loadable checkpoint at all. `slices`: as for `save_checkpoint`."""
+    reason to skip; so is no loadable checkpoint at all. `slices`: as for `save_checkpoint`; they read
+    a checkpoint of a sharded run into an unsharded one and the reverse, on any number of processes."""
     folder = Path(output_dir) / "checkpoints"
     checkpoints = checkpoint_dirs(output_dir)
     if not checkpoints:
@@ -151,15 +170,11 @@ def load_newest_checkpoint(accelerator: Accelerator, output_dir: Path, signature
             continue
         if signature is not None:
             check_compatible(checkpoint, state.get("model"), signature)
-        if state.get("sharded", False) != slices.sharded:
-            written, now = ("without", "with") if slices.sharded else ("with", "without")
-            raise BadInput(
-                f"The checkpoint {str(checkpoint)!r} was written {written} FSDP and this run is {now} it; "
-                "resume with the same launch configuration (--fsdp or the FSDP accelerate config)."
-            )
+        sharded = state.get("sharded", False)  # the slices of every process, or whole files
         try:
-            accelerator.load_state(str(checkpoint))
-            slices.load(checkpoint)
+            with loading_model(accelerator, slices.accelerate_loads(sharded)):
+                accelerator.load_state(str(checkpoint))
+            slices.load(checkpoint, sharded)
         except Exception as error:  # damaged contents of the right size: torch/safetensors raise many kinds
             warnings.warn(f"Skipping checkpoint {checkpoint.name}: {error}. Trying the previous one.", stacklevel=3)
             continue

@@ -42,7 +42,10 @@ model, accelerator, loaders, optimizer, schedule), `restore` (from a checkpoint)
 only): `metrics.jsonl`, `loss_curve.png`, TensorBoard logs in `tensorboard/` when installed, and
 `checkpoints/step-XXXXXXXX/` every `save_every` steps (see `checkpoints.py`); `resume=True`
 continues from the newest complete one, so an interrupted run ends with the same weights as an
-uninterrupted one. The same code runs on one CPU and under `accelerate launch` on many GPUs or nodes.
+uninterrupted one. A map-style set resumes by skipping batches without reading them; a stream with a
+`state_dict` (`data.PackedStream`, a `datasets.IterableDataset`) by loading each process' place in it,
+saved with the checkpoint; another stream by reading its batches again up to the position. The same
+code runs on one CPU and under `accelerate launch` on many GPUs or nodes.
 """
 
 import copy
@@ -60,7 +63,7 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, patch_environment, send_to_device, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, patch_environment, send_to_device, set_seed
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
@@ -370,6 +373,7 @@ class Trainer:
         self.log: MetricsLog | None = None
         self.progress: tqdm | None = None
         self.last_checkpoint: str | None = None
+        self.stream_state: dict | None = None  # where a resumed stream continues (`restore`)
 
     def build_train_loader(self, train_dataset, collate_fn) -> None:
         """The training loader, not yet prepared; the training set must hold one global batch."""
@@ -463,6 +467,8 @@ class Trainer:
             state = load_newest_checkpoint(self.accelerator, self.output_dir, signature, slices)
             self.position = Position(**{key: state[key] for key in ("step", "epoch", "tokens")})
             self.position.examples_in_epoch = self.examples_consumed(state)
+            if self.streaming and state.get("streams"):  # this process' place in its stream (see `checkpoint`)
+                self.stream_state = state["streams"][self.accelerator.process_index]
             self.last_checkpoint = checkpoint_name(self.position.step)
         if self.accelerator.is_main_process:
             mark_output(self.output_dir, run=True)  # the run folder is ours now: a later run may replace it
@@ -497,6 +503,9 @@ class Trainer:
         if hasattr(self.train_loader.dataset if self.streaming else self.train_loader, "set_epoch"):
             (self.train_loader.dataset if self.streaming else self.train_loader).set_epoch(position.epoch)
         skip = position.examples_in_epoch // self.global_batch  # a map-style set skips without reading
+        if self.stream_state is not None:  # a stream that knows where it was continues there, reading nothing before
+            self.train_loader.dataset.load_state_dict(self.stream_state)
+            self.stream_state, skip = None, 0
         if self.streaming:
             batches = self.own_shares(skip)
         else:
@@ -651,6 +660,10 @@ class Trainer:
         epoch_done = self.batches_per_epoch is not None and position.examples_in_epoch == self.batches_per_epoch * self.global_batch
         state = asdict(position) | ({"epoch": position.epoch + 1, "examples_in_epoch": 0} if epoch_done else {})
         state["processes"] = self.accelerator.num_processes
+        if self.streaming and hasattr(self.train_loader.dataset, "state_dict"):
+            # where each process' stream is (`PackedStream`, a `datasets.IterableDataset`): a resumed
+            # run continues there instead of reading the epoch again up to its place
+            state["streams"] = gather_object([self.train_loader.dataset.state_dict()])
         state["model"] = self.signature()
         slices = self.strategy.slices(self.model, self.optimizer)
         save_checkpoint(self.accelerator, self.output_dir, state, self.config.keep_checkpoints, slices)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from scratch_gpt.errors import BadInput
 from scratch_gpt.training import sharding
@@ -63,30 +64,44 @@ class NewModel:
 
 
 class NoSlices:
-    """Every process holds the whole model: `save_state` has it all."""
+    """Every process holds the whole model: `save_state` has it all. A checkpoint of a sharded run
+    (`sharded/`, any number of processes) is read whole into `model` and `optimizer`, which
+    accelerate's `load_state` then leaves alone (`accelerate_loads`)."""
 
     sharded = False
+
+    def __init__(self, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None):
+        self.model, self.optimizer = model, optimizer
+
+    def accelerate_loads(self, checkpoint_sharded: bool) -> bool:
+        """Whether accelerate's `load_state` reads the model and optimizer of such a checkpoint."""
+        return not checkpoint_sharded
 
     def save(self, folder: Path) -> None:
         pass
 
-    def load(self, folder: Path) -> None:
-        pass
+    def load(self, folder: Path, checkpoint_sharded: bool) -> None:
+        if checkpoint_sharded:
+            sharding.load_sharded(self.model, self.optimizer, folder / sharding.SHARDS_FOLDER)
 
 
 class ShardedSlices(NoSlices):
-    """Each process' slices of the model and optimizer state, in the checkpoint's `sharded/`."""
+    """Each process' slices of the model and optimizer state, in the checkpoint's `sharded/`; a
+    checkpoint of an unsharded run is read from accelerate's files, each process keeping its slices."""
 
     sharded = True
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
+    def accelerate_loads(self, checkpoint_sharded: bool) -> bool:
+        return False  # accelerate does not hold the sharded model (FSDP2.prepare)
 
     def save(self, folder: Path) -> None:
         sharding.save_sharded(self.model, self.optimizer, folder / sharding.SHARDS_FOLDER)
 
-    def load(self, folder: Path) -> None:
-        sharding.load_sharded(self.model, self.optimizer, folder / sharding.SHARDS_FOLDER)
+    def load(self, folder: Path, checkpoint_sharded: bool) -> None:
+        if checkpoint_sharded:
+            sharding.load_sharded(self.model, self.optimizer, folder / sharding.SHARDS_FOLDER)
+        else:
+            sharding.load_whole(self.model, self.optimizer, folder / "model.safetensors", folder / "optimizer.bin")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +145,8 @@ class Plain:
         return accelerator.unwrap_model(model, keep_torch_compile=False), state_dict
 
     def slices(self, model, optimizer) -> NoSlices:
-        return NoSlices()
+        """The model and optimizer unwrapped (DDP, torch.compile, accelerate's optimizer wrapper)."""
+        return NoSlices(extract_model_from_parallel(model), getattr(optimizer, "optimizer", optimizer))
 
 
 class DDP(Plain):

@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
+    set_optimizer_state_dict,
     set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
@@ -162,8 +163,33 @@ def save_sharded(model, optimizer, folder: Path) -> None:
 
 
 def load_sharded(model, optimizer, folder: Path) -> None:
-    """Every process reads its slices back (the inverse of `save_sharded`)."""
+    """Every process reads its slices back (the inverse of `save_sharded`). The same call reads
+    them into an unsharded model and optimizer (one process, or DDP: each reads the whole):
+    torch.distributed.checkpoint cuts what it reads to the tensors it is asked to fill."""
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def load_whole(model, optimizer, model_file: Path, optimizer_file: Path) -> None:
+    """A checkpoint of an unsharded run (accelerate's `model.safetensors` and `optimizer.bin`) read
+    into this sharded model and optimizer: every process reads the whole files and keeps its slices.
+    The optimizer file names its parameters by position (torch's `state_dict`), the sharded
+    optimizer by name: both list the same parameters in the same order (`build_optimizer`)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(model_file)
+    for name in model.state_dict().keys() - weights.keys():  # the tied head, which safetensors dropped
+        tied = model.get_parameter(name)
+        weights[name] = weights[next(n for n, p in model.named_parameters() if p is tied)]
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = torch.load(optimizer_file, map_location="cpu", weights_only=True)
+    by_name = {
+        "state": {order[index]: state for index, state in saved["state"].items()},
+        "param_groups": [{**group, "params": [order[index] for index in group["params"]]} for group in saved["param_groups"]],
+    }
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, by_name, options=options)
