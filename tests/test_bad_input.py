@@ -269,6 +269,14 @@ CASES = [
     ("eval-remote-model", ["evaluate", "remote_model", "--tasks", "scratch_perplexity", "--data", "corpus/a.txt"], "pass --trust-remote-code"),
     ("exp-remote-tokenizer", ["export-gpt2", "remote_tokenizer", "gpt2"], "pass --trust-remote-code"),
     ("ib-remote-tokenizer", ["import-book", "book.pth", "out", "--num-heads", "2", "--tokenizer", "remote_tokenizer"], "pass --trust-remote-code"),
+    # inspect
+    ("inspect-empty-prompt", ["inspect", "base", "--prompt", ""], "--prompt is empty"),
+    ("inspect-layer", ["inspect", "base", "--prompt", "the cat", "--layers", "7"], "--layers 7 is out of range"),
+    ("inspect-head", ["inspect", "base", "--prompt", "the cat", "--heads", "9"], "--heads 9 is out of range"),
+    # prepare-data
+    ("prep-missing-data", ["prepare-data", "--data", "nope.txt", "--tokenizer", "base", "--output-dir", "prep"], "nope.txt"),
+    ("prep-no-tokenizer", ["prepare-data", "--data", "corpus", "--output-dir", "prep"], "--tokenizer"),
+    ("prep-into-input", ["prepare-data", "--data", "corpus", "--tokenizer", "base", "--output-dir", "corpus"], "corpus"),
     # evaluate (lm-eval)
     ("eval-unknown-task", ["evaluate", "base", "--tasks", "nope_task"], "nor one of lm-eval's"),
     ("eval-missing-data", ["evaluate", "base", "--tasks", "scratch_choice", "--data", "nope.jsonl"], "is not a file"),
