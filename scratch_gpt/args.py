@@ -24,7 +24,10 @@ from scratch_gpt.errors import BadInput
 
 # A byte-level BPE (scratch_gpt.tokenizer) holds the 256 bytes, end-of-text, pad and the response marker.
 MIN_VOCAB_SIZE = 256 + 3
-EXPORT_TARGETS = ("gpt2", "llama", "qwen2", "qwen3")  # the native transformers families `export` writes (scratch_gpt.convert)
+# What `export` writes: a folder of a native transformers family (scratch_gpt.convert), or a GGUF file for
+# llama.cpp, Ollama and LM Studio (scratch_gpt.gguf_export), its weights in one of GGUF_TYPES.
+EXPORT_TARGETS = ("gpt2", "llama", "qwen2", "qwen3", "gguf")
+GGUF_TYPES = ("f32", "f16", "q8_0")
 VOCAB_RULE = (lambda n: n >= MIN_VOCAB_SIZE, f"at least {MIN_VOCAB_SIZE} (smaller is too small for the 256 bytes and the special tokens)")
 
 
@@ -539,8 +542,18 @@ class ExportOptions(TrustRemoteCode):
         None, "ScratchGPT, GPT-2, Llama or Qwen causal-LM folder or Hub id", positional=True, reads=True
     )
     out_dir: str | None = option(None, "where to write the folder (replaced atomically)", positional=True, writes="folder")
-    to: str | None = option(None, "the transformers class to write", required=True, choices=EXPORT_TARGETS)
+    to: str | None = option(
+        None, "the transformers family to write, or gguf (llama.cpp, Ollama, LM Studio)", required=True, choices=EXPORT_TARGETS
+    )
+    outtype: str | None = option(
+        None, "with --to gguf: the weights' number format (default f16; q8_0 needs widths divisible by 32)", choices=GGUF_TYPES
+    )
     overwrite: bool = option(False, "replace an existing OUT_DIR that scratch-gpt did not write")
+
+    def check(self) -> None:
+        super().check()
+        if self.outtype is not None and self.to != "gguf":
+            raise BadInput(f"--outtype applies to --to gguf only; leave it out with --to {self.to}.")
 
 
 @dataclass

@@ -8,7 +8,9 @@ In:  importing this module registers `convert_gpt2` (and `convert_llama`) with t
      `import_book_checkpoint(path, out_dir, num_heads=12)` / `scratch-gpt import-book model.pth OUT_DIR
      --num-heads 12` turns the book's `GPTModel` state dict into a ScratchGPT folder.
 Out: `export_gpt2(model_dir, out_dir)` / `scratch-gpt export-gpt2 MODEL_DIR OUT_DIR` writes a plain
-     `GPT2LMHeadModel` folder that every GPT-2 tool loads without `trust_remote_code`.
+     `GPT2LMHeadModel` folder that every GPT-2 tool loads without `trust_remote_code`; `export_model`
+     / `scratch-gpt export --to gpt2|llama|qwen2|qwen3|gguf` any native family, or (gguf) one file for
+     llama.cpp, Ollama and LM Studio, written by `scratch_gpt.gguf_export`.
 """
 
 import atexit
@@ -188,7 +190,16 @@ def full_model_folder(folder: str | os.PathLike, trust_remote_code: bool = False
                 "(or the folder of a run with --save-merged)."
             )
         base_dir = settings.base_model_name_or_path
-        base = load_pretrained(ScratchGPTForCausalLM.from_pretrained, base_dir, trust_remote_code=trust_remote_code)
+        try:
+            base = load_pretrained(ScratchGPTForCausalLM.from_pretrained, base_dir, trust_remote_code=trust_remote_code)
+        except MissingFile:
+            if Path(base_dir).exists():  # there, but not readable: that sentence says why
+                raise
+            raise MissingFile(
+                f"{str(folder)!r} holds LoRA adapters without their base model {base_dir!r} (adapter_config.json's "
+                "base_model_name_or_path), which is neither a local folder nor a Hub id found in the cache; put the "
+                "base model back there, or use the folder of a run with --save-merged."
+            ) from None
         merged = PeftModel.from_pretrained(base, folder).merge_and_unload()
         target = Path(tempfile.mkdtemp(prefix="scratch_gpt-merged-"))
         atexit.register(shutil.rmtree, target, ignore_errors=True)
@@ -534,21 +545,35 @@ NATIVE_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2
 
 
 def export_model(
-    model_dir: str | Path, out_dir: str | Path, to="gpt2", *, overwrite: bool = False, trust_remote_code: bool = False
+    model_dir: str | Path,
+    out_dir: str | Path,
+    to="gpt2",
+    *,
+    outtype: str | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> Path:
-    """Write the causal LM `model_dir` (a ScratchGPT folder or Hub id, or a checkpoint it converts) as a
-    folder of the native transformers class `to`, `out_dir`, its tokenizer included.
+    """Write the causal LM `model_dir` (a ScratchGPT folder or Hub id, a checkpoint it converts, or a LoRA
+    adapter folder, merged into its base) as a folder of the native transformers class `to`, `out_dir`, its
+    tokenizer included; or, `to="gguf"`, as `out_dir/model.gguf` for llama.cpp with an Ollama Modelfile
+    beside it, its weights in `outtype` (f32, f16 or q8_0; default f16; see `scratch_gpt.gguf_export`).
 
     The model loads through the registered ScratchGPT class; code shipped in the folder runs only
     with `trust_remote_code=True`. `out_dir` is checked first (see `io_utils.check_output`).
     """
     if to not in EXPORT_TARGETS:
         raise BadInput(f"Cannot export to {to!r}; choose one of {', '.join(EXPORT_TARGETS)}.")
+    ExportOptions(to=to, outtype=outtype)  # the declared checks: --outtype is one of GGUF_TYPES, with gguf only
+    if to == "gguf":
+        from .gguf_export import import_gguf
+
+        import_gguf()  # a missing extra is named before any work
     out_dir = Path(out_dir)
     check_output(out_dir, inputs=[model_dir], overwrite=overwrite, what="output folder", flag="OUT_DIR")
     if Path(model_dir).is_dir():
         check_model_folder(model_dir)
-        if not (Path(model_dir) / "config.json").is_file():
+        adapters = (Path(model_dir) / "adapter_config.json").is_file()  # merged into their base by load_pretrained
+        if not adapters and not (Path(model_dir) / "config.json").is_file():
             raise MissingFile(f"No config.json in {str(model_dir)!r}; pass a folder written by save_pretrained.")
         if not any(Path(model_dir).glob("*.safetensors")):
             raise MissingFile(f"No *.safetensors weights in {str(model_dir)!r}; pass a folder written by save_pretrained.")
@@ -557,14 +582,16 @@ def export_model(
     architectures = model.config.architectures or ["ScratchGPTForCausalLM"]
     if "ScratchGPTForCausalLM" not in architectures:
         raise BadInput(f"{str(model_dir)!r} holds a {architectures[0]}, not a causal LM; export a causal LM folder.")
-    native = to_gpt2(model) if to == "gpt2" else to_llama(model, to)
+    native = None if to == "gguf" else to_gpt2(model) if to == "gpt2" else to_llama(model, to)
     tokenizer = None
     try:
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_dir, trust_remote_code=trust_remote_code)
     except NeedsTrustRemoteCode:
         raise
-    except (OSError, ValueError):  # a model folder without a tokenizer exports without one
+    except (OSError, ValueError):  # a model folder without a tokenizer exports without one (not to GGUF)
         pass
+    if native is None:
+        return export_to_gguf(model, tokenizer, model_dir, out_dir, outtype or "f16")
     check_free_space(out_dir, sum(p.numel() * p.element_size() for p in native.parameters()), "output folder")
     with atomic_directory(out_dir) as tmp:
         native.save_pretrained(tmp)
@@ -573,6 +600,23 @@ def export_model(
             from .tokenizer import save_tokenizer
 
             save_tokenizer(tokenizer, tmp)
+    return out_dir
+
+
+def export_to_gguf(model, tokenizer, model_dir, out_dir: Path, outtype: str) -> Path:
+    """`export_model(..., to="gguf")` once the model is loaded: the tokenizer is part of the file (completed
+    as `chat` completes it: a pad token, the Alpaca chat template where it has none)."""
+    from .gguf_export import export_gguf
+    from .tokenizer import check_fits, complete_tokenizer
+
+    if tokenizer is None:
+        raise MissingFile(
+            f"{str(model_dir)!r} has no tokenizer, which a GGUF file carries (vocabulary, merges, special tokens); "
+            "save the model's tokenizer into that folder and export again."
+        )
+    complete_tokenizer(tokenizer)
+    check_fits(tokenizer, model.config, f"the model {str(model_dir)!r}")
+    export_gguf(model.eval(), tokenizer, out_dir, outtype)
     return out_dir
 
 
@@ -598,9 +642,19 @@ def export_gpt2(model_dir: str | Path, out_dir: str | Path, **options) -> Path:
 
 
 def export_command(args: ExportOptions) -> None:
-    """`scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen2|qwen3` (`export-gpt2` is `--to gpt2`)."""
-    out = export_model(args.model_dir, args.out_dir, args.to, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
-    print(f"Wrote a {NATIVE_CLASSES[args.to]} folder to {out}")
+    """`scratch-gpt export MODEL_DIR OUT_DIR --to gpt2|llama|qwen2|qwen3|gguf [--outtype f32|f16|q8_0]`
+    (`export-gpt2` is `--to gpt2`)."""
+    out = export_model(
+        args.model_dir, args.out_dir, args.to, outtype=args.outtype, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code
+    )
+    if args.to != "gguf":
+        print(f"Wrote a {NATIVE_CLASSES[args.to]} folder to {out}")
+        return
+    from .gguf_export import FILE_NAME, describe
+
+    print(f"Wrote {out / FILE_NAME} ({describe(out / FILE_NAME)}) and {out / 'Modelfile'}")
+    if "TEMPLATE" not in (out / "Modelfile").read_text(encoding="utf-8"):
+        print("The chat template is not made of plain turns, so the Modelfile has no TEMPLATE: Ollama reads the one in the GGUF file.")
 
 
 def read_book_config(path: str | None) -> dict | None:

@@ -44,6 +44,7 @@ def world_template(tmp_path_factory, tiny_tokenizer):
     torch.save({"x": torch.zeros(2)}, root / "book.pth")  # a state dict, but not of the book's GPTModel
     (root / "no_weights").mkdir()
     shutil.copy(root / "base" / "config.json", root / "no_weights" / "config.json")
+    gguf_folders(root, tiny_tokenizer)
 
     rows = [(" ".join(WORDS[i % 7 : i % 7 + 4]), "spam" if i % 2 else "ham") for i in range(40)]
     (root / "data.csv").write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
@@ -79,6 +80,26 @@ def world_template(tmp_path_factory, tiny_tokenizer):
         (tmp / "config.json").write_text("{}")
     (root / "run_with_notes" / "model" / "notes.txt").write_text("the user's notes on this model")
     return root
+
+
+def gguf_folders(root, tokenizer) -> None:
+    """What `export --to gguf` refuses: LoRA adapters whose base is gone, rows of 48 numbers (q8_0 packs 32),
+    a shape llama.cpp has no architecture for (RoPE with LayerNorm)."""
+    from peft import LoraConfig, get_peft_model
+
+    from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+    from scratch_gpt.tokenizer import config_kwargs
+
+    adapter = get_peft_model(ScratchGPTForCausalLM.from_pretrained(root / "base"), LoraConfig(r=2, target_modules=["qkv_proj"], task_type="CAUSAL_LM"))
+    adapter.save_pretrained(root / "adapter_without_base")
+    tokenizer.save_pretrained(root / "adapter_without_base")
+    settings = json.loads((root / "adapter_without_base" / "adapter_config.json").read_text())
+    settings["base_model_name_or_path"] = "deleted-base"  # the base folder the adapters were trained on, since removed
+    (root / "adapter_without_base" / "adapter_config.json").write_text(json.dumps(settings))
+    for name, sizes in (("width48", dict(hidden_size=48, num_attention_heads=2)), ("rope_layernorm", dict(position_embedding_type="rope"))):
+        config = ScratchGPTConfig.from_preset("tiny", max_position_embeddings=64, **{"hidden_size": 32, **sizes}, **config_kwargs(tokenizer))
+        ScratchGPTForCausalLM(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
 
 
 def damaged_folders(root, config) -> None:
@@ -221,6 +242,14 @@ CASES = [
     ("export-no-target", ["export", "base", "out"], "required: --to"),
     ("export-wrong-family", ["export", "base", "out", "--to", "llama"], "cannot be written as LlamaForCausalLM"),
     ("export-output-is-source", ["export", "base", "base", "--to", "gpt2"], "is the input"),
+    # export --to gguf
+    ("gguf-adapter-without-base", ["export", "adapter_without_base", "out", "--to", "gguf"], "without their base model 'deleted-base'"),
+    ("gguf-unknown-outtype", ["export", "base", "out", "--to", "gguf", "--outtype", "q4_k"], "invalid choice: 'q4_k'"),
+    ("gguf-output-is-source", ["export", "base", "base", "--to", "gguf"], "is the input"),
+    ("gguf-output-holds-source", ["export", "base", ".", "--to", "gguf"], "contains the input"),
+    ("gguf-outtype-without-gguf", ["export", "base", "out", "--to", "llama", "--outtype", "f16"], "applies to --to gguf only"),
+    ("gguf-q8-odd-width", ["export", "width48", "out", "--to", "gguf", "--outtype", "q8_0"], "hidden_size 48"),
+    ("gguf-mixed-shape", ["export", "rope_layernorm", "out", "--to", "gguf"], "mixes them"),
     # import-book
     ("ib-missing-checkpoint", ["import-book", "nope.pth", "out", "--num-heads", "2"], "does not exist"),
     ("ib-not-a-state-dict", ["import-book", "data.csv", "out", "--num-heads", "2"], "is not a state dict"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scratch_gpt.args import as_config, declared, flag_of, value_type
+from scratch_gpt.args import as_config, choices_of, declared, flag_of, value_type
 from scratch_gpt.cli import COMMANDS, main, parse_command
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scratch_gpt"
@@ -33,13 +33,15 @@ def out_of_range(f) -> list[str]:
 
 
 def required_arguments(cls) -> list[str]:
-    """Placeholders for the arguments a command cannot parse without (none is read: checks come first)."""
+    """Placeholders for the arguments a command cannot parse without (none is read: checks come first);
+    a required choice (export --to) takes its first choice, so that the option under test is the one refused."""
     argv = []
     for f in declared(cls):
         if f.metadata["positional"]:
             argv.append("placeholder")
         elif f.metadata["required"] or f.name == "output_dir":
-            argv += [flag_of(f), "1000" if value_type(f)[0] is int else "placeholder"]
+            placeholder = choices_of(f)[0] if choices_of(f) else "1000" if value_type(f)[0] is int else "placeholder"
+            argv += [flag_of(f), placeholder]
     return argv
 
 

@@ -49,6 +49,8 @@ SKIPPED = {
     "ch07.yaml --data instruction-data.json     # GPT-2 355M": ("network", "GPT-2 355M from the Hub"),
     "scratch-gpt push": ("network", "uploads to the Hub"),
     'from_pretrained("you/my-gpt"': ("network", "downloads from the Hub"),
+    "llama-completion -m": ("extra", "llama.cpp's command-line programs (the Python block after it runs the same file in llama.cpp)"),
+    "ollama create": ("extra", "Ollama"),
 }
 REASONS = {"network", "gpu", "extra"}
 
