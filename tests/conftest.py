@@ -1,6 +1,7 @@
 """Shared test setup: offline, tiny, deterministic."""
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -130,3 +131,26 @@ def launch_processes(argv, *, cwd, processes: int = 2, config_file: str | None =
             parts = parts or [f"--- stderr:\n{done.stderr[-4000:]}"]  # one process: no torchrun, no log files
             pytest.fail(f"accelerate launch exited with status {done.returncode}\n" + "\n".join(parts), pytrace=False)
     return done.stdout
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection (a dataset, a metric, a task index) fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the test tried to reach the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+SENTENCE_WORDS = "the a model token learns reads writes returns each every small large list value key name file".split()
+
+
+def sentences(count: int = 200, seed: int = 0) -> list[str]:
+    """`count` short documents of three random sentences each, the same for a seed."""
+    import random
+
+    rng = random.Random(seed)
+    words = lambda: " ".join(rng.choice(SENTENCE_WORDS) for _ in range(rng.randint(4, 9)))  # noqa: E731
+    return [". ".join(words() for _ in range(3)) + "." for _ in range(count)]

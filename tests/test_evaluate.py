@@ -6,7 +6,6 @@ conftest sets HF_HUB_OFFLINE and HF_DATASETS_OFFLINE, and a guard makes any netw
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,6 @@ QUESTIONS = [
     {"question": "Attention lets every", "choices": ["position", "fox", "token"], "answer": 0},
 ]
 
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection (a dataset, an `evaluate` metric, nltk data) fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"the evaluation tried to reach the network: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def run_evaluate(tmp_path, model_dir, *flags) -> dict:

@@ -17,15 +17,14 @@ from scratch_gpt.prepared import TokenBlocks, read_index, token_dtype
 from scratch_gpt.tokenizer import train_tokenizer
 from scratch_gpt.training.loop import EpochShuffleSampler
 
-WORDS = "the a model token learns reads writes returns each every small large list value key name file".split()
+from conftest import SENTENCE_WORDS as WORDS, sentences
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A corpus of 200 documents, a tokenizer trained on it and another one, and the corpus prepared (shards of 500 ids)."""
     root = tmp_path_factory.mktemp("prepared")
-    rng = random.Random(0)
-    texts = [". ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) for _ in range(3)) + "." for _ in range(200)]
+    texts = sentences(200)
     (root / "corpus.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
     train_tokenizer(texts, vocab_size=300, show_progress=False).save_pretrained(root / "tok")
     train_tokenizer(texts[:50], vocab_size=280, show_progress=False).save_pretrained(root / "other-tok")

@@ -2,7 +2,6 @@
 sample with build-nanogpt's settings. Checked on paper, offline: it is a `--config` file `pretrain`
 accepts, and its numbers are the published ones (524,288 tokens a step on 1, 8 or 16 GPUs)."""
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from scratch_gpt.training.loop import lr_factor, per_process_batch_size
 RECIPE = Path(__file__).resolve().parents[1] / "scripts" / "recipes" / "gpt2-124m-fineweb.yaml"
 TOKENS_PER_STEP = 524_288  # 2**19, build-nanogpt's total_batch_size
 
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"parsing the recipe tried to reach the network: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def recipe(*flags):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch_processes
+from conftest import launch_processes, sentences
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -19,17 +19,13 @@ from scratch_gpt.training.loop import TrainingConfig, check_output_dir
 from scratch_gpt.training.sharding import block_classes
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = "the a model token learns reads writes returns each every small large list value key name file".split()
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A corpus, a tiny base model (context 16 and 128) with its tokenizer, and fine-tuning records."""
-    import random
-
     root = tmp_path_factory.mktemp("sharding")
-    rng = random.Random(0)
-    texts = [". ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) for _ in range(3)) + "." for _ in range(200)]
+    texts = sentences(200)
     (root / "corpus.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
     tokenizer = train_tokenizer(texts, vocab_size=300, show_progress=False)
     for name, context in (("base", 16), ("base128", 128)):
