@@ -52,7 +52,14 @@ def peak_bytes(device: torch.device) -> int:
 
 def loaded_bytes(device: torch.device) -> int:
     """The memory held now, after a collection (on CUDA the peak counter restarts here): what
-    `peak_bytes(device)` minus this leaves is the high-water mark of what runs in between."""
+    `peak_bytes(device)` minus this leaves is the high-water mark of what runs in between.
+
+    An optimizer's first step imports torch._dynamo and ~800 other modules (~65 MB resident) unless
+    something imported them already (transformers does; the book's GPTModel, with torch alone, does
+    not): one throwaway AdamW step on one number first, so that no model's figure counts an import."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    parameter.grad = torch.zeros(1)
+    torch.optim.AdamW([parameter]).step()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -14,10 +14,12 @@ TINY = ["--vocab-size", "512", "--hidden-size", "32", "--layers", "2", "--heads"
 
 @pytest.fixture(scope="module")
 def bench_peers():
+    path = list(sys.path)
     spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    spec.loader.exec_module(module)  # it puts scripts/ on sys.path, for bench_model
+    yield module
+    sys.path[:] = path
 
 
 @pytest.mark.slow
