@@ -49,6 +49,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -442,4 +443,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         child_main(*sys.argv[2:4])
     else:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by `timeout`: still remove the weights' folders
         main()
