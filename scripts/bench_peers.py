@@ -139,7 +139,7 @@ def prepare(family: str, args, work: Path, peers: list[str]) -> dict:
         f"vocab={config.vocab_size} hidden={config.hidden_size} layers={config.num_hidden_layers} "
         f"heads={config.num_attention_heads} kv_heads={config.num_key_value_heads} params={model.num_parameters() / 1e6:.1f}M"
     )
-    spec.update({name: getattr(args, name) for name in ("seq_len", "batch", "steps", "warmup", "new_tokens", "check_only")})
+    spec.update({name: getattr(args, name) for name in ("seq_len", "batch", "steps", "warmup", "new_tokens", "check_only", "train")})
     spec.update(loss_chunk_size=args.loss_chunk_size, prompt_len=min(32, args.seq_len), gen_batch=8)
     if family == "gpt2":
         spec["book"] = dict(
@@ -172,6 +172,7 @@ def check_inputs(spec) -> torch.Tensor:
 
 def hf_generate(model):
     def generate(prompt, new_tokens):
+        model.eval()  # generate() does not switch modes; after training, ours would decode on its training path
         kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
         return model.generate(prompt, **kwargs)[:, prompt.shape[1] :]
 
@@ -308,12 +309,13 @@ def measure(peer: str, spec: dict) -> dict:
     generator = torch.Generator().manual_seed(0)
     data = torch.randint(0, spec["vocab_size"], (spec["batch"], spec["seq_len"] + 1), generator=generator).to(device)
     inputs, targets = data[:, :-1], data[:, 1:]
-    baseline = loaded_bytes(device)
-    step = make_train_step(model, device, loss_fn=lambda m, x: loss(m, x, targets))
-    for _ in range(spec["warmup"]):
-        step(inputs)
-    row["train tokens/s"] = timed_rate(step, inputs, spec["steps"], device)
-    row["train peak MB"] = (peak_bytes(device) - baseline) / 2**20
+    if spec["train"]:
+        baseline = loaded_bytes(device)
+        step = make_train_step(model, device, loss_fn=lambda m, x: loss(m, x, targets))
+        for _ in range(spec["warmup"]):
+            step(inputs)
+        row["train tokens/s"] = timed_rate(step, inputs, spec["steps"], device)
+        row["train peak MB"] = (peak_bytes(device) - baseline) / 2**20
     prompts = torch.randint(0, spec["vocab_size"], (spec["gen_batch"], spec["prompt_len"]), generator=generator).to(device)
     for batch in (1, spec["gen_batch"]) if generate else ():
         row[f"generate tokens/s (batch {batch})"] = generation_rate(generate, prompts[:batch], spec["new_tokens"], device)
@@ -423,6 +425,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loss-chunk-size", type=int, default=256, help="ours, as pretrain's default")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-train", dest="train", action="store_false", help="only the checks and the generation rows")
     parser.add_argument("--check-only", action="store_true", help="only the logits and greedy-token checks, no timing")
     args = parser.parse_args(argv)
     missing = missing_peers(args)
