@@ -32,9 +32,9 @@ import statistics
 import time
 
 import torch
-from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-from scratch_gpt.configuration_scratch_gpt import LLAMA_SWITCHES
-from scratch_gpt.convert import to_gpt2, to_llama
+
+# scratch_gpt is imported inside the functions that build our models: the timing and memory helpers
+# need only torch, so a peer's own environment (bench_peers.py's litgpt venv) imports them too.
 
 
 def resident_bytes() -> int:
@@ -50,14 +50,36 @@ def peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def loaded_bytes(device: torch.device) -> int:
+    """The memory held now, after a collection (on CUDA the peak counter restarts here): what
+    `peak_bytes(device)` minus this leaves is the high-water mark of what runs in between.
+
+    An optimizer's first step imports torch._dynamo and ~800 other modules (~65 MB resident) unless
+    something imported them already (transformers does; the book's GPTModel, with torch alone, does
+    not): one throwaway AdamW step on one number first, so that no model's figure counts an import."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    parameter.grad = torch.zeros(1)
+    torch.optim.AdamW([parameter]).step()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return resident_bytes()
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def make_train_step(model, device, compile_model=False, loss_chunk_size=None, autocast_dtype=None, backend="inductor"):
+def make_train_step(
+    model, device, compile_model=False, loss_chunk_size=None, autocast_dtype=None, backend="inductor", loss_fn=None
+):
     """One training step of `model` (forward + backward + AdamW) as a function of the batch.
 
+    The loss is the transformers one, `model(input_ids=batch, labels=batch).loss`, unless `loss_fn(model, batch)`
+    gives another (a peer's own training path, in bench_peers.py).
     `autocast_dtype` runs the forward under `torch.autocast` (weights stay as they are, as the
     training loop's `--mixed-precision`); `backend` is torch.compile's (e.g. "aot_eager" for a quick
     check of the traced path). The compiled wrapper and the optimizer live as long as the function.
@@ -69,7 +91,7 @@ def make_train_step(model, device, compile_model=False, loss_chunk_size=None, au
 
     def step(batch):
         with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-            loss = step_model(input_ids=batch, labels=batch, **extra).loss
+            loss = loss_fn(step_model, batch) if loss_fn else step_model(input_ids=batch, labels=batch, **extra).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -117,7 +139,11 @@ def generate_rate(model, prompt, new_tokens, device, compile_model=False) -> flo
     return prompt.shape[0] * new_tokens / (time.perf_counter() - start)
 
 
-def build_config(args) -> ScratchGPTConfig:
+def build_config(args):
+    """The ScratchGPTConfig of the shape the flags name."""
+    from scratch_gpt import ScratchGPTConfig
+    from scratch_gpt.configuration_scratch_gpt import LLAMA_SWITCHES
+
     shape = dict(max_position_embeddings=max(args.seq_len, 1024), bos_token_id=0, eos_token_id=0)
     if args.arch == "llama":
         shape.update(LLAMA_SWITCHES, num_key_value_heads=args.kv_heads or max(1, args.heads // 2))
@@ -136,6 +162,8 @@ def build_config(args) -> ScratchGPTConfig:
 def measure(name: str, args) -> dict:
     """In a fresh child process: build one model, then time and measure its training step (and generation)."""
     import transformers
+    from scratch_gpt import ScratchGPTForCausalLM
+    from scratch_gpt.convert import to_gpt2, to_llama
 
     transformers.logging.set_verbosity_error()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -148,13 +176,7 @@ def measure(name: str, args) -> dict:
     model = model.to(device=device, dtype=dtype)
     generator = torch.Generator().manual_seed(0)
     batch = torch.randint(0, config.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        loaded = torch.cuda.memory_allocated()
-    else:
-        loaded = resident_bytes()
+    loaded = loaded_bytes(device)
     row = {}
     if args.train:
         chunk = args.loss_chunk_size if name == "ScratchGPT chunked" else None
@@ -189,6 +211,7 @@ def main():
     parser.add_argument("--attn", default="sdpa", help="attn_implementation for both models: eager, sdpa, ...")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (generation: static cache)")
     args = parser.parse_args()
+    from scratch_gpt import ScratchGPTForCausalLM
 
     config = build_config(args)
     peer_name = "Llama" if config.mlp_type == "swiglu" else "GPT-2"
