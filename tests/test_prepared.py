@@ -140,7 +140,8 @@ sys.exit(main(sys.argv[1:]))
 @pytest.fixture(scope="module")
 def numbered(tmp_path_factory, world):
     """Numbered documents in 4 files of unequal length (by files: process 0 gets files 0 and 2,
-    process 1 files 1 and 3, which hold more), the recorder script, and the tokenizer of `world`."""
+    process 1 files 1 and 3, which hold more), the same in one file (by rows: every other document),
+    the recorder script, and the tokenizer of `world`."""
     root = tmp_path_factory.mktemp("numbered")
     rng, number = random.Random(1), 0
     (root / "docs").mkdir()
@@ -150,6 +151,7 @@ def numbered(tmp_path_factory, world):
             rows.append({"text": f"document {number}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))) + "."})
             number += 1
         (root / "docs" / f"part-{file}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (root / "one-file.jsonl").write_text("".join(file.read_text() for file in sorted((root / "docs").iterdir())))
     (root / "record.py").write_text(RECORDER)
     return root
 
@@ -166,22 +168,26 @@ def two_process_flags(data, out, *extra):
 
 @pytest.mark.slow
 @pytest.mark.processes
-def test_two_processes_each_read_their_own_share_of_a_stream_train_no_block_twice_and_stop_together(numbered, world):
+@pytest.mark.parametrize("data", ["docs", "one-file.jsonl"], ids=["by-files", "by-rows"])
+def test_two_processes_each_read_their_own_share_of_a_stream_train_no_block_twice_and_stop_together(numbered, world, data):
     from transformers import AutoTokenizer
 
     import datasets.distributed
     from conftest import launch_processes
 
     tokenizer = AutoTokenizer.from_pretrained(world / "tok")
-    train_docs, _ = train_val_split(load_text_corpus(str(numbered / "docs"), streaming=True), 0.05, 0)
+    train_docs, _ = train_val_split(load_text_corpus(str(numbered / data), streaming=True), 0.05, 0)
     shares = []  # the blocks each process packs from its share of the documents, in order
     for rank in (0, 1):
         share = datasets.distributed.split_dataset_by_node(train_docs, rank=rank, world_size=2)
         shares.append([tuple(row["input_ids"]) for row in pack_dataset(share, tokenizer, block_size=16)])
     steps = min(len(share) for share in shares) // 2  # the shorter share ends the epoch
-    assert len(shares[1]) // 2 > steps  # the longer one has full batches left when it ends
-    out = numbered / "stream"
-    flags = two_process_flags(numbered / "docs", out, "--streaming", "--tokenizer", world / "tok", "--max-steps", steps + 1)
+    if data == "docs":
+        assert len(shares[1]) // 2 > steps  # the longer one has full batches left when it ends
+    out = numbered / f"stream-{data}"
+    for rank in (0, 1):  # the recorder appends: start from nothing
+        (numbered / f"trained-{rank}.jsonl").unlink(missing_ok=True)
+    flags = two_process_flags(numbered / data, out, "--streaming", "--tokenizer", world / "tok", "--max-steps", steps + 1)
     launch_processes([numbered / "record.py", *flags], cwd=numbered)
     for rank in (0, 1):
         blocks = trained(numbered, rank)
