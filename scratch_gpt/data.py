@@ -16,6 +16,7 @@ The pipeline, top to bottom:
 
 import itertools
 import random
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -25,6 +26,13 @@ import torch
 from scratch_gpt.errors import BadInput
 from scratch_gpt.sources import builtin_corpus, read_texts
 from scratch_gpt.tokenizer import bytes_per_token, encode_batch
+
+INDEX = "index.json"  # a `prepare-data` folder (scratch_gpt.training.prepared) is told by its index
+
+
+def is_prepared(source) -> bool:
+    """Whether `--data` names a folder of token shards written by `scratch-gpt prepare-data`."""
+    return isinstance(source, (str, Path)) and (Path(source) / INDEX).is_file()
 
 # The corpus reader and the tokenizer's compression live in their own modules; these names stay
 # importable from here for stage-2 code written against them.

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from scratch_gpt.cli import main as cli
-from scratch_gpt.prepared import TokenBlocks, read_index, stack_blocks
+from scratch_gpt.training.prepared import TokenBlocks, read_index, stack_blocks
 from scratch_gpt.training.loop import EpochShuffleSampler, make_loader
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from scratch_gpt.cli import main
 from scratch_gpt.data import PackedStream, load_text_corpus, pack_dataset, train_val_split
-from scratch_gpt.prepared import TokenBlocks, read_index, token_dtype
+from scratch_gpt.training.prepared import TokenBlocks, read_index, token_dtype
 from scratch_gpt.tokenizer import train_tokenizer
 from scratch_gpt.training.loop import EpochShuffleSampler
 

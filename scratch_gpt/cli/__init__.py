@@ -53,7 +53,7 @@ COMMANDS = {
         "Train a tokenizer and a small GPT on the built-in corpus (a few minutes on a CPU).", QUICKSTART,
     ),
     "prepare-data": Command(
-        "tokenize a corpus once into token shards for pretrain", args.PrepareDataOptions, "scratch_gpt.prepared:prepare_data",
+        "tokenize a corpus once into token shards for pretrain", args.PrepareDataOptions, "scratch_gpt.training.prepared:prepare_data",
         "Tokenize --data once into memory-mapped token shards (uint16 or uint32) with an index; "
         "`pretrain --data FOLDER` then trains on them without tokenizing.",
     ),

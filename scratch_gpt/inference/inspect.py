@@ -224,38 +224,9 @@ def nearest_tokens(embedding: torch.Tensor, ids: torch.Tensor, tokenizer, top_k:
 # The terminal's summary and the command
 
 
-def shown(text: str) -> str:
-    """A token's text on one line, its spaces and line breaks visible, other control characters as \\xNN."""
-    text = text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
-def summary(numbers: dict) -> str:
-    """What the terminal shows: the tokens, each position's likeliest next token, the lens at the last position."""
-    lines = [f"{len(numbers['tokens'])} tokens: " + " ".join(f"{shown(t['text'])}({t['id']})" for t in numbers["tokens"])]
-    if numbers["kind"] == "classifier":
-        pooled = numbers["tokens"][numbers["pooled_position"]]
-        lines.append(f"pooled token: {shown(pooled['text'])!r} at position {numbers['pooled_position']}")
-        lines += [f"  {c['label']:<12} {c['probability']:.3f}" for c in numbers["classes"]]
-    else:
-        lines.append("position  token         likeliest next (p)        actual next (p, loss)")
-        for t, (token, row) in enumerate(zip(numbers["tokens"], numbers["next_token"])):
-            best, actual = row["top"][0], row.get("actual")
-            after = f"{shown(actual['text'])!r} ({actual['probability']:.3f}, {actual['loss']:.2f})" if actual else "-"
-            lines.append(f"{t:>8}  {shown(token['text'])!r:<12}  {shown(best['text'])!r:<12} ({best['probability']:.3f})     {after}")
-        if numbers["mean_loss"] is not None:
-            lines.append(f"mean loss of the actual next tokens: {numbers['mean_loss']:.3f}")
-    lines.append("logit lens at the last position:")
-    for row in numbers["logit_lens"]["rows"]:
-        cell = row["cells"][-1]
-        said = cell["label"] if "label" in cell else repr(shown(cell["text"]))
-        lines.append(f"  {row['name']:<24} {said} ({cell['probability']:.3f})")
-    return "\n".join(lines)
-
-
 def inspect_command(args) -> None:
     """`scratch-gpt inspect`: load, check, compute, then write report.html and the PNGs in one atomic step."""
-    from scratch_gpt.inference.report import write_report
+    from scratch_gpt.inference.report import summary, write_report
     from scratch_gpt.io_utils import atomic_directory
 
     model, tokenizer = load_for_inspect(args.model, args.trust_remote_code)

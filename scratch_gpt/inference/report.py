@@ -1,7 +1,7 @@
 """The pictures and the page of `scratch-gpt inspect`, drawn from the numbers of `inspect.inspect_text`.
 
-`pictures(numbers)` draws the PNGs with matplotlib (its object API, no pyplot: no global state, safe
-in the web page's worker threads). `report_body(numbers, images)` is the report as one HTML
+`summary(numbers)` is the terminal's text. `pictures(numbers)` draws the PNGs with matplotlib (its
+object API, no pyplot: no global state, safe in the web page's worker threads). `report_body(numbers, images)` is the report as one HTML
 fragment: its CSS inline and scoped to `.inspect-report`, its images as data: URIs, its numbers as
 JSON in `<script type="application/json" id="data">`; the web page's Inspect tab shows this fragment,
 and `report_html` wraps it into report.html, a file that opens offline (no CDN, no request at all).
@@ -15,7 +15,6 @@ import re
 import warnings
 from pathlib import Path
 
-from scratch_gpt.inference.inspect import shown
 
 MASKED = "#d9d9d9"  # the causal mask: cells a position may not read, drawn grey (not white, which is weight 0)
 
@@ -345,3 +344,30 @@ def write_report(numbers: dict, folder) -> None:
     (Path(folder) / "report.html").write_text(report_html(numbers, images), encoding="utf-8")
 
 
+def shown(text: str) -> str:
+    """A token's text on one line, its spaces and line breaks visible, other control characters as \\xNN."""
+    text = text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def summary(numbers: dict) -> str:
+    """What the terminal shows: the tokens, each position's likeliest next token, the lens at the last position."""
+    lines = [f"{len(numbers['tokens'])} tokens: " + " ".join(f"{shown(t['text'])}({t['id']})" for t in numbers["tokens"])]
+    if numbers["kind"] == "classifier":
+        pooled = numbers["tokens"][numbers["pooled_position"]]
+        lines.append(f"pooled token: {shown(pooled['text'])!r} at position {numbers['pooled_position']}")
+        lines += [f"  {c['label']:<12} {c['probability']:.3f}" for c in numbers["classes"]]
+    else:
+        lines.append("position  token         likeliest next (p)        actual next (p, loss)")
+        for t, (token, row) in enumerate(zip(numbers["tokens"], numbers["next_token"])):
+            best, actual = row["top"][0], row.get("actual")
+            after = f"{shown(actual['text'])!r} ({actual['probability']:.3f}, {actual['loss']:.2f})" if actual else "-"
+            lines.append(f"{t:>8}  {shown(token['text'])!r:<12}  {shown(best['text'])!r:<12} ({best['probability']:.3f})     {after}")
+        if numbers["mean_loss"] is not None:
+            lines.append(f"mean loss of the actual next tokens: {numbers['mean_loss']:.3f}")
+    lines.append("logit lens at the last position:")
+    for row in numbers["logit_lens"]["rows"]:
+        cell = row["cells"][-1]
+        said = cell["label"] if "label" in cell else repr(shown(cell["text"]))
+        lines.append(f"  {row['name']:<24} {said} ({cell['probability']:.3f})")
+    return "\n".join(lines)

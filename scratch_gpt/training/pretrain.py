@@ -7,7 +7,7 @@ small fixed sizes on the built-in corpus, in a few minutes on a laptop CPU.
 What lands in `--output-dir`: `model/` (model, tokenizer, generation config, model card, loss
 curve: load it with `AutoModelForCausalLM.from_pretrained` or `pipeline("text-generation")`),
 `checkpoints/`, `metrics.jsonl`, `loss_curve.png` and TensorBoard logs. `--data` may be a folder of
-token shards written by `scratch-gpt prepare-data` (`scratch_gpt.prepared`): nothing is tokenized then. The same command runs under
+token shards written by `scratch-gpt prepare-data` (`scratch_gpt.training.prepared`): nothing is tokenized then. The same command runs under
 `accelerate launch` (see `scripts/pretrain.py`) on many processes, GPUs or nodes.
 """
 
@@ -60,7 +60,7 @@ def load_or_train_tokenizer(args: PretrainOptions, train_docs, output_dir: Path)
 
 def prepared_tokenizer(data) -> str | None:
     """The tokenizer folder of a `prepare-data` folder (None for any other `--data`)."""
-    from scratch_gpt.prepared import TOKENIZER_FOLDER, is_prepared
+    from scratch_gpt.training.prepared import TOKENIZER_FOLDER, is_prepared
 
     return str(Path(data) / TOKENIZER_FOLDER) if is_prepared(data) else None
 
@@ -69,7 +69,7 @@ def read_prepared(args: PretrainOptions, tokenizer):
     """`--data` a `prepare-data` folder: the blocks of its two splits, read from the memory-mapped
     shards (no tokenisation), and the statistics it recorded. The run's tokenizer (the folder's, or
     --tokenizer / --init-from's) must be the one the shards were made with."""
-    from scratch_gpt.prepared import TokenBlocks, check_tokenizer, read_index
+    from scratch_gpt.training.prepared import TokenBlocks, check_tokenizer, read_index
 
     if args.streaming:
         raise BadInput(f"--streaming reads raw text lazily, and {args.data!r} holds token shards that are read lazily already; drop --streaming.")
@@ -188,7 +188,7 @@ def pretrain(args: PretrainOptions) -> dict:
 
     from scratch_gpt.data import train_val_split
     from scratch_gpt.hub import write_model_card
-    from scratch_gpt.prepared import TokenBlocks, stack_blocks
+    from scratch_gpt.training.prepared import TokenBlocks, stack_blocks
     from scratch_gpt.sources import read_texts
 
     config = args.training()  # the options were checked when parsed; the output folder (a run folder) is checked here

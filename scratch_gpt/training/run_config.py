@@ -152,7 +152,7 @@ def input_digests(run_options: dict) -> dict[str, str]:
 def files_read(key: str, value: str) -> list[Path]:
     """The local files an input option names: for --data what `sources.resolve` reads (never a folder
     of ours inside it); for a model or tokenizer folder every file in it but hidden ones."""
-    from scratch_gpt.prepared import INDEX, is_prepared
+    from scratch_gpt.data import INDEX, is_prepared
     from scratch_gpt.sources import resolve
 
     if key == "data" and is_prepared(value):  # token shards: their index holds each shard's SHA-256

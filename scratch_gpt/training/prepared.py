@@ -32,17 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scratch_gpt.data import INDEX, is_prepared  # noqa: F401  (the index's name, and how a folder is told)
 from scratch_gpt.errors import BadInput
 
-INDEX = "index.json"
 FORMAT = "scratch_gpt token shards"
 TOKENIZER_FOLDER = "tokenizer"
 SPLITS = ("train", "validation")
-
-
-def is_prepared(source) -> bool:
-    """Whether `--data` names a folder written by `prepare-data`."""
-    return isinstance(source, (str, Path)) and (Path(source) / INDEX).is_file()
 
 
 def token_dtype(vocabulary: int) -> np.dtype:
