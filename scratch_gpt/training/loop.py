@@ -500,8 +500,9 @@ class Trainer:
         accelerator, position = self.accelerator, self.position
         if self.sampler is not None:
             self.sampler.epoch = position.epoch
-        if hasattr(self.train_loader.dataset if self.streaming else self.train_loader, "set_epoch"):
-            (self.train_loader.dataset if self.streaming else self.train_loader).set_epoch(position.epoch)
+        reshuffled = self.train_loader.dataset if self.streaming else self.train_loader  # whose order follows the epoch
+        if hasattr(reshuffled, "set_epoch"):
+            reshuffled.set_epoch(position.epoch)
         skip = position.examples_in_epoch // self.global_batch  # a map-style set skips without reading
         if self.stream_state is not None:  # a stream that knows where it was continues there, reading nothing before
             self.train_loader.dataset.load_state_dict(self.stream_state)
