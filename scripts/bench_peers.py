@@ -26,8 +26,11 @@ themselves). Correctness first: each model's fp32 logits on two rows of the batc
 ours within `TOLERANCE` (max absolute difference), else the row is reported as disagreeing and not
 timed; each model's 8 greedy tokens are compared with ours too. Timing, memory, medians and spread
 as `bench_model.py` (whose helpers this imports): every measurement in a fresh child process,
-repeats alternate the order, peak training memory is the high-water mark above the loaded model.
-The ratio column is ours / peer: above 1.0, ours is faster (or, for memory, uses more).
+repeats alternate the order, peak training memory is the high-water mark above the loaded model,
+and each child times its generation 3 times (the median).
+The ratio column is ours / peer: above 1.0, ours is faster (or, for memory, uses more). Every model
+decodes greedily, after the same 32-token prompt, exactly `--new-tokens` tokens with no end-of-text
+token to stop at (the book's and litgpt's loops have none; generate() gets `eos_token_id=None`).
 
 The peers are installed beside the package without touching its dependencies:
 
@@ -40,8 +43,9 @@ The litgpt child runs on that venv's python (`--litgpt-python LITGPT_VENV/bin/py
 scratch_gpt or transformers: it reads our weights from the exported folder. A peer that is not
 installed is skipped with one line naming its install command; the other rows still run.
 
-    python scripts/bench_peers.py --vocab-size 50257 --repeats 3 --litgpt-python LITGPT_VENV/bin/python
-    python scripts/bench_peers.py --preset gpt2-small --seq-len 1024 --batch 1 --repeats 3 --arch gpt2
+    python scripts/bench_peers.py --vocab-size 50257 --repeats 5 --litgpt-python LITGPT_VENV/bin/python   # ~25 min
+    python scripts/bench_peers.py --preset gpt2-small --seq-len 1024 --batch 1 --arch gpt2 --repeats 3 \
+        --warmup 1 --steps 2 --new-tokens 16 --peers transformers "book GPTModel"    # GPT-2 124M, ~12 min on 2 cores
     python scripts/bench_peers.py --check-only --vocab-size 512 --hidden-size 32 --seq-len 16   # logits only
 """
 
@@ -173,7 +177,10 @@ def check_inputs(spec) -> torch.Tensor:
 def hf_generate(model):
     def generate(prompt, new_tokens):
         model.eval()  # generate() does not switch modes; after training, ours would decode on its training path
-        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        # Exactly `new_tokens` tokens, as the book's and litgpt's loops: no end-of-text token to stop at. Not
+        # min_new_tokens: its processor masks the end-of-text id in the whole (batch, vocab) scores on every
+        # step (an `isin` over the vocabulary and a `where`), about 10% of a batch-8 step at the bench shape.
+        kwargs = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
         return model.generate(prompt, **kwargs)[:, prompt.shape[1] :]
 
     return generate
@@ -279,14 +286,20 @@ BUILDERS = {
 }
 
 
-def generation_rate(generate, prompt, new_tokens, device) -> float:
-    """Greedy tokens/s of `generate(prompt, new_tokens)`, after a 2-token warm-up."""
+def generation_rate(generate, prompt, new_tokens, device, calls: int = 3) -> float:
+    """Greedy tokens/s of `generate(prompt, new_tokens)`, after a 2-token warm-up: the median of `calls`
+    timed calls (one call of a small model lasts about a second, where one scheduler hiccup shows)."""
     generate(prompt, 2)
-    sync(device)
-    start = time.perf_counter()
-    generate(prompt, new_tokens)
-    sync(device)
-    return prompt.shape[0] * new_tokens / (time.perf_counter() - start)
+    rates = []
+    for _ in range(calls):
+        sync(device)
+        start = time.perf_counter()
+        tokens = generate(prompt, new_tokens)
+        sync(device)
+        if tuple(tokens.shape) != (prompt.shape[0], new_tokens):  # a loop that stopped early would look fast
+            raise RuntimeError(f"generated {tuple(tokens.shape)} tokens, not {(prompt.shape[0], new_tokens)}")
+        rates.append(prompt.shape[0] * new_tokens / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def measure(peer: str, spec: dict) -> dict:

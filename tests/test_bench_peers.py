@@ -78,3 +78,17 @@ def test_a_peer_whose_logits_disagree_is_reported_and_not_timed(bench_peers, cap
     assert failed["transformers"].startswith("logits disagree with ours: max |difference| 5.00e-01 > 0.0001; not timed")
     assert "transformers            logits disagree with ours" in out
     assert results["ScratchGPT"]["train tokens/s"] == [100.0, 100.0]
+
+
+def test_generation_is_timed_on_exactly_the_new_tokens_even_past_an_end_of_text_token(bench_peers, tiny_model):
+    # The book's and litgpt's loops never stop at an end-of-text token; generate() would, so the bench turns it off.
+    prompt = torch.randint(0, tiny_model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    first = tiny_model.generate(prompt[:1], max_new_tokens=1, do_sample=False, pad_token_id=0)[0, -1].item()
+    tiny_model.generation_config.eos_token_id = first  # generate()'s default would stop right there
+    assert tiny_model.generate(prompt[:1], max_new_tokens=6, do_sample=False, pad_token_id=0).shape[1] == 5 + 1  # stopped
+    generate = bench_peers.hf_generate(tiny_model)
+    assert generate(prompt, 6).shape == (2, 6)
+    assert bench_peers.generation_rate(generate, prompt, 6, torch.device("cpu")) > 0
+
+    with pytest.raises(RuntimeError, match=r"generated \(2, 3\) tokens, not \(2, 6\)"):  # a loop that stopped early
+        bench_peers.generation_rate(lambda ids, new: generate(ids, min(new, 3)), prompt, 6, torch.device("cpu"))
