@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-from .args import EXPORT_TARGETS, ExportOptions, ImportBookOptions
+from .args import ExportOptions, ImportBookOptions
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .errors import BadInput, MissingFile
 from .io_utils import atomic_directory, check_free_space, check_model_folder, check_output
@@ -561,9 +561,7 @@ def export_model(
     The model loads through the registered ScratchGPT class; code shipped in the folder runs only
     with `trust_remote_code=True`. `out_dir` is checked first (see `io_utils.check_output`).
     """
-    if to not in EXPORT_TARGETS:
-        raise BadInput(f"Cannot export to {to!r}; choose one of {', '.join(EXPORT_TARGETS)}.")
-    ExportOptions(to=to, outtype=outtype)  # the declared checks: --outtype is one of GGUF_TYPES, with gguf only
+    ExportOptions(to=to, outtype=outtype)  # the declared checks: `to` is one of EXPORT_TARGETS, --outtype of GGUF_TYPES (gguf only)
     if to == "gguf":
         from .gguf_export import import_gguf
 

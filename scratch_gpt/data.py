@@ -109,14 +109,19 @@ class PackedStream(torch.utils.data.IterableDataset):
 
     def __init__(self, documents: datasets.IterableDataset, tokenizer, block_size: int, stride: int):
         self.documents, self.tokenizer, self.block_size, self.stride = documents, tokenizer, block_size, stride
-        self.state = self.start = None
+        self.place = self.start = None  # (documents' state, buffer, its length, tokens seen) at the last block
 
     def set_epoch(self, epoch: int) -> None:
         self.documents.set_epoch(epoch)  # the documents' state belongs to an epoch (`datasets`)
 
     def state_dict(self) -> dict:
         """Where the blocks yielded so far end (JSON-serialisable)."""
-        return self.state
+        if self.place is None:
+            return None
+        documents_state, buffer, length, seen = self.place
+        # Since that block the buffer has at most grown at its end (the next block cuts it before it is yielded),
+        # so its first `length` tokens are the ones not yet cut then. Copied here, once, not at every block.
+        return {"documents": documents_state, "buffer": buffer[:length], "tokens": seen}
 
     def load_state_dict(self, state: dict) -> None:
         """The next pass over the blocks continues after the ones `state` was taken after."""
@@ -133,7 +138,7 @@ class PackedStream(torch.utils.data.IterableDataset):
             while len(buffer) >= size:
                 block = buffer[:size]
                 del buffer[:stride]
-                self.state = {"documents": documents_state, "buffer": list(buffer), "tokens": seen}
+                self.place = (documents_state, buffer, len(buffer), seen)
                 yield {"input_ids": block, "labels": block}
         _check_enough_tokens(seen, size)
 

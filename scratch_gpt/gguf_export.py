@@ -138,8 +138,9 @@ def gguf_tensors(model, architecture: str) -> dict[str, torch.Tensor]:
     state = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
     if config.tie_word_embeddings:
         del state["lm_head.weight"]  # llama.cpp reads token_embd when there is no output tensor
+    sizes = model.model.layers[0].attn.sizes  # the rows of query, key and value in the fused projection
     if architecture == "gpt2":  # llama.cpp's gpt2 reads every bias: a missing one is zero
-        widths = {"attn.qkv_proj": (config.num_attention_heads + 2 * config.num_key_value_heads) * config.head_dim,
+        widths = {"attn.qkv_proj": sum(sizes),
                   "attn.out_proj": config.hidden_size, "mlp.fc_in": config.intermediate_size, "mlp.fc_out": config.hidden_size}  # fmt: skip
         for i in range(config.num_hidden_layers):
             for part, width in widths.items():
@@ -147,7 +148,6 @@ def gguf_tensors(model, architecture: str) -> dict[str, torch.Tensor]:
     tensors = {}
     for name, tensor in state.items():
         if ".attn.qkv_proj." in name and architecture != "gpt2":
-            sizes = [config.num_attention_heads * config.head_dim, *2 * [config.num_key_value_heads * config.head_dim]]
             q, k, v = tensor.split(sizes)
             if architecture == "llama":
                 q, k = pairs_adjacent(q, config.num_attention_heads), pairs_adjacent(k, config.num_key_value_heads)
@@ -256,8 +256,8 @@ def adds_special_tokens(tokenizer) -> tuple[bool, bool]:
     return grown and full[0] == tokenizer.bos_token_id, grown and full[-1] == tokenizer.eos_token_id
 
 
-def add_tokenizer(writer, tokenizer, vocab_size: int, gguf) -> None:
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+def add_tokenizer(writer, tokenizer, spec: dict, vocab_size: int, gguf) -> None:
+    """`spec`: the tokenizer's own JSON (`backend_tokenizer.to_str()`), parsed."""
     writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
     writer.add_tokenizer_pre(pre_tokenizer_name(spec))
     tokens, types = token_list(tokenizer, vocab_size, gguf)
@@ -277,18 +277,17 @@ def add_tokenizer(writer, tokenizer, vocab_size: int, gguf) -> None:
 # --- the file -----------------------------------------------------------------------------------------
 
 
-def write_gguf(path: Path, model, tokenizer, outtype: str = "f16", name: str = "model") -> str:
-    """Write `model` (a ScratchGPTForCausalLM) and its tokenizer to the GGUF file `path`; returns the architecture."""
-    gguf = import_gguf()
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}  # --outtype -> gguf.LlamaFileType
+
+
+def write_gguf(path: Path, model, tokenizer, spec: dict, architecture: str, outtype: str, name: str, gguf) -> None:
+    """Write `model` (a ScratchGPTForCausalLM) and its tokenizer (`spec`: its JSON, parsed) to the GGUF file
+    `path`, as llama.cpp's `architecture`; `export_gguf` has checked that llama.cpp runs it."""
     config = model.config
-    architecture = gguf_architecture(config)
-    if outtype == "q8_0":
-        check_q8_0(config)
     tensors = gguf_tensors(model, architecture)
-    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
     writer = gguf.GGUFWriter(path, architecture)
     writer.add_name(name)
-    writer.add_file_type(file_types[outtype])
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -305,7 +304,7 @@ def write_gguf(path: Path, model, tokenizer, outtype: str = "f16", name: str = "
         writer.add_value_length(config.head_dim)
         writer.add_rope_dimension_count(config.head_dim)
         writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    add_tokenizer(writer, tokenizer, config.vocab_size, gguf)
+    add_tokenizer(writer, tokenizer, spec, config.vocab_size, gguf)
     for tensor_name, tensor in tensors.items():
         data, kind = stored(gguf, tensor_name, tensor, outtype)
         writer.add_tensor(tensor_name, data, raw_dtype=kind)
@@ -313,7 +312,6 @@ def write_gguf(path: Path, model, tokenizer, outtype: str = "f16", name: str = "
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return architecture
 
 
 # --- the Ollama Modelfile -----------------------------------------------------------------------------
@@ -424,15 +422,16 @@ def export_gguf(model, tokenizer, out_dir: Path, outtype: str = "f16") -> tuple[
     """Write OUT_DIR/model.gguf and OUT_DIR/Modelfile (atomically: the whole folder or nothing); returns
     (the llama.cpp architecture, whether the Modelfile has a chat TEMPLATE). What llama.cpp cannot run
     is refused before anything is written."""
-    import_gguf()
-    gguf_architecture(model.config)
+    gguf = import_gguf()
+    architecture = gguf_architecture(model.config)
     if outtype == "q8_0":
         check_q8_0(model.config)
-    pre_tokenizer_name(json.loads(tokenizer.backend_tokenizer.to_str()))
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre_tokenizer_name(spec)
     widths = {"f32": 4, "f16": 2, "q8_0": 34 / 32}  # bytes per weight
     check_free_space(out_dir, int(sum(p.numel() for p in model.parameters()) * widths[outtype]), "output folder")
     with atomic_directory(out_dir) as tmp:
-        architecture = write_gguf(tmp / FILE_NAME, model, tokenizer, outtype, name=Path(out_dir).name)
+        write_gguf(tmp / FILE_NAME, model, tokenizer, spec, architecture, outtype, Path(out_dir).name, gguf)
         text, has_template = modelfile(tokenizer, model.config.max_position_embeddings)
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
     return architecture, has_template
@@ -444,5 +443,5 @@ def describe(path: Path) -> str:
     reader = gguf.GGUFReader(path)
     architecture = reader.fields["general.architecture"].contents()
     file_type = gguf.LlamaFileType(reader.fields["general.file_type"].contents())
-    outtype = {gguf.LlamaFileType.ALL_F32: "f32", gguf.LlamaFileType.MOSTLY_F16: "f16", gguf.LlamaFileType.MOSTLY_Q8_0: "q8_0"}
+    outtype = {getattr(gguf.LlamaFileType, kind): name for name, kind in FILE_TYPES.items()}
     return f"{architecture}, {outtype.get(file_type, file_type.name)}, {path.stat().st_size / 1e6:.1f} MB"

@@ -144,7 +144,7 @@ def run_pipeline(folder: Path, device) -> tuple[bool, str]:
     from scratch_gpt.cli import main
     from scratch_gpt.training.loop import bf16_supported
 
-    precision = "bf16" if bf16_supported() else "no"
+    precision, shown = ("bf16", "bf16") if bf16_supported() else ("no", "fp32 (no bf16 kernels here)")
 
     words = "the a model token learns reads writes returns each every small large list value key name file".split()
     rng = random.Random(0)
@@ -191,7 +191,6 @@ def run_pipeline(folder: Path, device) -> tuple[bool, str]:
         code = main(["chat", str(folder / "instruct"), "--prompt", "Say fox.", "--max-new-tokens", "8"])
     answer = printed.getvalue().strip().replace("\n", " ")[:40]
     parts.append(f"chat rc={code} answer {answer!r}")
-    shown = "bf16" if precision == "bf16" else "fp32 (no bf16 kernels here)"
     return code == 0, f"{shown} {device.type}: " + "; ".join(parts)
 
 

@@ -240,19 +240,21 @@ def test_the_inspect_tab_of_the_chat_page_shows_the_reports_numbers(make_base_di
     model_dir = make_base_dir(max_position_embeddings=256)
     numbers = inspect(model_dir, tmp_path / "report")
     model, tokenizer, saved_config = load_for_chat(str(model_dir))
-    page = web.chat_page(model, tokenizer, saved_config, max_new_tokens=8)
+    system = "Answer in one word."
+    page = web.chat_page(model, tokenizer, saved_config, system=system, max_new_tokens=8)
     try:
         client = Client(web.serve(page, port=None, block=False), verbose=False)
         shown = client.predict(PROMPT, api_name="/inspect")
         assert tab_numbers(shown) == numbers and shown.count("data:image/png;base64,") == 4
 
-        # the chat's history, as Gradio's Chatbot holds it (content as a list of parts)
+        # the chat's history, as Gradio's Chatbot holds it (content as a list of parts), after the system prompt
         turns = [("user", "Say fox."), ("assistant", "fox")]
         history = [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in turns]
         shown = client.predict(history, api_name="/inspect_last_answer")
-        conversation = tokenizer.apply_chat_template([{"role": r, "content": t} for r, t in turns], tokenize=False)
-        expected = json.loads(json.dumps(inspect_text(model, tokenizer, conversation)))
+        messages = [{"role": "system", "content": system}, *({"role": r, "content": t} for r, t in turns)]
+        expected = json.loads(json.dumps(inspect_text(model, tokenizer, tokenizer.apply_chat_template(messages, tokenize=False))))
         assert tab_numbers(shown) == expected and expected["prompt"].endswith("Say fox.\n\n### Response:\nfox<|endoftext|>")
+        assert expected["prompt"].startswith(system)  # the text the chat answered, system prompt included
 
         with pytest.raises(Exception, match="The prompt is empty"):
             client.predict("", api_name="/inspect")

@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 
 import torch
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from scratch_gpt.errors import BadInput, MissingFile
 
@@ -30,16 +31,10 @@ NEIGHBOUR_TOKENS = 12  # the first distinct tokens of the prompt whose nearest t
 TOKENIZER_NAMES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def byte_alphabet() -> dict[str, int]:
-    """Byte-level BPE (GPT-2's, and ours) spells each byte as one printable character: the printable
-    Latin-1 bytes as themselves, the other 68 as chr(256), chr(257), ... in byte order. Reversed here,
-    character -> byte, to show the exact bytes of a token (a token may hold half of a UTF-8 character)."""
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    moved = [byte for byte in range(256) if byte not in kept]
-    return {chr(byte): byte for byte in kept} | {chr(256 + i): byte for i, byte in enumerate(moved)}
-
-
-BYTES = byte_alphabet()
+# Byte-level BPE (GPT-2's, and ours) spells each byte as one printable character (transformers' table,
+# byte -> character); reversed here, character -> byte, to show the exact bytes of a token (a token may
+# hold half of a UTF-8 character).
+BYTES = {character: byte for byte, character in bytes_to_unicode().items()}
 
 
 def token_bytes(tokenizer, token_id: int) -> bytes:

@@ -11,7 +11,6 @@ import base64
 import html
 import io
 import json
-import re
 import warnings
 from pathlib import Path
 
@@ -326,14 +325,6 @@ def report_html(numbers: dict, images: dict) -> str:
         f"<title>scratch-gpt inspect: {esc(numbers['model'])}</title></head><body>\n"
         f"{report_body(numbers, images)}\n<script>{SCRIPT}</script>\n</body></html>\n"
     )
-
-
-def read_numbers(page: str) -> dict:
-    """The numbers a report (or the Inspect tab's fragment) holds, read back from its JSON."""
-    script = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, flags=re.S)
-    if script:
-        return json.loads(script.group(1))
-    return json.loads(html.unescape(re.search(r'<pre class="data">(.*?)</pre>', page, flags=re.S).group(1)))
 
 
 def write_report(numbers: dict, folder) -> None:

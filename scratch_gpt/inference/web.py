@@ -49,10 +49,13 @@ def chat_page(model, tokenizer, generation_config, *, system=None, max_new_token
     answer_length = max_new_tokens or generation_config.max_new_tokens or min(256, context)
     start = [{"role": "system", "content": system}] if system else []
 
+    def conversation(history: list[dict] | None) -> list[dict]:
+        """The messages the model sees for the chat's history: the system prompt, then each turn's text."""
+        return [*start, *({"role": turn["role"], "content": message_text(turn["content"])} for turn in history or [])]
+
     def respond(message: str, history: list[dict], temperature: float, top_k: int, max_new_tokens: int):
         """Yield the answer so far after each new piece; the history holds the earlier turns."""
-        earlier = [{"role": turn["role"], "content": message_text(turn["content"])} for turn in history]
-        messages = [*start, *earlier, {"role": "user", "content": message}]
+        messages = [*conversation(history), {"role": "user", "content": message}]
         config = chat_generation_config(
             generation_config, max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k)
         )
@@ -83,15 +86,15 @@ def chat_page(model, tokenizer, generation_config, *, system=None, max_new_token
                 api_name="chat",
             )
         with gr.Tab("Inspect"):
-            inspect_tab(gr, model, tokenizer, chat.chatbot)
+            inspect_tab(gr, model, tokenizer, chat.chatbot, conversation)
     return page
 
 
-def inspect_tab(gr, model, tokenizer, chatbot) -> None:
+def inspect_tab(gr, model, tokenizer, chatbot, conversation) -> None:
     """The Inspect tab: the report of `scratch-gpt inspect` for the prompt typed here (API endpoint
     `/inspect`), or for the conversation so far, the chat template's text up to the last answer
-    (`/inspect_last_answer`, which takes the chat's history). Its numbers are in a folded JSON box
-    (`report.read_numbers` reads them back)."""
+    (`/inspect_last_answer`, which takes the chat's history and makes it the model's messages with
+    `conversation`, as the chat does). Its numbers are in a folded JSON box."""
     from scratch_gpt.inference.inspect import inspect_text
     from scratch_gpt.inference.report import pictures, report_body
 
@@ -103,7 +106,7 @@ def inspect_tab(gr, model, tokenizer, chatbot) -> None:
         return report_body(numbers, pictures(numbers), numbers_in="details")
 
     def last_answer(history: list[dict]) -> str:
-        messages = [{"role": turn["role"], "content": message_text(turn["content"])} for turn in history or []]
+        messages = conversation(history)
         if not any(turn["role"] == "assistant" for turn in messages):
             raise gr.Error("There is no answer yet; chat first, or type a prompt and press Inspect.")
         return report(tokenizer.apply_chat_template(messages, tokenize=False))

@@ -658,7 +658,7 @@ class Trainer:
         """Save the full training state (model, optimizer, schedule, RNG, position)."""
         self.check_finite(self.accelerator.reduce(self.loss_sum.clone(), reduction="sum"))
         position = self.position
-        epoch_done = self.batches_per_epoch is not None and position.examples_in_epoch == self.batches_per_epoch * self.global_batch
+        epoch_done = self.epoch_read()
         state = asdict(position) | ({"epoch": position.epoch + 1, "examples_in_epoch": 0} if epoch_done else {})
         state["processes"] = self.accelerator.num_processes
         if self.streaming and hasattr(self.train_loader.dataset, "state_dict"):

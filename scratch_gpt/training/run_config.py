@@ -85,6 +85,9 @@ def save_run_options(run_options: dict | None, run_dir, inputs: bool = True) -> 
 # One run folder for every machine
 
 
+SHARED_DIRS: set[Path] = set()  # the folders every process of this run has been seen to share
+
+
 def check_shared_output_dir(state, output_dir, patience_s: float = 5.0) -> None:
     """With several processes: every process must see the same `output_dir`, or the run stops here
     with one sentence, on every process.
@@ -99,11 +102,11 @@ def check_shared_output_dir(state, output_dir, patience_s: float = 5.0) -> None:
     gathered, so every process stops together: an error on one machine alone would leave the
     others waiting at their next collective. `state` is accelerate's `PartialState` or `Accelerator`.
     """
-    if state.num_processes == 1:
-        return
+    folder = Path(output_dir)
+    if state.num_processes == 1 or folder.resolve() in SHARED_DIRS:
+        return  # (pretrain checks its folder before handing the tokenizer over in it, then the Trainer asks again)
     from accelerate.utils import broadcast_object_list, gather_object
 
-    folder = Path(output_dir)
     name = [f".shared-{uuid.uuid4().hex}" if state.is_main_process else None]
     if state.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,7 @@ def check_shared_output_dir(state, output_dir, patience_s: float = 5.0) -> None:
             f"{'does' if len(blind) == 1 else 'do'} not see the file the main machine wrote in it; put --output-dir "
             "on a filesystem every machine mounts at that path (NFS, a cluster filesystem), or run on one machine."
         )
+    SHARED_DIRS.add(folder.resolve())
 
 
 # ----------------------------------------------------------------------------------------------
